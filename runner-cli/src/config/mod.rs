@@ -1,0 +1,868 @@
+//! L1: the experiment file (TOML) -> a checked [`ExperimentSpec`], or every error at once,
+//! each as `file:line:col: message`.
+//!
+//! Uses only `domain`. The format is the user contract of CONFIG.md: unknown keys are
+//! errors with a suggestion, and keys of a later version are refused by name.
+
+mod expr;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::domain::*;
+use walk::{as_array, as_duration, as_str, did_you_mean, kind, parse_float, parse_int, Ctx, Table, SV};
+
+/// Placeholders that every command can use besides the parameters.
+pub const RESERVED_PLACEHOLDERS: [&str; 5] = ["trial", "trial_dir", "experiment", "params_file", "slot"];
+
+/// One error in the experiment file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+/// Every error found in a file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Read and check an experiment file.
+pub fn load(path: &Path) -> Result<(ExperimentSpec, String), ConfigErrors> {
+    let display = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError { file: display.clone(), line: 1, col: 1, message: format!("cannot read the file: {e}") }])
+    })?;
+    let base = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let spec = parse(&src, &display, &base)?;
+    Ok((spec, src))
+}
+
+/// Check the text of an experiment file whose relative paths are relative to `base_dir`.
+pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<ExperimentSpec, ConfigErrors> {
+    let mut ctx = Ctx::new(src, file.to_string());
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    if !syntax.is_empty() {
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            ctx.err(span, format!("invalid TOML: {msg}"));
+        }
+        return Err(ConfigErrors(ctx.errors));
+    }
+    let root_span = root.span();
+    let root = Table::from_de("", root_span, root.get_ref());
+    let spec = read_root(&mut ctx, &root, base_dir);
+    match spec {
+        Some(spec) if ctx.errors.is_empty() => Ok(spec),
+        _ => {
+            if ctx.errors.is_empty() {
+                ctx.err(0..0, "the file is not a valid experiment");
+            }
+            ctx.errors.sort_by_key(|e| (e.line, e.col));
+            Err(ConfigErrors(ctx.errors))
+        }
+    }
+}
+
+/// The parts of two experiment files that may not change on resume (parameters,
+/// objective, constraints, runner, metrics, name), compared as parsed: one line per
+/// difference. Orchestration, generation, stopping and storage may change freely.
+pub fn fixed_part_changes(old: &str, new: &str) -> Vec<String> {
+    let parse = |s: &str| s.parse::<toml::Table>().unwrap_or_default();
+    let (old, new) = (parse(old), parse(new));
+    let mut out = Vec::new();
+    for section in ["experiment", "parameters", "objective", "constraints", "runner", "metrics"] {
+        let empty = toml::Table::new();
+        let get = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned().unwrap_or_else(|| empty.clone());
+        let (a, b) = (get(&old), get(&new));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.dedup();
+        let mut seen = std::collections::HashSet::new();
+        for k in keys {
+            if !seen.insert(k) || (section == "experiment" && !["name"].contains(&k.as_str())) {
+                continue;
+            }
+            let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());
+            if a.get(k) != b.get(k) {
+                out.push(format!("[{section}] {k}: {} -> {}", show(a.get(k)), show(b.get(k))));
+            }
+        }
+    }
+    out
+}
+
+const ROOT_KEYS: [&str; 9] =
+    ["experiment", "parameters", "objective", "constraints", "runner", "metrics", "orchestration", "generation", "storage"];
+
+fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec> {
+    root.check_keys(
+        ctx,
+        &ROOT_KEYS,
+        &[
+            ("early_stopping", "early stopping arrives in a later version of optx; remove the table to run without it"),
+            ("global_stopping", "global stopping arrives in a later version of optx; remove the table to run without it"),
+        ],
+    );
+    let table = |ctx: &mut Ctx, key: &str, required: bool| -> Option<Table> {
+        match root.get(key) {
+            Some(v) => Table::of(ctx, key, v),
+            None => {
+                if required {
+                    ctx.err(0..0, format!("missing table `[{key}]`"));
+                }
+                None
+            }
+        }
+    };
+    let experiment = table(ctx, "experiment", true);
+    let parameters = table(ctx, "parameters", true);
+    let objective = table(ctx, "objective", true);
+    let constraints = table(ctx, "constraints", false);
+    let runner = table(ctx, "runner", true);
+    let metrics = table(ctx, "metrics", false);
+    let orchestration = table(ctx, "orchestration", true);
+    let generation = table(ctx, "generation", false);
+    let storage = table(ctx, "storage", false);
+
+    let (name, description, owner, seed) = read_experiment(ctx, experiment.as_ref()?)?;
+    let mut space = read_parameters(ctx, parameters.as_ref()?);
+    let (objective, objective_span) = read_objective(ctx, objective.as_ref()?)?;
+    let mut outcome_constraints = Vec::new();
+    if let Some(c) = &constraints {
+        c.check_keys(ctx, &["parameters", "outcomes"], &[]);
+        space.constraints = read_parameter_constraints(ctx, c, &space);
+        outcome_constraints = read_outcome_constraints(ctx, c);
+    }
+    let mut metric_rules = BTreeMap::new();
+    if let Some(m) = &metrics {
+        for (k, span, v) in &m.entries {
+            if !is_metric_name(k) {
+                ctx.err(span.clone(), format!("`{k}` is not a usable metric name (letters, digits, `_` and `.`, not starting with a digit)"));
+            }
+            if let Some(rule) = read_metric_rule(ctx, k, v) {
+                metric_rules.insert(k.to_string(), rule);
+            }
+        }
+    }
+    for m in std::iter::once(objective.metric.clone()).chain(outcome_constraints.iter().map(|c| c.metric.clone())) {
+        metric_rules.entry(m).or_insert(MetricRule::Default);
+    }
+    metric_rules.entry("cost".to_string()).or_insert(MetricRule::Default);
+    for c in &outcome_constraints {
+        if c.metric == objective.metric {
+            ctx.err(objective_span.clone(), format!("`{}` is the objective and cannot also be an outcome constraint", c.metric));
+        }
+    }
+    let runner = read_runner(ctx, runner.as_ref()?, &space, base)?;
+    let orchestration = read_orchestration(ctx, orchestration.as_ref()?)?;
+    let generation = read_generation(ctx, generation.as_ref(), &space);
+    let (store_path, durability) = read_storage(ctx, storage.as_ref(), base, &name);
+    Some(ExperimentSpec {
+        name,
+        description,
+        owner,
+        seed,
+        space,
+        objective,
+        outcome_constraints,
+        metrics: metric_rules,
+        runner,
+        orchestration,
+        generation: generation?,
+        store_path,
+        durability,
+        base_dir: base.to_path_buf(),
+    })
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+fn is_metric_name(s: &str) -> bool {
+    is_identifier(&s.replace('.', "_"))
+}
+
+type ExperimentHeader = (String, Option<String>, Option<String>, Option<u64>);
+
+fn read_experiment(ctx: &mut Ctx, t: &Table) -> Option<ExperimentHeader> {
+    t.check_keys(ctx, &["name", "description", "owner", "seed"], &[]);
+    let name = t.require(ctx, "name").and_then(|v| as_str(ctx, v, "experiment.name"));
+    if let (Some(n), Some(v)) = (name, t.get("name")) {
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            ctx.err(v.span(), format!("`experiment.name` must use only letters, digits, `_`, `.` and `-`, not \"{n}\""));
+        }
+    }
+    let description = t.str(ctx, "description").map(str::to_string);
+    let owner = t.str(ctx, "owner").map(str::to_string);
+    let seed = t.i64_where(ctx, "seed", "a non-negative integer", |x| x >= 0).map(|x| x as u64);
+    Some((name?.to_string(), description, owner, seed))
+}
+
+fn read_parameters(ctx: &mut Ctx, t: &Table) -> SearchSpace {
+    let mut parameters = Vec::new();
+    for (name, span, v) in &t.entries {
+        let path = format!("parameters.{name}");
+        if !is_identifier(name) {
+            ctx.err(span.clone(), format!("`{name}` is not a usable parameter name (letters, digits and `_`, not starting with a digit)"));
+        } else if RESERVED_PLACEHOLDERS.contains(name) {
+            ctx.err(span.clone(), format!("`{name}` is a reserved placeholder and cannot name a parameter"));
+        }
+        let Some(p) = Table::of(ctx, &path, v) else { continue };
+        if let Some(domain) = read_domain(ctx, &p) {
+            parameters.push(Parameter { name: name.to_string(), domain });
+        }
+    }
+    if t.entries.is_empty() {
+        ctx.err(t.span.clone(), "`[parameters]` is empty: name at least one parameter to search");
+    } else if !parameters.is_empty() && parameters.iter().all(|p| !p.is_searched()) {
+        ctx.err(t.span.clone(), "every parameter is fixed: at least one must be searched");
+    }
+    SearchSpace { parameters, constraints: Vec::new() }
+}
+
+const LATER_PARAMETER_KEYS: [(&str, &str); 4] = [
+    ("depends_on", "conditional (hierarchical) search spaces are not in this version of optx"),
+    ("condition", "conditional (hierarchical) search spaces are not in this version of optx"),
+    ("is_fidelity", "multi-fidelity optimization is not in this version of optx"),
+    ("fidelity", "multi-fidelity optimization is not in this version of optx"),
+];
+
+fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
+    let ty = p.require(ctx, "type")?;
+    let ty_s = as_str(ctx, ty, &p.path("type"))?;
+    match ty_s {
+        "float" | "int" => {
+            p.check_keys(ctx, &["type", "bounds", "scaling", "step"], &LATER_PARAMETER_KEYS);
+            let log = match p.one_of(ctx, "scaling", &["linear", "log"]) {
+                Some("log") => true,
+                _ => false,
+            };
+            let bounds_v = p.require(ctx, "bounds")?;
+            let arr = as_array(ctx, bounds_v, &p.path("bounds"))?;
+            if arr.len() != 2 {
+                ctx.err(bounds_v.span(), format!("`{}` must be [low, high]", p.path("bounds")));
+                return None;
+            }
+            if ty_s == "int" {
+                let lo = parse_int(arr[0].get_ref());
+                let hi = parse_int(arr[1].get_ref());
+                let (Some(lo), Some(hi)) = (lo, hi) else {
+                    ctx.err(bounds_v.span(), format!("`{}` of an int parameter must be two integers", p.path("bounds")));
+                    return None;
+                };
+                if lo >= hi {
+                    ctx.err(bounds_v.span(), format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")));
+                    return None;
+                }
+                if log && lo <= 0 {
+                    ctx.err(bounds_v.span(), format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")));
+                    return None;
+                }
+                let step = p.i64_where(ctx, "step", "a positive integer", |s| s > 0);
+                if let Some(s) = step {
+                    if (hi - lo) % s != 0 {
+                        ctx.err(p.get("step")?.span(), format!("`{}` = {s} does not divide the range {lo}..{hi}", p.path("step")));
+                        return None;
+                    }
+                    if log {
+                        ctx.err(p.get("step")?.span(), format!("`{}`: a step cannot be combined with log scaling", p.path("step")));
+                        return None;
+                    }
+                }
+                Some(Domain::Int { lo, hi, log, step })
+            } else {
+                let (Some(lo), Some(hi)) = (parse_float(arr[0].get_ref()), parse_float(arr[1].get_ref())) else {
+                    ctx.err(bounds_v.span(), format!("`{}` must be two numbers", p.path("bounds")));
+                    return None;
+                };
+                if !lo.is_finite() || !hi.is_finite() {
+                    ctx.err(bounds_v.span(), format!("`{}` must be finite", p.path("bounds")));
+                    return None;
+                }
+                if lo >= hi {
+                    ctx.err(bounds_v.span(), format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")));
+                    return None;
+                }
+                if log && lo <= 0.0 {
+                    ctx.err(bounds_v.span(), format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")));
+                    return None;
+                }
+                let step = p.f64_where(ctx, "step", "a positive number", |s| s > 0.0 && s.is_finite());
+                if let Some(s) = step {
+                    let k = (hi - lo) / s;
+                    if (k - k.round()).abs() > 1e-6 * k.max(1.0) {
+                        ctx.err(p.get("step")?.span(), format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")));
+                        return None;
+                    }
+                    if log {
+                        ctx.err(p.get("step")?.span(), format!("`{}`: a step cannot be combined with log scaling", p.path("step")));
+                        return None;
+                    }
+                }
+                Some(Domain::Float { lo, hi, log, step })
+            }
+        }
+        "choice" => {
+            p.check_keys(ctx, &["type", "values", "ordered"], &LATER_PARAMETER_KEYS);
+            let vv = p.require(ctx, "values")?;
+            let arr = as_array(ctx, vv, &p.path("values"))?;
+            let mut values: Vec<Value> = Vec::new();
+            for item in arr {
+                let Some(v) = scalar(item.get_ref()) else {
+                    ctx.err(item.span(), format!("`{}` holds strings, integers, floats or booleans, not {}", p.path("values"), kind(item.get_ref())));
+                    return None;
+                };
+                if let Some(first) = values.first() {
+                    if first.kind() != v.kind() {
+                        ctx.err(item.span(), format!("`{}` must all be of one kind: {} is {}, the first is {}", p.path("values"), v, v.kind(), first.kind()));
+                        return None;
+                    }
+                }
+                if values.contains(&v) {
+                    ctx.err(item.span(), format!("`{}` holds {v} twice", p.path("values")));
+                    return None;
+                }
+                values.push(v);
+            }
+            if values.len() < 2 {
+                ctx.err(vv.span(), format!("`{}` needs at least two values (use type = \"fixed\" for one)", p.path("values")));
+                return None;
+            }
+            let ordered = p.bool(ctx, "ordered").unwrap_or(false);
+            Some(Domain::Choice { values, ordered })
+        }
+        "fixed" => {
+            p.check_keys(ctx, &["type", "value"], &LATER_PARAMETER_KEYS);
+            let v = p.require(ctx, "value")?;
+            match scalar(v.get_ref()) {
+                Some(value) => Some(Domain::Fixed { value }),
+                None => {
+                    ctx.err(v.span(), format!("`{}` must be a string, number or boolean", p.path("value")));
+                    None
+                }
+            }
+        }
+        other => {
+            ctx.err(
+                ty.span(),
+                format!(
+                    "`{}` must be \"float\", \"int\", \"choice\" or \"fixed\", not \"{other}\"{}",
+                    p.path("type"),
+                    did_you_mean(other, ["float", "int", "choice", "fixed"])
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn scalar(v: &DeValue) -> Option<Value> {
+    match v {
+        DeValue::String(s) => Some(Value::Str(s.to_string())),
+        DeValue::Integer(_) => parse_int(v).map(Value::Int),
+        DeValue::Float(_) => parse_float(v).map(Value::Float),
+        DeValue::Boolean(b) => Some(Value::Bool(*b)),
+        _ => None,
+    }
+}
+
+fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Objective, std::ops::Range<usize>)> {
+    t.check_keys(
+        ctx,
+        &["minimize", "maximize"],
+        &[("thresholds", "multi-objective optimization arrives in a later version of optx")],
+    );
+    let (key, direction) = match (t.get("minimize"), t.get("maximize")) {
+        (Some(_), Some(_)) => {
+            ctx.err(t.key_span("maximize"), "multi-objective optimization (both `minimize` and `maximize`) is not supported yet");
+            return None;
+        }
+        (Some(_), None) => ("minimize", Direction::Minimize),
+        (None, Some(_)) => ("maximize", Direction::Maximize),
+        (None, None) => {
+            ctx.err(t.span.clone(), "`[objective]` needs `minimize = \"metric\"` or `maximize = \"metric\"`");
+            return None;
+        }
+    };
+    let v = t.get(key)?;
+    match v.get_ref() {
+        DeValue::Array(_) => {
+            ctx.err(v.span(), format!("`objective.{key}`: multi-objective optimization (a list of metrics) is not supported yet"));
+            None
+        }
+        DeValue::String(s) if is_metric_name(s.trim()) => {
+            Some((Objective { metric: s.trim().to_string(), direction }, v.span()))
+        }
+        DeValue::String(s) if s.contains(['+', '*', '-']) => {
+            ctx.err(v.span(), format!("`objective.{key}`: scalarized objectives (\"{s}\") are not supported yet"));
+            None
+        }
+        DeValue::String(s) => {
+            ctx.err(v.span(), format!("`objective.{key}`: \"{s}\" is not a usable metric name"));
+            None
+        }
+        other => {
+            ctx.err(v.span(), format!("`objective.{key}` must be a metric name, not {}", kind(other)));
+            None
+        }
+    }
+}
+
+fn string_list<'a>(ctx: &mut Ctx, t: &Table<'a, '_>, key: &str) -> Vec<(&'a str, std::ops::Range<usize>)> {
+    let Some(v) = t.get(key) else { return Vec::new() };
+    let Some(arr) = as_array(ctx, v, &t.path(key)) else { return Vec::new() };
+    arr.iter().filter_map(|item| as_str(ctx, item, &t.path(key)).map(|s| (s, item.span()))).collect()
+}
+
+fn read_parameter_constraints(ctx: &mut Ctx, t: &Table, space: &SearchSpace) -> Vec<LinearConstraint> {
+    let mut out = Vec::new();
+    for (text, span) in string_list(ctx, t, "parameters") {
+        match expr::linear_constraint(text) {
+            Err(e) => ctx.err(span, format!("`constraints.parameters`: \"{text}\": {e}")),
+            Ok((terms, bound)) => {
+                let mut ok = true;
+                for (name, _) in &terms {
+                    match space.parameter(name) {
+                        None => {
+                            let names = space.parameters.iter().map(|p| p.name.as_str());
+                            ctx.err(span.clone(), format!("`constraints.parameters`: \"{text}\" names `{name}`, which is not a parameter{}", did_you_mean(name, names)));
+                            ok = false;
+                        }
+                        Some(Parameter { domain: Domain::Float { .. } | Domain::Int { .. }, .. }) => {}
+                        Some(_) => {
+                            ctx.err(span.clone(), format!("`constraints.parameters`: \"{text}\" names `{name}`; only float and int parameters can appear in a parameter constraint"));
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
+                    out.push(LinearConstraint { terms, bound, text: text.to_string() });
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        let check = SearchSpace { parameters: space.parameters.clone(), constraints: out.clone() };
+        if check.constraints_feasible() == Some(false) {
+            ctx.err(t.key_span("parameters"), "`constraints.parameters`: no point of the search space satisfies every parameter constraint");
+        }
+    }
+    out
+}
+
+fn read_outcome_constraints(ctx: &mut Ctx, t: &Table) -> Vec<OutcomeConstraint> {
+    let mut out = Vec::new();
+    for (text, span) in string_list(ctx, t, "outcomes") {
+        match expr::outcome_constraint(text) {
+            Err(e) => ctx.err(span, format!("`constraints.outcomes`: \"{text}\": {e}")),
+            Ok((metric, relation, bound)) => out.push(OutcomeConstraint { metric, relation, bound }),
+        }
+    }
+    out
+}
+
+fn read_metric_rule(ctx: &mut Ctx, name: &str, v: &SV) -> Option<MetricRule> {
+    let path = format!("metrics.{name}");
+    let t = Table::of(ctx, &path, v)?;
+    t.check_keys(
+        ctx,
+        &["regex", "file", "pointer"],
+        &[("plugin", "plugin metrics arrive with the plugin runner in a later version of optx")],
+    );
+    match (t.str(ctx, "regex"), t.str(ctx, "file"), t.str(ctx, "pointer")) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            ctx.err(t.key_span("regex"), format!("`{path}`: give either `regex` or `file` + `pointer`, not both"));
+            None
+        }
+        (Some(re), None, None) => match regex::Regex::new(re) {
+            Ok(r) if r.captures_len() >= 2 => Some(MetricRule::Regex(r)),
+            Ok(_) => {
+                ctx.err(t.get("regex")?.span(), format!("`{path}.regex` needs a capture group around the value, like 'loss: ([-0-9.eE+]+)'"));
+                None
+            }
+            Err(e) => {
+                let msg = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                ctx.err(t.get("regex")?.span(), format!("`{path}.regex` is not a valid regular expression: {msg}"));
+                None
+            }
+        },
+        (None, Some(file), pointer) => {
+            let pointer = pointer.unwrap_or("");
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                ctx.err(t.get("pointer")?.span(), format!("`{path}.pointer` is a JSON pointer and starts with `/`, like \"/metrics/loss\""));
+                return None;
+            }
+            Some(MetricRule::File { path: file.to_string(), pointer: pointer.to_string() })
+        }
+        (None, None, Some(_)) => {
+            ctx.err(t.key_span("pointer"), format!("`{path}.pointer` needs `file`: the file the trial writes"));
+            None
+        }
+        (None, None, None) => Some(MetricRule::Default),
+    }
+}
+
+const EXTERNAL_KEYS: [&str; 6] = ["submit", "status", "status_all", "status_map", "cancel", "job_id_regex"];
+const SLURM_KEYS: [&str; 2] = ["script", "sbatch_args"];
+const PLUGIN_KEYS: [&str; 4] = ["library", "name", "config", "call_timeout"];
+const COMMAND_KEYS: [&str; 9] =
+    ["kind", "command", "shell", "env", "workdir", "timeout", "stop_grace", "keep_trial_dirs", "progression"];
+
+fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> Option<RunnerSpec> {
+    let kind_v = t.get("kind");
+    let kind_s = match kind_v {
+        Some(v) => as_str(ctx, v, "runner.kind")?,
+        None => "command",
+    };
+    match kind_s {
+        "command" => {}
+        "external" | "slurm" | "plugin" => {
+            ctx.err(kind_v?.span(), format!("`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"`"));
+            return None;
+        }
+        other => {
+            ctx.err(
+                kind_v?.span(),
+                format!("`runner.kind` must be \"command\", \"external\", \"slurm\" or \"plugin\", not \"{other}\"{}", did_you_mean(other, ["command", "external", "slurm", "plugin"])),
+            );
+            return None;
+        }
+    }
+    let mut later: Vec<(&str, &str)> = Vec::new();
+    for k in EXTERNAL_KEYS {
+        later.push((k, "it belongs to `kind = \"external\"`, not `kind = \"command\"`"));
+    }
+    for k in SLURM_KEYS {
+        later.push((k, "it belongs to `kind = \"slurm\"`, not `kind = \"command\"`"));
+    }
+    for k in PLUGIN_KEYS {
+        later.push((k, "it belongs to `kind = \"plugin\"`, not `kind = \"command\"`"));
+    }
+    // Keys of other kinds are not "later" here but misplaced: report them as such.
+    for (k, span, _) in &t.entries {
+        if let Some((_, why)) = later.iter().find(|(l, _)| l == k) {
+            ctx.err(span.clone(), format!("`runner.{k}`: {why}"));
+        }
+    }
+    let known: Vec<&str> = COMMAND_KEYS.iter().copied().chain(later.iter().map(|(k, _)| *k)).collect();
+    t.check_keys(ctx, &known, &[]);
+
+    let names: Vec<&str> = space.parameters.iter().map(|p| p.name.as_str()).collect();
+    let placeholders: Vec<&str> = names.iter().copied().chain(RESERVED_PLACEHOLDERS).collect();
+    let tmpl = |ctx: &mut Ctx, s: &str, span: std::ops::Range<usize>, what: &str| -> Option<Template> {
+        match expr::template(s) {
+            Err(e) => {
+                ctx.err(span, format!("`{what}`: {e}"));
+                None
+            }
+            Ok(t) => {
+                let mut ok = true;
+                for seg in &t.segments {
+                    if let Segment::Placeholder(p) = seg {
+                        if !placeholders.contains(&p.as_str()) {
+                            ctx.err(span.clone(), format!("`{what}`: unknown placeholder `{{{p}}}`{}", did_you_mean(p, placeholders.iter().copied()).replace("`?", "}`?").replace("mean `", "mean `{")));
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(t)
+            }
+        }
+    };
+    let shell = t.bool(ctx, "shell").unwrap_or(false);
+    let command_v = t.require(ctx, "command")?;
+    let mut argv = Vec::new();
+    match command_v.get_ref() {
+        DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), "runner.command")?),
+        DeValue::String(s) => match shlex::split(s) {
+            Some(words) if !words.is_empty() => {
+                for w in words {
+                    argv.push(tmpl(ctx, &w, command_v.span(), "runner.command")?);
+                }
+            }
+            _ => {
+                ctx.err(command_v.span(), "`runner.command` cannot be split into words (an unclosed quote?)");
+                return None;
+            }
+        },
+        DeValue::Array(items) => {
+            let mut words = Vec::new();
+            for item in items {
+                words.push((as_str(ctx, item, "runner.command")?, item.span()));
+            }
+            if words.is_empty() {
+                ctx.err(command_v.span(), "`runner.command` is empty");
+                return None;
+            }
+            if shell {
+                let joined = words.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" ");
+                argv.push(tmpl(ctx, &joined, command_v.span(), "runner.command")?);
+            } else {
+                for (w, span) in words {
+                    argv.push(tmpl(ctx, w, span, "runner.command")?);
+                }
+            }
+        }
+        other => {
+            ctx.err(command_v.span(), format!("`runner.command` must be an array of strings or a string, not {}", kind(other)));
+            return None;
+        }
+    }
+    let mut env = Vec::new();
+    if let Some(ev) = t.get("env") {
+        if let Some(et) = Table::of(ctx, "runner.env", ev) {
+            for (k, _, v) in &et.entries {
+                let text = match v.get_ref() {
+                    DeValue::String(s) => s.to_string(),
+                    DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => scalar(v.get_ref())?.to_string(),
+                    other => {
+                        ctx.err(v.span(), format!("`runner.env.{k}` must be a string, not {}", kind(other)));
+                        continue;
+                    }
+                };
+                if let Some(tp) = tmpl(ctx, &text, v.span(), &format!("runner.env.{k}")) {
+                    env.push((k.to_string(), tp));
+                }
+            }
+        }
+    }
+    let workdir = match t.get("workdir") {
+        Some(v) => {
+            let s = as_str(ctx, v, "runner.workdir")?;
+            Some(tmpl(ctx, s, v.span(), "runner.workdir")?)
+        }
+        None => None,
+    };
+    let timeout = t.get("timeout").and_then(|v| as_duration(ctx, v, "runner.timeout"));
+    let stop_grace = t.get("stop_grace").and_then(|v| as_duration(ctx, v, "runner.stop_grace")).unwrap_or(Duration::from_secs(10));
+    let keep_trial_dirs = match t.one_of(ctx, "keep_trial_dirs", &["all", "failed", "none"]) {
+        Some("failed") => KeepTrialDirs::Failed,
+        Some("none") => KeepTrialDirs::None,
+        _ => KeepTrialDirs::All,
+    };
+    let progression = t.str(ctx, "progression").unwrap_or("step").to_string();
+    Some(RunnerSpec::Command(CommandSpec { argv, shell, env, workdir, timeout, stop_grace, keep_trial_dirs, progression }))
+}
+
+fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
+    t.check_keys(
+        ctx,
+        &[
+            "max_trials",
+            "parallelism",
+            "tolerated_trial_failure_rate",
+            "min_failed_trials_for_failure_rate_check",
+            "initial_seconds_between_polls",
+            "seconds_between_polls_backoff_factor",
+            "max_seconds_between_polls",
+            "ttl_seconds_for_trials",
+            "timeout_hours",
+            "retries_per_failed_arm",
+            "max_pending_trials",
+            "max_cost",
+        ],
+        &[("run_trials_in_batches", "batch deployment arrives with the plugin runner in a later version of optx")],
+    );
+    let d = Orchestration::default();
+    let max_trials = t.require(ctx, "max_trials").and_then(|_| t.i64_where(ctx, "max_trials", "a positive integer", |x| x >= 1));
+    let o = Orchestration {
+        max_trials: max_trials? as u64,
+        parallelism: t.i64_where(ctx, "parallelism", "a positive integer", |x| x >= 1).map_or(d.parallelism, |x| x as usize),
+        tolerated_trial_failure_rate: t
+            .f64_where(ctx, "tolerated_trial_failure_rate", "a rate between 0 and 1", |x| (0.0..=1.0).contains(&x))
+            .unwrap_or(d.tolerated_trial_failure_rate),
+        min_failed_trials_for_failure_rate_check: t
+            .i64_where(ctx, "min_failed_trials_for_failure_rate_check", "a non-negative integer", |x| x >= 0)
+            .map_or(d.min_failed_trials_for_failure_rate_check, |x| x as u64),
+        initial_seconds_between_polls: t
+            .f64_where(ctx, "initial_seconds_between_polls", "a number of seconds (0 or more)", |x| x >= 0.0 && x.is_finite())
+            .unwrap_or(d.initial_seconds_between_polls),
+        seconds_between_polls_backoff_factor: t
+            .f64_where(ctx, "seconds_between_polls_backoff_factor", "a factor of 1 or more", |x| x >= 1.0 && x.is_finite())
+            .unwrap_or(d.seconds_between_polls_backoff_factor),
+        max_seconds_between_polls: t
+            .f64_where(ctx, "max_seconds_between_polls", "a number of seconds (0 or more)", |x| x >= 0.0 && x.is_finite())
+            .unwrap_or(d.max_seconds_between_polls),
+        ttl_seconds_for_trials: t.f64_where(ctx, "ttl_seconds_for_trials", "a positive number of seconds", |x| x > 0.0),
+        timeout_hours: t.f64_where(ctx, "timeout_hours", "a positive number of hours", |x| x > 0.0),
+        retries_per_failed_arm: t
+            .i64_where(ctx, "retries_per_failed_arm", "a non-negative integer", |x| (0..=1000).contains(&x))
+            .map_or(0, |x| x as u32),
+        max_pending_trials: t.i64_where(ctx, "max_pending_trials", "a positive integer", |x| x >= 1).map(|x| x as usize),
+        max_cost: t.f64_where(ctx, "max_cost", "a positive number", |x| x > 0.0),
+    };
+    Some(o)
+}
+
+fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Option<GenerationSpec> {
+    let mut g = GenerationSpec { method: GenerationMethod::Auto, initial_trials: None, initial_points: Vec::new(), grid_resolution: 5 };
+    let Some(t) = t else { return Some(g) };
+    t.check_keys(ctx, &["method", "initial_trials", "initial_points", "grid_resolution"], &[]);
+    if let Some(v) = t.get("method") {
+        let m = as_str(ctx, v, "generation.method")?;
+        g.method = match m {
+            "auto" => GenerationMethod::Auto,
+            "sobol" => GenerationMethod::Sobol,
+            "random" => GenerationMethod::Random,
+            "grid" => GenerationMethod::Grid,
+            "bayesian" => {
+                ctx.err(v.span(), "`generation.method = \"bayesian\"` is not supported yet: Bayesian optimization arrives in a later version of optx (`auto` runs the center point, then Sobol)");
+                return None;
+            }
+            other => {
+                let opts = ["auto", "bayesian", "sobol", "random", "grid"];
+                ctx.err(v.span(), format!("`generation.method` must be one of \"auto\", \"bayesian\", \"sobol\", \"random\", \"grid\", not \"{other}\"{}", did_you_mean(other, opts)));
+                return None;
+            }
+        };
+    }
+    g.initial_trials = t.i64_where(ctx, "initial_trials", "a positive integer", |x| x >= 1).map(|x| x as u64);
+    g.grid_resolution = t.i64_where(ctx, "grid_resolution", "an integer of 2 or more", |x| (2..=10_000).contains(&x)).map_or(5, |x| x as usize);
+    if let Some(v) = t.get("initial_points") {
+        let arr = as_array(ctx, v, "generation.initial_points")?;
+        for item in arr {
+            let Some(pt) = Table::of(ctx, "generation.initial_points", item) else { continue };
+            let mut arm = space.center();
+            let mut ok = true;
+            for (k, span, val) in &pt.entries {
+                let Some(p) = space.parameter(k) else {
+                    let names = space.parameters.iter().map(|p| p.name.as_str());
+                    ctx.err(span.clone(), format!("`generation.initial_points`: `{k}` is not a parameter{}", did_you_mean(k, names)));
+                    ok = false;
+                    continue;
+                };
+                let coerced = scalar(val.get_ref()).ok_or_else(|| "not a scalar".to_string()).and_then(|x| p.coerce(&x));
+                match coerced {
+                    Ok(x) => {
+                        if let Some(slot) = arm.values.iter_mut().find(|(n, _)| n == *k) {
+                            slot.1 = x;
+                        }
+                    }
+                    Err(e) => {
+                        ctx.err(val.span(), format!("`generation.initial_points`: `{k}`: {e}"));
+                        ok = false;
+                    }
+                }
+            }
+            if ok && !space.constraints.is_empty() && !space.satisfies_constraints(&arm) {
+                ctx.err(item.span(), "`generation.initial_points`: this point violates a parameter constraint");
+                ok = false;
+            }
+            if ok {
+                g.initial_points.push(arm);
+            }
+        }
+    }
+    Some(g)
+}
+
+fn read_storage(ctx: &mut Ctx, t: Option<&Table>, base: &Path, name: &str) -> (PathBuf, Durability) {
+    let default = base.join(".optx").join(format!("{name}.db"));
+    let Some(t) = t else { return (default, Durability::Normal) };
+    t.check_keys(ctx, &["path", "durability"], &[]);
+    let path = t.str(ctx, "path").map(|p| base.join(p)).unwrap_or(default);
+    let durability = match t.one_of(ctx, "durability", &["normal", "fsync"]) {
+        Some("fsync") => Durability::Fsync,
+        _ => Durability::Normal,
+    };
+    (path, durability)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[experiment]
+name = "t"
+[parameters]
+x = { type = "float", bounds = [0.0, 1.0] }
+n = { type = "int", bounds = [1, 8] }
+[objective]
+minimize = "f"
+[runner]
+command = ["python3", "t.py", "{x}", "{n}"]
+[orchestration]
+max_trials = 3
+"#;
+
+    fn errors(src: &str) -> Vec<String> {
+        match parse(src, "e.toml", Path::new("/tmp")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let s = parse(GOOD, "e.toml", Path::new("/tmp")).unwrap();
+        assert_eq!(s.orchestration.parallelism, 1);
+        assert_eq!(s.store_path, Path::new("/tmp/.optx/t.db"));
+        assert_eq!(s.initial_trials(), 5);
+        assert!(s.metrics.contains_key("f") && s.metrics.contains_key("cost"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_position() {
+        let src = GOOD.replace("max_trials = 3", "max_trials = 0\nparalelism = 2").replace("\"{n}\"", "\"{m}\"");
+        let e = errors(&src);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().any(|m| m.contains("unknown key `paralelism` in `[orchestration]` (did you mean `parallelism`?)")));
+        assert!(e.iter().any(|m| m.starts_with("e.toml:14:14: `orchestration.max_trials` must be a positive integer")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("unknown placeholder `{m}` (did you mean `{n}`?)")), "{e:?}");
+    }
+
+    #[test]
+    fn later_features_are_refused_by_name() {
+        let e = errors(&format!("{GOOD}\n[early_stopping]\nstrategy = \"percentile\"\n"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0].contains("`early_stopping` is not supported yet"), "{e:?}");
+    }
+
+    #[test]
+    fn infeasible_constraints_are_a_config_error() {
+        let e = errors(&format!("{GOOD}\n[constraints]\nparameters = [\"x + n >= 10\"]\n"));
+        assert!(e.iter().any(|m| m.contains("no point of the search space satisfies")), "{e:?}");
+    }
+
+    #[test]
+    fn changes_to_the_fixed_part_are_listed() {
+        let changed = GOOD.replace("[0.0, 1.0]", "[0.0, 2.0]").replace("max_trials = 3", "max_trials = 9");
+        let d = fixed_part_changes(GOOD, &changed);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].starts_with("[parameters] x:"));
+    }
+}

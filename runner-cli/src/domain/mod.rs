@@ -1,0 +1,20 @@
+//! L0: the pure types and rules of an experiment. No I/O, no optx imports.
+//!
+//! Everything above builds on these: the search space and its transforms from the unit
+//! cube, the trial lifecycle with its allowed transitions, objectives and outcome
+//! constraints, and the checked [`ExperimentSpec`] that `config` produces.
+
+mod outcome;
+mod space;
+mod spec;
+mod trial;
+mod value;
+
+pub use outcome::{Direction, Objective, OutcomeConstraint, Relation};
+pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
+pub use spec::{
+    CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs,
+    MetricRule, Orchestration, RunnerSpec, Segment, Template,
+};
+pub use trial::{TransitionError, TrialStatus};
+pub use value::Value;

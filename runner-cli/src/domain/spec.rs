@@ -1,0 +1,208 @@
+//! The checked experiment: what `config` produces from a TOML file and everything above
+//! works on. Paths are already resolved against the file's directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Objective, OutcomeConstraint, SearchSpace};
+
+/// A string with placeholders, parsed once: `python3 train.py --lr={lr}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Literal(String),
+    Placeholder(String),
+}
+
+impl Template {
+    /// Substitute each placeholder once (a value that contains `{x}` stays as it is).
+    pub fn render(&self, lookup: &dyn Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Placeholder(p) => out.push_str(&lookup(p)),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepTrialDirs {
+    All,
+    Failed,
+    None,
+}
+
+/// `[runner] kind = "command"`: a local process per trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    /// argv templates; with `shell`, one template run by `sh -c`.
+    pub argv: Vec<Template>,
+    pub shell: bool,
+    pub env: Vec<(String, Template)>,
+    /// Default: the experiment file's directory.
+    pub workdir: Option<Template>,
+    pub timeout: Option<Duration>,
+    pub stop_grace: Duration,
+    pub keep_trial_dirs: KeepTrialDirs,
+    /// The key that marks a report as a point of a learning curve.
+    pub progression: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunnerSpec {
+    Command(CommandSpec),
+}
+
+/// `[metrics.NAME]`: how to read a metric when the default protocol won't do.
+#[derive(Debug, Clone)]
+pub enum MetricRule {
+    /// Searched in each stdout line; the first capture group is the value.
+    Regex(regex::Regex),
+    /// A JSON pointer into a file the trial writes (relative to its trial dir).
+    File { path: String, pointer: String },
+    /// No rule: the default protocol (result file, JSON lines, name=value).
+    Default,
+}
+
+impl PartialEq for MetricRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (MetricRule::Regex(a), MetricRule::Regex(b)) => a.as_str() == b.as_str(),
+            (MetricRule::File { path: a, pointer: p }, MetricRule::File { path: b, pointer: q }) => {
+                a == b && p == q
+            }
+            (MetricRule::Default, MetricRule::Default) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orchestration {
+    pub max_trials: u64,
+    pub parallelism: usize,
+    pub tolerated_trial_failure_rate: f64,
+    pub min_failed_trials_for_failure_rate_check: u64,
+    pub initial_seconds_between_polls: f64,
+    pub seconds_between_polls_backoff_factor: f64,
+    pub max_seconds_between_polls: f64,
+    pub ttl_seconds_for_trials: Option<f64>,
+    pub timeout_hours: Option<f64>,
+    pub retries_per_failed_arm: u32,
+    pub max_pending_trials: Option<usize>,
+    pub max_cost: Option<f64>,
+}
+
+impl Default for Orchestration {
+    fn default() -> Self {
+        Orchestration {
+            max_trials: 0,
+            parallelism: 1,
+            tolerated_trial_failure_rate: 0.5,
+            min_failed_trials_for_failure_rate_check: 5,
+            initial_seconds_between_polls: 1.0,
+            seconds_between_polls_backoff_factor: 1.5,
+            max_seconds_between_polls: 60.0,
+            ttl_seconds_for_trials: None,
+            timeout_hours: None,
+            retries_per_failed_arm: 0,
+            max_pending_trials: None,
+            max_cost: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationMethod {
+    Auto,
+    Sobol,
+    Random,
+    Grid,
+}
+
+impl GenerationMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationMethod::Auto => "auto",
+            GenerationMethod::Sobol => "sobol",
+            GenerationMethod::Random => "random",
+            GenerationMethod::Grid => "grid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSpec {
+    pub method: GenerationMethod,
+    /// For `auto`: the center point, then Sobol up to this many (default max(5, 2*dims)).
+    pub initial_trials: Option<u64>,
+    /// Known settings run first, already rounded onto the space.
+    pub initial_points: Vec<super::Arm>,
+    pub grid_resolution: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// WAL with `synchronous = NORMAL`: every commit survives a crash of optx.
+    Normal,
+    /// `synchronous = FULL`: every commit survives power loss too.
+    Fsync,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub owner: Option<String>,
+    pub seed: Option<u64>,
+    pub space: SearchSpace,
+    pub objective: Objective,
+    pub outcome_constraints: Vec<OutcomeConstraint>,
+    /// Every metric the experiment keeps: objective, constraints, `[metrics.X]`, `cost`.
+    pub metrics: BTreeMap<String, MetricRule>,
+    pub runner: RunnerSpec,
+    pub orchestration: Orchestration,
+    pub generation: GenerationSpec,
+    pub store_path: PathBuf,
+    pub durability: Durability,
+    /// The directory of the experiment file: relative paths are relative to it.
+    pub base_dir: PathBuf,
+}
+
+impl ExperimentSpec {
+    /// Metrics a trial must report to complete: the objective and constrained ones.
+    pub fn required_metrics(&self) -> Vec<&str> {
+        let mut v = vec![self.objective.metric.as_str()];
+        for c in &self.outcome_constraints {
+            if !v.contains(&c.metric.as_str()) {
+                v.push(&c.metric);
+            }
+        }
+        v
+    }
+
+    /// The trial dirs live beside the store: `<store name>.trials/`.
+    pub fn trials_root(&self) -> PathBuf {
+        let stem = self
+            .store_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.name.clone());
+        self.store_path.with_file_name(format!("{stem}.trials"))
+    }
+
+    /// `auto`'s number of initial (center + Sobol) trials.
+    pub fn initial_trials(&self) -> u64 {
+        self.generation
+            .initial_trials
+            .unwrap_or_else(|| (2 * self.space.dims() as u64).max(5))
+    }
+}

@@ -1,0 +1,21 @@
+//! optx: closed-loop adaptive experiments from a TOML file.
+//!
+//! Layers (a module uses only lower ones; modules of one layer do not use each other):
+//!
+//! ```text
+//! L4  cli        argv, terminal, exit codes
+//! L3  scheduler  the closed loop: dispatcher thread, worker pool, channels, signals
+//! L2  runners    adapters behind TrialRunner: command (local process)
+//! L1  config, generate, store, exec, report
+//! L0  domain     pure types and rules
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod exec;
+pub mod generate;
+pub mod report;
+pub mod runners;
+pub mod scheduler;
+pub mod store;
