@@ -155,9 +155,9 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let generation = table(ctx, "generation", false);
     let storage = table(ctx, "storage", false);
 
-    let (name, description, owner, seed) = read_experiment(ctx, experiment.as_ref()?)?;
-    let mut space = read_parameters(ctx, parameters.as_ref()?);
-    let (objective, objective_span) = read_objective(ctx, objective.as_ref()?)?;
+    let header = experiment.as_ref().and_then(|t| read_experiment(ctx, t));
+    let mut space = parameters.as_ref().map(|t| read_parameters(ctx, t)).unwrap_or_default();
+    let objective = objective.as_ref().and_then(|t| read_objective(ctx, t));
     let mut outcome_constraints = Vec::new();
     if let Some(c) = &constraints {
         c.check_keys(ctx, &["parameters", "outcomes"], &[]);
@@ -175,19 +175,24 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
             }
         }
     }
-    for m in std::iter::once(objective.metric.clone()).chain(outcome_constraints.iter().map(|c| c.metric.clone())) {
-        metric_rules.entry(m).or_insert(MetricRule::Default);
+    for c in &outcome_constraints {
+        metric_rules.entry(c.metric.clone()).or_insert(MetricRule::Default);
     }
     metric_rules.entry("cost".to_string()).or_insert(MetricRule::Default);
-    for c in &outcome_constraints {
-        if c.metric == objective.metric {
-            ctx.err(objective_span.clone(), format!("`{}` is the objective and cannot also be an outcome constraint", c.metric));
+    if let Some((o, span)) = &objective {
+        metric_rules.entry(o.metric.clone()).or_insert(MetricRule::Default);
+        if outcome_constraints.iter().any(|c| c.metric == o.metric) {
+            ctx.err(span.clone(), format!("`{}` is the objective and cannot also be an outcome constraint", o.metric));
         }
     }
-    let runner = read_runner(ctx, runner.as_ref()?, &space, base)?;
-    let orchestration = read_orchestration(ctx, orchestration.as_ref()?)?;
+    let runner = runner.as_ref().and_then(|t| read_runner(ctx, t, &space, base));
+    let orchestration = orchestration.as_ref().and_then(|t| read_orchestration(ctx, t));
     let generation = read_generation(ctx, generation.as_ref(), &space);
+    let name = header.as_ref().map(|h| h.0.clone()).unwrap_or_default();
     let (store_path, durability) = read_storage(ctx, storage.as_ref(), base, &name);
+    let (name, description, owner, seed) = header?;
+    let (objective, _) = objective?;
+    let (runner, orchestration) = (runner?, orchestration?);
     Some(ExperimentSpec {
         name,
         description,
@@ -837,12 +842,12 @@ max_trials = 3
 
     #[test]
     fn every_error_is_reported_with_its_position() {
-        let src = GOOD.replace("max_trials = 3", "max_trials = 0\nparalelism = 2").replace("\"{n}\"", "\"{m}\"");
+        let src = GOOD.replace("max_trials = 3", "max_trials = 0\nparalelism = 2").replace("\"{n}\"", "\"{nn}\"");
         let e = errors(&src);
         assert_eq!(e.len(), 3, "{e:?}");
         assert!(e.iter().any(|m| m.contains("unknown key `paralelism` in `[orchestration]` (did you mean `parallelism`?)")));
-        assert!(e.iter().any(|m| m.starts_with("e.toml:14:14: `orchestration.max_trials` must be a positive integer")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("unknown placeholder `{m}` (did you mean `{n}`?)")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("e.toml:12:14: `orchestration.max_trials` must be a positive integer")), "{e:?}");
+        assert!(e.iter().any(|m| m.contains("unknown placeholder `{nn}` (did you mean `{n}`?)")), "{e:?}");
     }
 
     #[test]

@@ -61,10 +61,10 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => match serde_json::Number::from_f64(*x) {
-                Some(n) => write!(f, "{n}"),
-                None => write!(f, "{x}"),
-            },
+            Value::Float(x) if x.is_finite() => {
+                f.write_str(&serde_json::to_string(x).unwrap_or_else(|_| x.to_string()))
+            }
+            Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => f.write_str(s),
             Value::Bool(b) => write!(f, "{b}"),
         }
@@ -79,7 +79,9 @@ mod tests {
     fn floats_print_in_the_shortest_form_that_round_trips() {
         assert_eq!(Value::Float(0.15).to_string(), "0.15");
         assert_eq!(Value::Float(1.0).to_string(), "1.0");
-        assert_eq!(Value::Float(1e-5).to_string(), "1e-5");
+        for x in [1e-5, 1e-12, 123456.789, 1e300] {
+            assert_eq!(Value::Float(x).to_string().parse::<f64>().unwrap(), x);
+        }
         assert_eq!(Value::Int(-3).to_string(), "-3");
         assert_eq!(Value::Str("a b".into()).to_string(), "a b");
     }

@@ -1,1 +1,618 @@
-//! todo
+//! L1: SQLite persistence of an experiment's data (not its behaviour).
+//!
+//! One file per experiment, WAL, `PRAGMA user_version` for the schema with forward
+//! migrations; a store written by a newer optx is refused. Every write goes through
+//! [`Store::tx`], so several transitions share one transaction that commits before the
+//! caller acts. Uses only `domain`. The schema is documented in the README.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::domain::{Durability, TransitionError, TrialStatus};
+
+/// The schema this optx writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE experiment (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    name        TEXT NOT NULL,
+    spec_toml   TEXT NOT NULL,
+    spec_hash   TEXT NOT NULL,
+    spec_path   TEXT NOT NULL,
+    base_dir    TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE trials (
+    idx           INTEGER PRIMARY KEY,
+    status        TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    lost          INTEGER NOT NULL DEFAULT 0,
+    arm_key       TEXT NOT NULL,
+    parameters    TEXT NOT NULL,
+    generation    TEXT NOT NULL,
+    rerun_of      INTEGER,
+    attempt       INTEGER NOT NULL DEFAULT 1,
+    slot          INTEGER,
+    session       INTEGER NOT NULL,
+    feasible      INTEGER,
+    reason        TEXT,
+    run_metadata  TEXT,
+    stop_metadata TEXT,
+    trial_dir     TEXT,
+    created_at    TEXT NOT NULL,
+    staged_at     TEXT,
+    started_at    TEXT,
+    completed_at  TEXT
+);
+CREATE INDEX trials_arm ON trials(arm_key);
+CREATE TABLE observations (
+    trial       INTEGER NOT NULL,
+    metric      TEXT NOT NULL,
+    progression REAL,
+    mean        REAL NOT NULL,
+    sem         REAL,
+    final       INTEGER NOT NULL DEFAULT 0,
+    time        TEXT NOT NULL
+);
+CREATE INDEX observations_trial ON observations(trial, metric);
+CREATE TABLE generator_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,
+    time    TEXT NOT NULL,
+    session INTEGER,
+    trial   INTEGER,
+    kind    TEXT NOT NULL,
+    message TEXT
+);
+CREATE TABLE sessions (
+    id         INTEGER PRIMARY KEY,
+    command    TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    exit_code  INTEGER
+);
+CREATE TABLE owner (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    pid           INTEGER NOT NULL,
+    process_start INTEGER,
+    host          TEXT NOT NULL,
+    since         TEXT NOT NULL
+);
+"#;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Sqlite(rusqlite::Error),
+    Json(serde_json::Error),
+    Transition { trial: u64, error: TransitionError },
+    /// The store is held by another live optx.
+    Owned(Owner),
+    Other(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
+            StoreError::Json(e) => write!(f, "stored JSON: {e}"),
+            StoreError::Transition { trial, error } => write!(f, "trial {trial}: {error}"),
+            StoreError::Owned(o) => write!(f, "the store is in use by optx (pid {} on {}, since {})", o.pid, o.host, o.since),
+            StoreError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Json(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The process that holds a store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub pid: u32,
+    pub process_start: Option<u64>,
+    pub host: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExperimentRow {
+    pub name: String,
+    pub spec_toml: String,
+    pub spec_path: PathBuf,
+    pub base_dir: PathBuf,
+    pub seed: u64,
+    pub created_at: String,
+}
+
+/// One trial as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRow {
+    pub index: u64,
+    pub status: TrialStatus,
+    pub lost: bool,
+    pub arm_key: String,
+    pub parameters: serde_json::Value,
+    pub generation: String,
+    pub rerun_of: Option<u64>,
+    pub attempt: u32,
+    pub slot: Option<usize>,
+    pub session: i64,
+    pub feasible: Option<bool>,
+    pub reason: Option<String>,
+    pub run_metadata: Option<serde_json::Value>,
+    pub stop_metadata: Option<serde_json::Value>,
+    pub trial_dir: Option<String>,
+    pub created_at: String,
+    pub staged_at: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// One observed value of a metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservationRow {
+    pub trial: u64,
+    pub metric: String,
+    pub progression: Option<f64>,
+    pub mean: f64,
+    pub sem: Option<f64>,
+    pub is_final: bool,
+}
+
+/// A new trial, as the dispatcher records it.
+#[derive(Debug, Clone)]
+pub struct NewTrial<'a> {
+    pub index: u64,
+    pub arm_key: &'a str,
+    pub parameters: &'a serde_json::Value,
+    pub generation: &'a str,
+    pub rerun_of: Option<u64>,
+    pub attempt: u32,
+    pub session: i64,
+}
+
+/// What a transition also records beside the new status.
+#[derive(Debug, Clone, Default)]
+pub struct TransitionData<'a> {
+    pub reason: Option<&'a str>,
+    pub lost: bool,
+    pub feasible: Option<bool>,
+    pub run_metadata: Option<&'a serde_json::Value>,
+    pub stop_metadata: Option<&'a serde_json::Value>,
+    pub slot: Option<usize>,
+    pub trial_dir: Option<&'a str>,
+}
+
+/// The current time as stored: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Parse a stored time back.
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open a store, creating the file and its schema if needed.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(format!("cannot create the directory {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path)?;
+        Self::setup(conn, path, durability)
+    }
+
+    /// Open a store that must exist already (for reading or resuming).
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(StoreError::Other(format!("no store at {}", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        Self::setup(conn, path, Durability::Normal)
+    }
+
+    fn setup(conn: Connection, path: &Path, durability: Durability) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Other(format!(
+                "{} was written by a newer optx (store schema {version}; this optx reads up to {SCHEMA_VERSION}): upgrade optx",
+                path.display()
+            )));
+        }
+        if version == 0 {
+            let tx = conn.unchecked_transaction()?;
+            let has_tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            if has_tables > 0 {
+                return Err(StoreError::Other(format!("{} is an SQLite file but not an optx store", path.display())));
+            }
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
+        // Forward migrations go here: `if version < 2 { ... }`.
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn experiment(&self) -> Result<Option<ExperimentRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, spec_toml, spec_path, base_dir, seed, created_at FROM experiment WHERE id = 1",
+                [],
+                |r| {
+                    Ok(ExperimentRow {
+                        name: r.get(0)?,
+                        spec_toml: r.get(1)?,
+                        spec_path: PathBuf::from(r.get::<_, String>(2)?),
+                        base_dir: PathBuf::from(r.get::<_, String>(3)?),
+                        seed: r.get::<_, i64>(4)? as u64,
+                        created_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Record the experiment (first run) or its new file (resume).
+    pub fn save_experiment(&mut self, name: &str, spec_toml: &str, spec_path: &Path, base_dir: &Path, seed: u64) -> Result<()> {
+        let now = now();
+        self.conn.execute(
+            "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, created_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT(id) DO UPDATE SET spec_toml = ?2, spec_hash = ?3, spec_path = ?4, base_dir = ?5,
+               seed = ?6, updated_at = ?7",
+            params![name, spec_toml, fnv1a(spec_toml), spec_path.to_string_lossy(), base_dir.to_string_lossy(), seed as i64, now],
+        )?;
+        Ok(())
+    }
+
+    /// Take the store for this process, unless a live optx holds it. `alive` tells whether
+    /// a (pid, start time) of this host still runs.
+    pub fn acquire(&mut self, me: &Owner, alive: &dyn Fn(u32, Option<u64>) -> bool) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<Owner> = tx
+            .query_row("SELECT pid, process_start, host, since FROM owner WHERE id = 1", [], |r| {
+                Ok(Owner {
+                    pid: r.get::<_, i64>(0)? as u32,
+                    process_start: r.get::<_, Option<i64>>(1)?.map(|x| x as u64),
+                    host: r.get(2)?,
+                    since: r.get(3)?,
+                })
+            })
+            .optional()?;
+        if let Some(o) = current {
+            let same_process = o.pid == me.pid && o.host == me.host;
+            let live = o.host != me.host || alive(o.pid, o.process_start);
+            if live && !same_process {
+                return Err(StoreError::Owned(o));
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO owner (id, pid, process_start, host, since) VALUES (1, ?1, ?2, ?3, ?4)",
+            params![me.pid as i64, me.process_start.map(|x| x as i64), me.host, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Give the store up, if this process holds it.
+    pub fn release(&mut self, me: &Owner) -> Result<()> {
+        self.conn.execute("DELETE FROM owner WHERE id = 1 AND pid = ?1 AND host = ?2", params![me.pid as i64, me.host])?;
+        Ok(())
+    }
+
+    pub fn begin_session(&mut self, command: &str, me: &Owner) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO sessions (command, pid, host, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![command, me.pid as i64, me.host, now()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn end_session(&mut self, id: i64, exit_code: i32) -> Result<()> {
+        self.conn.execute("UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3", params![now(), exit_code, id])?;
+        Ok(())
+    }
+
+    pub fn trials(&self) -> Result<Vec<TrialRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
+                    reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at
+             FROM trials ORDER BY idx",
+        )?;
+        let rows = st.query_map([], |r| {
+            let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+                Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
+            };
+            Ok(TrialRow {
+                index: r.get::<_, i64>(0)? as u64,
+                status: r.get::<_, String>(1)?.parse().unwrap_or(TrialStatus::Failed),
+                lost: r.get::<_, i64>(2)? != 0,
+                arm_key: r.get(3)?,
+                parameters: json(4)?.unwrap_or(serde_json::Value::Null),
+                generation: r.get(5)?,
+                rerun_of: r.get::<_, Option<i64>>(6)?.map(|x| x as u64),
+                attempt: r.get::<_, i64>(7)? as u32,
+                slot: r.get::<_, Option<i64>>(8)?.map(|x| x as usize),
+                session: r.get(9)?,
+                feasible: r.get::<_, Option<i64>>(10)?.map(|x| x != 0),
+                reason: r.get(11)?,
+                run_metadata: json(12)?,
+                stop_metadata: json(13)?,
+                trial_dir: r.get(14)?,
+                created_at: r.get(15)?,
+                staged_at: r.get(16)?,
+                started_at: r.get(17)?,
+                completed_at: r.get(18)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Every observation, in trial and arrival order.
+    pub fn observations(&self) -> Result<Vec<ObservationRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT trial, metric, progression, mean, sem, final FROM observations ORDER BY trial, rowid",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ObservationRow {
+                trial: r.get::<_, i64>(0)? as u64,
+                metric: r.get(1)?,
+                progression: r.get(2)?,
+                mean: r.get(3)?,
+                sem: r.get(4)?,
+                is_final: r.get::<_, i64>(5)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let s: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(match s {
+            Some(s) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
+    }
+
+    /// Run `f` in one transaction that commits before this returns.
+    pub fn tx<T>(&mut self, f: impl FnOnce(&mut Tx) -> Result<T>) -> Result<T> {
+        let t = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = Tx { t, time: now() };
+        let out = f(&mut tx)?;
+        tx.t.commit()?;
+        Ok(out)
+    }
+}
+
+/// A write transaction; see [`Store::tx`].
+pub struct Tx<'c> {
+    t: rusqlite::Transaction<'c>,
+    time: String,
+}
+
+impl Tx<'_> {
+    /// The time all writes of this transaction carry.
+    pub fn time(&self) -> &str {
+        &self.time
+    }
+
+    pub fn insert_trial(&mut self, n: &NewTrial) -> Result<()> {
+        let status = TrialStatus::Candidate;
+        self.t
+            .prepare_cached(
+                "INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                n.index as i64,
+                status.as_str(),
+                status.code(),
+                n.arm_key,
+                n.parameters.to_string(),
+                n.generation,
+                n.rerun_of.map(|x| x as i64),
+                n.attempt,
+                n.session,
+                self.time
+            ])?;
+        self.event(Some(n.index), "created", Some(n.generation))
+    }
+
+    /// Move a trial from `from` to `to` (checked by the lifecycle and against the stored
+    /// status), recording the time of the new status and `data`.
+    pub fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()> {
+        from.transition(to).map_err(|error| StoreError::Transition { trial: index, error })?;
+        let time_col = match to {
+            TrialStatus::Staged => "staged_at",
+            TrialStatus::Running => "started_at",
+            _ => "completed_at",
+        };
+        let sql = format!(
+            "UPDATE trials SET status = ?1, status_code = ?2, {time_col} = ?3,
+                reason = coalesce(?4, reason), lost = ?5 OR lost, feasible = coalesce(?6, feasible),
+                run_metadata = coalesce(?7, run_metadata), stop_metadata = coalesce(?8, stop_metadata),
+                slot = coalesce(?9, slot), trial_dir = coalesce(?10, trial_dir)
+             WHERE idx = ?11 AND status = ?12"
+        );
+        let changed = self.t.prepare_cached(&sql)?.execute(params![
+            to.as_str(),
+            to.code(),
+            self.time,
+            data.reason,
+            data.lost,
+            data.feasible,
+            data.run_metadata.map(|v| v.to_string()),
+            data.stop_metadata.map(|v| v.to_string()),
+            data.slot.map(|s| s as i64),
+            data.trial_dir,
+            index as i64,
+            from.as_str(),
+        ])?;
+        if changed != 1 {
+            return Err(StoreError::Other(format!("trial {index} is not {from} in the store: refusing {from} -> {to}")));
+        }
+        let msg = match data.reason {
+            Some(r) => format!("{from} -> {to}: {r}"),
+            None => format!("{from} -> {to}"),
+        };
+        self.event(Some(index), "transition", Some(&msg))
+    }
+
+    /// Update the run metadata of a trial without a transition.
+    pub fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()> {
+        self.t
+            .prepare_cached("UPDATE trials SET run_metadata = ?1 WHERE idx = ?2")?
+            .execute(params![meta.to_string(), index as i64])?;
+        Ok(())
+    }
+
+    pub fn observation(&mut self, o: &ObservationRow) -> Result<()> {
+        self.t
+            .prepare_cached(
+                "INSERT INTO observations (trial, metric, progression, mean, sem, final, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![o.trial as i64, o.metric, o.progression, o.mean, o.sem, o.is_final, self.time])?;
+        Ok(())
+    }
+
+    pub fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.t
+            .prepare_cached("INSERT OR REPLACE INTO generator_state (key, value) VALUES (?1, ?2)")?
+            .execute(params![key, value.to_string()])?;
+        Ok(())
+    }
+
+    pub fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()> {
+        self.t
+            .prepare_cached("INSERT INTO events (time, trial, kind, message) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![self.time, trial.map(|x| x as i64), kind, message])?;
+        Ok(())
+    }
+}
+
+/// FNV-1a: a stable hash of the spec text, for a quick look at whether it changed.
+fn fnv1a(s: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("x.db"), Durability::Normal).unwrap();
+        (d, s)
+    }
+
+    fn new_trial(s: &mut Store, i: u64) {
+        let p = serde_json::json!({"x": 1});
+        s.tx(|t| {
+            t.insert_trial(&NewTrial { index: i, arm_key: "k", parameters: &p, generation: "sobol", rerun_of: None, attempt: 1, session: 1 })
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn transitions_are_checked_against_the_lifecycle_and_the_stored_status() {
+        let (_d, mut s) = store();
+        new_trial(&mut s, 0);
+        let d = TransitionData::default();
+        s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).unwrap();
+        // stored status is STAGED: claiming CANDIDATE is refused
+        assert!(s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).is_err());
+        // the lifecycle refuses STAGED -> COMPLETED
+        assert!(matches!(
+            s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Completed, &d)),
+            Err(StoreError::Transition { .. })
+        ));
+        s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Running, &d)).unwrap();
+        let rows = s.trials().unwrap();
+        assert_eq!(rows[0].status, TrialStatus::Running);
+        assert!(rows[0].staged_at.is_some() && rows[0].started_at.is_some());
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing_behind() {
+        let (_d, mut s) = store();
+        let p = serde_json::json!({});
+        let r: Result<()> = s.tx(|t| {
+            t.insert_trial(&NewTrial { index: 0, arm_key: "k", parameters: &p, generation: "g", rerun_of: None, attempt: 1, session: 1 })?;
+            Err(StoreError::Other("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(s.trials().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_live_owner_keeps_the_store_and_a_dead_one_does_not() {
+        let (_d, mut s) = store();
+        let a = Owner { pid: 10, process_start: Some(1), host: "h".into(), since: String::new() };
+        let b = Owner { pid: 11, process_start: Some(2), host: "h".into(), since: String::new() };
+        s.acquire(&a, &|_, _| true).unwrap();
+        assert!(matches!(s.acquire(&b, &|_, _| true), Err(StoreError::Owned(o)) if o.pid == 10));
+        s.acquire(&b, &|_, _| false).unwrap();
+        s.release(&b).unwrap();
+        s.acquire(&a, &|_, _| true).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let (d, s) = store();
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        let e = Store::open_existing(&d.path().join("x.db")).err().unwrap();
+        assert!(e.to_string().contains("newer optx"), "{e}");
+    }
+}
