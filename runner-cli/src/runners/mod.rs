@@ -1,1 +1,90 @@
-//! todo
+//! L2: adapters behind the trait the scheduler sees, [`TrialRunner`].
+//!
+//! A runner runs on a worker thread: it deploys one trial (or re-attaches to one that was
+//! running when optx stopped), follows it to its end, and reports through
+//! [`RunnerEvent`]s. It never writes the store: the dispatcher does, before acting.
+
+mod command;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use command::CommandRunner;
+pub use output::MetricPoint;
+
+use crate::domain::Arm;
+
+/// One trial handed to a worker.
+#[derive(Debug, Clone)]
+pub struct TrialJob {
+    pub index: u64,
+    pub arm: Arm,
+    pub slot: usize,
+    pub trial_dir: PathBuf,
+    /// Run metadata of a trial that was running when optx stopped: re-attach to it.
+    pub attach: Option<serde_json::Value>,
+    /// When the trial started (for the timeout of a re-attached trial).
+    pub started_at: Option<SystemTime>,
+}
+
+/// What the dispatcher can tell a running trial.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Stop it (TERM, grace, KILL); `lost` if its outcome is not the trial's fault.
+    Stop { reason: String, lost: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed,
+    Failed { reason: String, lost: bool },
+}
+
+/// How a trial ended, with every final value that could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialResult {
+    pub outcome: Outcome,
+    pub finals: Vec<MetricPoint>,
+    pub stop_metadata: Option<serde_json::Value>,
+    /// A note beside a completion (e.g. an exit status that could not be known).
+    pub note: Option<String>,
+}
+
+/// Events from workers to the dispatcher.
+#[derive(Debug, Clone)]
+pub enum RunnerEvent {
+    /// The trial runs; `run_metadata` lets a restarted optx find it again.
+    Deployed { index: u64, run_metadata: serde_json::Value },
+    /// Intermediate points of a learning curve.
+    Progress { index: u64, points: Vec<MetricPoint> },
+    Finished { index: u64, result: TrialResult },
+}
+
+/// Polling intervals: start, growth while nothing changes, cap.
+#[derive(Debug, Clone, Copy)]
+pub struct PollSchedule {
+    pub initial: Duration,
+    pub factor: f64,
+    pub max: Duration,
+}
+
+impl PollSchedule {
+    pub fn next(&self, current: Duration) -> Duration {
+        current.mul_f64(self.factor).min(self.max).max(self.initial)
+    }
+}
+
+pub trait TrialRunner: Send + Sync {
+    /// Deploy (or re-attach to) `job` and follow it to its end, sending events; the last
+    /// event is always `Finished`.
+    fn execute(&self, job: TrialJob, control: &Receiver<Control>, events: &Sender<RunnerEvent>);
+
+    /// Called after a trial's end is committed: keep or remove what it left.
+    fn cleanup(&self, job_dir: &std::path::Path, failed: bool);
+
+    /// No more trials will be deployed in this process.
+    fn close(&self);
+}
