@@ -16,5 +16,5 @@ pub use spec::{
     CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs,
     MetricRule, Orchestration, RunnerSpec, Segment, Template,
 };
-pub use trial::{TransitionError, TrialStatus};
+pub use trial::{best_trial, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

@@ -117,6 +117,66 @@ impl FromStr for TrialStatus {
     }
 }
 
+/// One trial as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trial {
+    pub index: u64,
+    pub status: TrialStatus,
+    pub lost: bool,
+    pub arm_key: String,
+    pub parameters: serde_json::Value,
+    pub generation: String,
+    pub rerun_of: Option<u64>,
+    pub attempt: u32,
+    pub slot: Option<usize>,
+    pub session: i64,
+    pub feasible: Option<bool>,
+    pub reason: Option<String>,
+    pub run_metadata: Option<serde_json::Value>,
+    pub stop_metadata: Option<serde_json::Value>,
+    pub trial_dir: Option<String>,
+    pub created_at: String,
+    pub staged_at: Option<String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// One observed value of a metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub trial: u64,
+    pub metric: String,
+    pub progression: Option<f64>,
+    pub mean: f64,
+    pub sem: Option<f64>,
+    pub is_final: bool,
+}
+
+/// The final value of each metric of each trial (the last final observation wins).
+pub fn final_values(obs: &[Observation]) -> std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>> {
+    let mut out: std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>> = Default::default();
+    for o in obs.iter().filter(|o| o.is_final) {
+        out.entry(o.trial).or_default().insert(o.metric.clone(), o.clone());
+    }
+    out
+}
+
+/// The best feasible completed trial and its objective value.
+pub fn best_trial(
+    objective: &super::Objective,
+    trials: &[Trial],
+    finals: &std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>>,
+) -> Option<(u64, f64)> {
+    let mut best: Option<(u64, f64)> = None;
+    for t in trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)) {
+        let Some(v) = finals.get(&t.index).and_then(|m| m.get(&objective.metric)).map(|o| o.mean) else { continue };
+        if v.is_finite() && best.is_none_or(|(_, b)| objective.better(v, b)) {
+            best = Some((t.index, v));
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::TrialStatus::*;

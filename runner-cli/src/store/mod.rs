@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::domain::{Durability, TransitionError, TrialStatus};
+use crate::domain::{Durability, Observation, TransitionError, Trial, TrialStatus};
 
 /// The schema this optx writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -25,6 +25,7 @@ CREATE TABLE experiment (
     spec_path   TEXT NOT NULL,
     base_dir    TEXT NOT NULL,
     seed        INTEGER NOT NULL,
+    overrides   TEXT NOT NULL DEFAULT '{}',
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL
 );
@@ -142,42 +143,9 @@ pub struct ExperimentRow {
     pub spec_path: PathBuf,
     pub base_dir: PathBuf,
     pub seed: u64,
+    /// Command-line overrides (`max_trials`, `parallelism`) that a resume keeps.
+    pub overrides: serde_json::Value,
     pub created_at: String,
-}
-
-/// One trial as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrialRow {
-    pub index: u64,
-    pub status: TrialStatus,
-    pub lost: bool,
-    pub arm_key: String,
-    pub parameters: serde_json::Value,
-    pub generation: String,
-    pub rerun_of: Option<u64>,
-    pub attempt: u32,
-    pub slot: Option<usize>,
-    pub session: i64,
-    pub feasible: Option<bool>,
-    pub reason: Option<String>,
-    pub run_metadata: Option<serde_json::Value>,
-    pub stop_metadata: Option<serde_json::Value>,
-    pub trial_dir: Option<String>,
-    pub created_at: String,
-    pub staged_at: Option<String>,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-}
-
-/// One observed value of a metric.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservationRow {
-    pub trial: u64,
-    pub metric: String,
-    pub progression: Option<f64>,
-    pub mean: f64,
-    pub sem: Option<f64>,
-    pub is_final: bool,
 }
 
 /// A new trial, as the dispatcher records it.
@@ -279,7 +247,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT name, spec_toml, spec_path, base_dir, seed, created_at FROM experiment WHERE id = 1",
+                "SELECT name, spec_toml, spec_path, base_dir, seed, overrides, created_at FROM experiment WHERE id = 1",
                 [],
                 |r| {
                     Ok(ExperimentRow {
@@ -288,7 +256,8 @@ impl Store {
                         spec_path: PathBuf::from(r.get::<_, String>(2)?),
                         base_dir: PathBuf::from(r.get::<_, String>(3)?),
                         seed: r.get::<_, i64>(4)? as u64,
-                        created_at: r.get(5)?,
+                        overrides: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                        created_at: r.get(6)?,
                     })
                 },
             )
@@ -296,14 +265,31 @@ impl Store {
     }
 
     /// Record the experiment (first run) or its new file (resume).
-    pub fn save_experiment(&mut self, name: &str, spec_toml: &str, spec_path: &Path, base_dir: &Path, seed: u64) -> Result<()> {
+    pub fn save_experiment(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        spec_path: &Path,
+        base_dir: &Path,
+        seed: u64,
+        overrides: &serde_json::Value,
+    ) -> Result<()> {
         let now = now();
         self.conn.execute(
-            "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, created_at, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+            "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, overrides, created_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
              ON CONFLICT(id) DO UPDATE SET spec_toml = ?2, spec_hash = ?3, spec_path = ?4, base_dir = ?5,
-               seed = ?6, updated_at = ?7",
-            params![name, spec_toml, fnv1a(spec_toml), spec_path.to_string_lossy(), base_dir.to_string_lossy(), seed as i64, now],
+               seed = ?6, overrides = ?7, updated_at = ?8",
+            params![
+                name,
+                spec_toml,
+                fnv1a(spec_toml),
+                spec_path.to_string_lossy(),
+                base_dir.to_string_lossy(),
+                seed as i64,
+                overrides.to_string(),
+                now
+            ],
         )?;
         Ok(())
     }
@@ -356,7 +342,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn trials(&self) -> Result<Vec<TrialRow>> {
+    pub fn trials(&self) -> Result<Vec<Trial>> {
         let mut st = self.conn.prepare_cached(
             "SELECT idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
                     reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at
@@ -366,7 +352,7 @@ impl Store {
             let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
                 Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
             };
-            Ok(TrialRow {
+            Ok(Trial {
                 index: r.get::<_, i64>(0)? as u64,
                 status: r.get::<_, String>(1)?.parse().unwrap_or(TrialStatus::Failed),
                 lost: r.get::<_, i64>(2)? != 0,
@@ -392,12 +378,12 @@ impl Store {
     }
 
     /// Every observation, in trial and arrival order.
-    pub fn observations(&self) -> Result<Vec<ObservationRow>> {
+    pub fn observations(&self) -> Result<Vec<Observation>> {
         let mut st = self.conn.prepare_cached(
             "SELECT trial, metric, progression, mean, sem, final FROM observations ORDER BY trial, rowid",
         )?;
         let rows = st.query_map([], |r| {
-            Ok(ObservationRow {
+            Ok(Observation {
                 trial: r.get::<_, i64>(0)? as u64,
                 metric: r.get(1)?,
                 progression: r.get(2)?,
@@ -512,7 +498,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn observation(&mut self, o: &ObservationRow) -> Result<()> {
+    pub fn observation(&mut self, o: &Observation) -> Result<()> {
         self.t
             .prepare_cached(
                 "INSERT INTO observations (trial, metric, progression, mean, sem, final, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
