@@ -1,2 +1,493 @@
-//! todo
-pub fn main() -> i32 { 0 }
+//! L4: argv, terminal output and exit codes. Thin: it parses the command line, loads what
+//! the command needs, and hands over to the scheduler or the report.
+//!
+//! Exit codes: 0 done, 1 runtime failure (e.g. failure rate exceeded), 2 bad input
+//! (config, arguments, a store in use), 130 interrupted (state saved, resumable).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config;
+use crate::domain::ExperimentSpec;
+use crate::generate::Generator;
+use crate::report::{self, Snapshot};
+use crate::scheduler::{self, EventSink, Launch, RunEnd, RunError, RunEvent};
+use crate::store::Store;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_RUNTIME: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "optx", version, about = "Closed-loop adaptive experiments from a TOML file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct Overrides {
+    /// Total trials of the experiment (overrides `orchestration.max_trials`)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_trials: Option<u64>,
+    /// Trials deployed at once (overrides `orchestration.parallelism`)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    parallelism: Option<u64>,
+    /// Print only the final summary
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print each event as a JSON object on its own line
+    #[arg(long, conflicts_with = "quiet")]
+    events_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the experiment described by FILE
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Seed of the candidate sequence (overrides `experiment.seed`)
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to keep the store (default: `[storage] path`, else .optx/<name>.db)
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+        /// Set an existing store aside (renamed to *.bak-<time>, never deleted) and start anew
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Continue an experiment after a crash, an interrupt or a timeout, or to raise --max-trials
+    Resume {
+        /// The experiment file, or its store (.db)
+        target: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// The store, when TARGET is a file whose store was moved with --store
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+        /// Accept changes to parameters, objective, constraints or runner since the last run
+        #[arg(long)]
+        allow_changes: bool,
+    },
+    /// Counts by status, running trials, best so far
+    Status { target: PathBuf },
+    /// The best feasible parameters
+    Best {
+        target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every trial
+    Trials {
+        target: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Check an experiment file and print the resolved search space
+    Validate { file: PathBuf },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Print an error the way every error is printed.
+fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    code
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__shepherd") {
+        return crate::exec::serve_shepherd();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing();
+    let line = args.join(" ");
+    match cli.command {
+        Command::Run { file, overrides, seed, store, fresh } => cmd_run(&file, overrides, seed, store, fresh, &line),
+        Command::Resume { target, overrides, store, allow_changes } => cmd_resume(&target, overrides, store, allow_changes, &line),
+        Command::Status { target } => with_store(&target, |snap, path| {
+            print!("{}", report::status(snap, &path.display().to_string()));
+            EXIT_OK
+        }),
+        Command::Best { target, json } => with_store(&target, |snap, _| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report::best_json(snap)).unwrap_or_default());
+            } else {
+                print!("{}", report::best_text(snap));
+            }
+            EXIT_OK
+        }),
+        Command::Trials { target, format } => with_store(&target, |snap, _| match format {
+            Format::Json => {
+                println!("{}", serde_json::to_string_pretty(&report::trials_json(snap)).unwrap_or_default());
+                EXIT_OK
+            }
+            Format::Csv => match report::trials_csv(snap) {
+                Ok(s) => {
+                    print!("{s}");
+                    EXIT_OK
+                }
+                Err(e) => fail(EXIT_RUNTIME, e),
+            },
+            Format::Table => {
+                print!("{}", report::trials_table(snap));
+                EXIT_OK
+            }
+        }),
+        Command::Validate { file } => cmd_validate(&file),
+    }
+}
+
+fn load(file: &Path) -> Result<(ExperimentSpec, String), i32> {
+    config::load(file).map_err(|e| {
+        eprintln!("{e}");
+        let n = e.0.len();
+        eprintln!("error: {} has {n} error{}", file.display(), if n == 1 { "" } else { "s" });
+        EXIT_USAGE
+    })
+}
+
+fn apply(spec: &mut ExperimentSpec, o: &Overrides, stored: &serde_json::Value) -> serde_json::Value {
+    let mut kept = stored.as_object().cloned().unwrap_or_default();
+    if let Some(n) = o.max_trials {
+        kept.insert("max_trials".into(), n.into());
+    }
+    if let Some(n) = o.parallelism {
+        kept.insert("parallelism".into(), n.into());
+    }
+    if let Some(n) = kept.get("max_trials").and_then(|v| v.as_u64()) {
+        spec.orchestration.max_trials = n;
+    }
+    if let Some(n) = kept.get("parallelism").and_then(|v| v.as_u64()) {
+        spec.orchestration.parallelism = n as usize;
+    }
+    serde_json::Value::Object(kept)
+}
+
+fn exe() -> Result<PathBuf, i32> {
+    std::env::current_exe().map_err(|e| fail(EXIT_RUNTIME, format!("cannot find the optx executable: {e}")))
+}
+
+fn cmd_run(file: &Path, o: Overrides, seed: Option<u64>, store: Option<PathBuf>, fresh: bool, line: &str) -> i32 {
+    let (mut spec, text) = match load(file) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    if let Some(s) = seed {
+        spec.seed = Some(s);
+    }
+    if let Some(p) = store {
+        spec.store_path = absolute(&p);
+    }
+    let overrides = apply(&mut spec, &o, &serde_json::json!({}));
+    let exe = match exe() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let spec_path = absolute(file);
+    start(Launch { spec, spec_text: text, spec_path, resume: false, fresh, exe, command_line: line.into(), overrides }, &o)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn is_store(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e != "toml")
+}
+
+/// Open the store of TARGET (a store, or an experiment file) with the spec it holds.
+fn open_target(target: &Path) -> Result<(Store, ExperimentSpec, PathBuf), i32> {
+    let path = if is_store(target) {
+        target.to_path_buf()
+    } else {
+        let (spec, _) = load(target)?;
+        spec.store_path
+    };
+    let store = Store::open_existing(&path).map_err(|e| {
+        let hint = if is_store(target) { String::new() } else { format!(" (has `optx run {}` run yet?)", target.display()) };
+        fail(EXIT_USAGE, format!("{e}{hint}"))
+    })?;
+    let exp = match store.experiment() {
+        Ok(Some(e)) => e,
+        Ok(None) => return Err(fail(EXIT_USAGE, format!("{} holds no experiment", path.display()))),
+        Err(e) => return Err(fail(EXIT_RUNTIME, e)),
+    };
+    let mut spec = config::parse(&exp.spec_toml, &exp.spec_path.display().to_string(), &exp.base_dir).map_err(|e| {
+        fail(EXIT_RUNTIME, format!("the experiment file stored in {} no longer parses:\n{e}", path.display()))
+    })?;
+    spec.store_path = absolute(&path);
+    apply(&mut spec, &Overrides::default(), &exp.overrides);
+    Ok((store, spec, path))
+}
+
+fn with_store(target: &Path, f: impl FnOnce(&Snapshot, &Path) -> i32) -> i32 {
+    let (store, spec, path) = match open_target(target) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let (trials, obs) = match (store.trials(), store.observations()) {
+        (Ok(t), Ok(o)) => (t, o),
+        (Err(e), _) | (_, Err(e)) => return fail(EXIT_RUNTIME, e),
+    };
+    let snap = Snapshot::new(&spec, &trials, &obs);
+    f(&snap, &path)
+}
+
+fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes: bool, line: &str) -> i32 {
+    let store_path = match (&store, is_store(target)) {
+        (Some(p), _) => absolute(p),
+        (None, true) => absolute(target),
+        (None, false) => match load(target) {
+            Ok((spec, _)) => spec.store_path,
+            Err(c) => return c,
+        },
+    };
+    let st = match Store::open_existing(&store_path) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_USAGE, format!("{e}: nothing to resume (start it with `optx run`)")),
+    };
+    let exp = match st.experiment() {
+        Ok(Some(e)) => e,
+        Ok(None) => return fail(EXIT_USAGE, format!("{} holds no experiment: start it with `optx run`", store_path.display())),
+        Err(e) => return fail(EXIT_RUNTIME, e),
+    };
+    drop(st);
+    let (mut spec, text, spec_path) = if is_store(target) {
+        match config::parse(&exp.spec_toml, &exp.spec_path.display().to_string(), &exp.base_dir) {
+            Ok(s) => (s, exp.spec_toml.clone(), exp.spec_path.clone()),
+            Err(e) => return fail(EXIT_RUNTIME, format!("the stored experiment file no longer parses:\n{e}")),
+        }
+    } else {
+        let (spec, text) = match load(target) {
+            Ok(x) => x,
+            Err(c) => return c,
+        };
+        let changes = config::fixed_part_changes(&exp.spec_toml, &text);
+        if !changes.is_empty() && !allow_changes {
+            eprintln!("error: {} changed since the experiment started, in parts that may not change on resume:", target.display());
+            for c in &changes {
+                eprintln!("  {c}");
+            }
+            eprintln!("Resume from the store (`optx resume {}`) to run as before, or pass --allow-changes to accept the changes.", store_path.display());
+            return EXIT_USAGE;
+        }
+        if !changes.is_empty() {
+            eprintln!("optx: accepting {} change(s) to the experiment (--allow-changes)", changes.len());
+        }
+        (spec, text, absolute(target))
+    };
+    spec.store_path = store_path;
+    let overrides = apply(&mut spec, &o, &exp.overrides);
+    let exe = match exe() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    start(Launch { spec, spec_text: text, spec_path, resume: true, fresh: false, exe, command_line: line.into(), overrides }, &o)
+}
+
+/// Prints run events as lines for people, or as JSON objects.
+struct Printer {
+    quiet: bool,
+    json: bool,
+    out: std::io::Stdout,
+}
+
+impl EventSink for Printer {
+    fn event(&mut self, e: &RunEvent) {
+        if self.quiet {
+            if let RunEvent::Notice(n) = e {
+                eprintln!("optx: {n}");
+            }
+            return;
+        }
+        let mut out = self.out.lock();
+        if self.json {
+            let v = match e {
+                RunEvent::Started { name, store, max_trials, parallelism, method, existing } => serde_json::json!({
+                    "event": "started", "name": name, "store": store, "max_trials": max_trials,
+                    "parallelism": parallelism, "generation": method, "existing": existing}),
+                RunEvent::Reattached { index, pid } => serde_json::json!({"event": "reattached", "trial": index, "pid": pid}),
+                RunEvent::Deployed { index, params, generation } => {
+                    serde_json::json!({"event": "deployed", "trial": index, "parameters": params, "generation": generation})
+                }
+                RunEvent::Completed { index, metric, value, feasible, best, note } => serde_json::json!({
+                    "event": "completed", "trial": index, "metric": metric, "value": value,
+                    "feasible": feasible, "best": best, "note": note}),
+                RunEvent::Failed { index, reason, lost, will_retry } => {
+                    serde_json::json!({"event": "failed", "trial": index, "reason": reason, "lost": lost, "retry": will_retry})
+                }
+                RunEvent::Notice(n) => serde_json::json!({"event": "notice", "message": n}),
+            };
+            let _ = writeln!(out, "{v}");
+            return;
+        }
+        let _ = match e {
+            RunEvent::Started { name, store, max_trials, parallelism, method, existing } => {
+                let resumed = if *existing > 0 { format!(", {existing} already there") } else { String::new() };
+                writeln!(out, "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {}", store.display())
+                    .and_then(|_| writeln!(out, "optx: generation: {method}"))
+            }
+            RunEvent::Reattached { index, pid } => match pid {
+                Some(p) => writeln!(out, "[{index:>4}] re-attached to pid {p}"),
+                None => writeln!(out, "[{index:>4}] re-attached"),
+            },
+            RunEvent::Deployed { index, params, generation } => {
+                writeln!(out, "[{index:>4}] deployed   {}  ({generation})", report::params_inline(params))
+            }
+            RunEvent::Completed { index, metric, value, feasible, best, note } => {
+                let v = value.map(report::num).unwrap_or_else(|| "?".into());
+                let tag = if *best {
+                    "  * best so far"
+                } else if !feasible {
+                    "  (infeasible)"
+                } else {
+                    ""
+                };
+                let note = note.as_ref().map(|n| format!("  [{n}]")).unwrap_or_default();
+                writeln!(out, "[{index:>4}] completed  {metric} = {v}{tag}{note}")
+            }
+            RunEvent::Failed { index, reason, lost, will_retry } => {
+                let mut lines = reason.lines();
+                let first = lines.next().unwrap_or("");
+                let what = if *lost { "lost      " } else { "failed    " };
+                let then = if *lost {
+                    "  (not counted; its arm runs again)"
+                } else if *will_retry {
+                    "  (will retry)"
+                } else {
+                    ""
+                };
+                let mut r = writeln!(out, "[{index:>4}] {what} {first}{then}");
+                for l in lines {
+                    r = r.and_then(|_| writeln!(out, "         | {l}"));
+                }
+                r
+            }
+            RunEvent::Notice(n) => writeln!(out, "optx: {n}"),
+        };
+    }
+}
+
+fn start(l: Launch, o: &Overrides) -> i32 {
+    let store_path = l.spec.store_path.clone();
+    let spec = l.spec.clone();
+    let mut printer = Printer { quiet: o.quiet, json: o.events_json, out: std::io::stdout() };
+    let end = scheduler::launch(l, &mut printer);
+    let code = match &end {
+        Ok(RunEnd::Done) => EXIT_OK,
+        Ok(RunEnd::FailureRate) => EXIT_RUNTIME,
+        Ok(RunEnd::Interrupted) => EXIT_INTERRUPTED,
+        Err(e @ (RunError::Usage(_) | RunError::Owned { .. })) => return fail(EXIT_USAGE, e),
+        Err(e @ RunError::Runtime(_)) => return fail(EXIT_RUNTIME, e),
+    };
+    // The summary, from the store as committed.
+    if let Ok(store) = Store::open_existing(&store_path) {
+        if let (Ok(trials), Ok(obs)) = (store.trials(), store.observations()) {
+            let snap = Snapshot::new(&spec, &trials, &obs);
+            if !o.events_json {
+                let verb = match end {
+                    Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {}`)", store_path.display()),
+                    Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
+                    _ => "done".into(),
+                };
+                println!("optx: {verb}: {}", report::summary_line(&snap));
+                println!("optx: {}", report::best_line(&snap));
+            }
+        }
+    }
+    code
+}
+
+fn cmd_validate(file: &Path) -> i32 {
+    let (spec, _) = match load(file) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    use crate::domain::{Domain, RunnerSpec, Segment};
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "{}: ok", file.display());
+    let _ = writeln!(out, "experiment:  {}", spec.name);
+    let _ = writeln!(out, "objective:   {} {}", spec.objective.verb(), spec.objective.metric);
+    let _ = writeln!(out, "parameters:  {} searched dimension(s)", spec.space.dims());
+    let w = spec.space.parameters.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &spec.space.parameters {
+        let d = match &p.domain {
+            Domain::Float { lo, hi, log, step } => format!(
+                "float [{lo}, {hi}]{}{}",
+                if *log { " log" } else { "" },
+                step.map(|s| format!(" step {s}")).unwrap_or_default()
+            ),
+            Domain::Int { lo, hi, log, step } => format!(
+                "int [{lo}, {hi}]{}{}",
+                if *log { " log" } else { "" },
+                step.map(|s| format!(" step {s}")).unwrap_or_default()
+            ),
+            Domain::Choice { values, ordered } => format!(
+                "{}choice {{{}}}",
+                if *ordered { "ordered " } else { "" },
+                values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            Domain::Fixed { value } => format!("fixed {value}"),
+        };
+        let _ = writeln!(out, "  {:w$}  {d}", p.name);
+    }
+    for c in &spec.space.constraints {
+        let _ = writeln!(out, "constraint:  {}", c.text);
+    }
+    for c in &spec.outcome_constraints {
+        let _ = writeln!(out, "outcome:     {c}");
+    }
+    match &spec.runner {
+        RunnerSpec::Command(c) => {
+            let words: Vec<String> = c
+                .argv
+                .iter()
+                .map(|t| {
+                    t.segments
+                        .iter()
+                        .map(|s| match s {
+                            Segment::Literal(l) => l.clone(),
+                            Segment::Placeholder(p) => format!("{{{p}}}"),
+                        })
+                        .collect()
+                })
+                .collect();
+            let shell = if c.shell { " (through sh -c)" } else { "" };
+            let _ = writeln!(out, "runner:      command{shell}: {}", words.join(" "));
+        }
+    }
+    let o = &spec.orchestration;
+    let _ = writeln!(out, "trials:      {} (parallelism {})", o.max_trials, o.parallelism);
+    let _ = writeln!(out, "generation:  {}", Generator::describe(&spec));
+    if let Some(n) = spec.space.cardinality() {
+        let _ = writeln!(out, "space:       {n} distinct arms");
+    }
+    let _ = writeln!(out, "store:       {}", spec.store_path.display());
+    print!("{out}");
+    EXIT_OK
+}

@@ -70,7 +70,13 @@ pub fn sobol_point(i: u64, dims: usize, seed: u64) -> Vec<f64> {
     // sobol_burley holds 2^16 points per scramble: each further block gets a new scramble.
     let block = (i >> 16) as u32;
     let s = (seed as u32) ^ (seed >> 32) as u32 ^ block.wrapping_mul(0x9E37_79B9);
-    (0..dims as u32).map(|d| sobol_burley::sample((i & 0xFFFF) as u32, d % 256, s.wrapping_add(d / 256)) as f64).collect()
+    (0..dims as u32)
+        .map(|d| {
+            let x = sobol_burley::sample((i & 0xFFFF) as u32, d % 256, s.wrapping_add(d / 256));
+            // The f32's shortest decimal form, so that values read as they are meant.
+            x.to_string().parse::<f64>().unwrap_or(x as f64)
+        })
+        .collect()
 }
 
 /// The i-th point of the seeded uniform random sequence.
