@@ -106,8 +106,10 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 pub fn main() -> i32 {
@@ -127,7 +129,9 @@ pub fn main() -> i32 {
     let line = args.join(" ");
     match cli.command {
         Command::Run { file, overrides, seed, store, fresh } => cmd_run(&file, overrides, seed, store, fresh, &line),
-        Command::Resume { target, overrides, store, allow_changes } => cmd_resume(&target, overrides, store, allow_changes, &line),
+        Command::Resume { target, overrides, store, allow_changes } => {
+            cmd_resume(&target, overrides, store, allow_changes, &line)
+        }
         Command::Status { target } => with_store(&target, |snap, path| {
             print!("{}", report::status(snap, &path.display().to_string()));
             EXIT_OK
@@ -208,7 +212,10 @@ fn cmd_run(file: &Path, o: Overrides, seed: Option<u64>, store: Option<PathBuf>,
         Err(c) => return c,
     };
     let spec_path = absolute(file);
-    start(Launch { spec, spec_text: text, spec_path, resume: false, fresh, exe, command_line: line.into(), overrides }, &o)
+    start(
+        Launch { spec, spec_text: text, spec_path, resume: false, fresh, exe, command_line: line.into(), overrides },
+        &o,
+    )
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -228,7 +235,8 @@ fn open_target(target: &Path) -> Result<(Store, ExperimentSpec, PathBuf), i32> {
         spec.store_path
     };
     let store = Store::open_existing(&path).map_err(|e| {
-        let hint = if is_store(target) { String::new() } else { format!(" (has `optx run {}` run yet?)", target.display()) };
+        let hint =
+            if is_store(target) { String::new() } else { format!(" (has `optx run {}` run yet?)", target.display()) };
         fail(EXIT_USAGE, format!("{e}{hint}"))
     })?;
     let exp = match store.experiment() {
@@ -272,7 +280,9 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
     };
     let exp = match st.experiment() {
         Ok(Some(e)) => e,
-        Ok(None) => return fail(EXIT_USAGE, format!("{} holds no experiment: start it with `optx run`", store_path.display())),
+        Ok(None) => {
+            return fail(EXIT_USAGE, format!("{} holds no experiment: start it with `optx run`", store_path.display()))
+        }
         Err(e) => return fail(EXIT_RUNTIME, e),
     };
     drop(st);
@@ -288,7 +298,10 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
         };
         let changes = config::fixed_part_changes(&exp.spec_toml, &text);
         if !changes.is_empty() && !allow_changes {
-            eprintln!("error: {} changed since the experiment started, in parts that may not change on resume:", target.display());
+            eprintln!(
+                "error: {} changed since the experiment started, in parts that may not change on resume:",
+                target.display()
+            );
             for c in &changes {
                 eprintln!("  {c}");
             }
@@ -306,7 +319,19 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
         Ok(e) => e,
         Err(c) => return c,
     };
-    start(Launch { spec, spec_text: text, spec_path, resume: true, fresh: false, exe, command_line: line.into(), overrides }, &o)
+    start(
+        Launch {
+            spec,
+            spec_text: text,
+            spec_path,
+            resume: true,
+            fresh: false,
+            exe,
+            command_line: line.into(),
+            overrides,
+        },
+        &o,
+    )
 }
 
 /// Prints run events as lines for people, or as JSON objects.
@@ -330,7 +355,9 @@ impl EventSink for Printer {
                 RunEvent::Started { name, store, max_trials, parallelism, method, existing } => serde_json::json!({
                     "event": "started", "name": name, "store": store, "max_trials": max_trials,
                     "parallelism": parallelism, "generation": method, "existing": existing}),
-                RunEvent::Reattached { index, pid } => serde_json::json!({"event": "reattached", "trial": index, "pid": pid}),
+                RunEvent::Reattached { index, pid } => {
+                    serde_json::json!({"event": "reattached", "trial": index, "pid": pid})
+                }
                 RunEvent::Deployed { index, params, generation } => {
                     serde_json::json!({"event": "deployed", "trial": index, "parameters": params, "generation": generation})
                 }
@@ -348,8 +375,12 @@ impl EventSink for Printer {
         let _ = match e {
             RunEvent::Started { name, store, max_trials, parallelism, method, existing } => {
                 let resumed = if *existing > 0 { format!(", {existing} already there") } else { String::new() };
-                writeln!(out, "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {}", store.display())
-                    .and_then(|_| writeln!(out, "optx: generation: {method}"))
+                writeln!(
+                    out,
+                    "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {}",
+                    store.display()
+                )
+                .and_then(|_| writeln!(out, "optx: generation: {method}"))
             }
             RunEvent::Reattached { index, pid } => match pid {
                 Some(p) => writeln!(out, "[{index:>4}] re-attached to pid {p}"),
@@ -410,7 +441,9 @@ fn start(l: Launch, o: &Overrides) -> i32 {
             let snap = Snapshot::new(&spec, &trials, &obs);
             if !o.events_json {
                 let verb = match end {
-                    Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {}`)", store_path.display()),
+                    Ok(RunEnd::Interrupted) => {
+                        format!("interrupted (resume with `optx resume {}`)", store_path.display())
+                    }
                     Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
                     _ => "done".into(),
                 };

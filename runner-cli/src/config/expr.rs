@@ -141,7 +141,8 @@ fn parse_linear(toks: &[Tok]) -> Result<Linear, String> {
 
 /// Split at the one `<=`/`>=` of an inequality.
 fn split_inequality(toks: &[Tok]) -> Result<(&[Tok], bool, &[Tok]), String> {
-    let ops: Vec<usize> = toks.iter().enumerate().filter(|(_, t)| matches!(t, Tok::Le | Tok::Ge)).map(|(i, _)| i).collect();
+    let ops: Vec<usize> =
+        toks.iter().enumerate().filter(|(_, t)| matches!(t, Tok::Le | Tok::Ge)).map(|(i, _)| i).collect();
     match ops.as_slice() {
         [i] => Ok((&toks[..*i], toks[*i] == Tok::Le, &toks[*i + 1..])),
         [] => Err("expected an inequality with `<=` or `>=`".into()),
@@ -268,11 +269,10 @@ mod tests {
     #[test]
     fn templates_split_placeholders_and_escapes() {
         let t = template("--lr={lr} {{x}}").unwrap();
-        assert_eq!(t.segments, vec![
-            Segment::Literal("--lr=".into()),
-            Segment::Placeholder("lr".into()),
-            Segment::Literal(" {x}".into()),
-        ]);
+        assert_eq!(
+            t.segments,
+            vec![Segment::Literal("--lr=".into()), Segment::Placeholder("lr".into()), Segment::Literal(" {x}".into()),]
+        );
         assert!(template("{open").is_err());
         assert!(template("a}b").is_err());
     }

@@ -57,13 +57,15 @@ impl std::error::Error for ConfigErrors {}
 pub fn load(path: &Path) -> Result<(ExperimentSpec, String), ConfigErrors> {
     let display = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError { file: display.clone(), line: 1, col: 1, message: format!("cannot read the file: {e}") }])
+        ConfigErrors(vec![ConfigError {
+            file: display.clone(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the file: {e}"),
+        }])
     })?;
-    let base = path
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base =
+        path.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     let spec = parse(&src, &display, &base)?;
     Ok((spec, src))
 }
@@ -122,8 +124,17 @@ pub fn fixed_part_changes(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-const ROOT_KEYS: [&str; 9] =
-    ["experiment", "parameters", "objective", "constraints", "runner", "metrics", "orchestration", "generation", "storage"];
+const ROOT_KEYS: [&str; 9] = [
+    "experiment",
+    "parameters",
+    "objective",
+    "constraints",
+    "runner",
+    "metrics",
+    "orchestration",
+    "generation",
+    "storage",
+];
 
 fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec> {
     root.check_keys(
@@ -131,7 +142,10 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         &ROOT_KEYS,
         &[
             ("early_stopping", "early stopping arrives in a later version of optx; remove the table to run without it"),
-            ("global_stopping", "global stopping arrives in a later version of optx; remove the table to run without it"),
+            (
+                "global_stopping",
+                "global stopping arrives in a later version of optx; remove the table to run without it",
+            ),
         ],
     );
     let table = |ctx: &mut Ctx, key: &str, required: bool| -> Option<Table> {
@@ -168,7 +182,12 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     if let Some(m) = &metrics {
         for (k, span, v) in &m.entries {
             if !is_metric_name(k) {
-                ctx.err(span.clone(), format!("`{k}` is not a usable metric name (letters, digits, `_` and `.`, not starting with a digit)"));
+                ctx.err(
+                    span.clone(),
+                    format!(
+                        "`{k}` is not a usable metric name (letters, digits, `_` and `.`, not starting with a digit)"
+                    ),
+                );
             }
             if let Some(rule) = read_metric_rule(ctx, k, v) {
                 metric_rules.insert(k.to_string(), rule);
@@ -213,7 +232,8 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
 
 fn is_identifier(s: &str) -> bool {
     let mut c = s.chars();
-    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -227,7 +247,10 @@ fn read_experiment(ctx: &mut Ctx, t: &Table) -> Option<ExperimentHeader> {
     let name = t.require(ctx, "name").and_then(|v| as_str(ctx, v, "experiment.name"));
     if let (Some(n), Some(v)) = (name, t.get("name")) {
         if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-            ctx.err(v.span(), format!("`experiment.name` must use only letters, digits, `_`, `.` and `-`, not \"{n}\""));
+            ctx.err(
+                v.span(),
+                format!("`experiment.name` must use only letters, digits, `_`, `.` and `-`, not \"{n}\""),
+            );
         }
     }
     let description = t.str(ctx, "description").map(str::to_string);
@@ -241,7 +264,10 @@ fn read_parameters(ctx: &mut Ctx, t: &Table) -> SearchSpace {
     for (name, span, v) in &t.entries {
         let path = format!("parameters.{name}");
         if !is_identifier(name) {
-            ctx.err(span.clone(), format!("`{name}` is not a usable parameter name (letters, digits and `_`, not starting with a digit)"));
+            ctx.err(
+                span.clone(),
+                format!("`{name}` is not a usable parameter name (letters, digits and `_`, not starting with a digit)"),
+            );
         } else if RESERVED_PLACEHOLDERS.contains(name) {
             ctx.err(span.clone(), format!("`{name}` is a reserved placeholder and cannot name a parameter"));
         }
@@ -271,10 +297,7 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
     match ty_s {
         "float" | "int" => {
             p.check_keys(ctx, &["type", "bounds", "scaling", "step"], &LATER_PARAMETER_KEYS);
-            let log = match p.one_of(ctx, "scaling", &["linear", "log"]) {
-                Some("log") => true,
-                _ => false,
-            };
+            let log = matches!(p.one_of(ctx, "scaling", &["linear", "log"]), Some("log"));
             let bounds_v = p.require(ctx, "bounds")?;
             let arr = as_array(ctx, bounds_v, &p.path("bounds"))?;
             if arr.len() != 2 {
@@ -285,25 +308,40 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
                 let lo = parse_int(arr[0].get_ref());
                 let hi = parse_int(arr[1].get_ref());
                 let (Some(lo), Some(hi)) = (lo, hi) else {
-                    ctx.err(bounds_v.span(), format!("`{}` of an int parameter must be two integers", p.path("bounds")));
+                    ctx.err(
+                        bounds_v.span(),
+                        format!("`{}` of an int parameter must be two integers", p.path("bounds")),
+                    );
                     return None;
                 };
                 if lo >= hi {
-                    ctx.err(bounds_v.span(), format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")));
+                    ctx.err(
+                        bounds_v.span(),
+                        format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")),
+                    );
                     return None;
                 }
                 if log && lo <= 0 {
-                    ctx.err(bounds_v.span(), format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")));
+                    ctx.err(
+                        bounds_v.span(),
+                        format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")),
+                    );
                     return None;
                 }
                 let step = p.i64_where(ctx, "step", "a positive integer", |s| s > 0);
                 if let Some(s) = step {
                     if (hi - lo) % s != 0 {
-                        ctx.err(p.get("step")?.span(), format!("`{}` = {s} does not divide the range {lo}..{hi}", p.path("step")));
+                        ctx.err(
+                            p.get("step")?.span(),
+                            format!("`{}` = {s} does not divide the range {lo}..{hi}", p.path("step")),
+                        );
                         return None;
                     }
                     if log {
-                        ctx.err(p.get("step")?.span(), format!("`{}`: a step cannot be combined with log scaling", p.path("step")));
+                        ctx.err(
+                            p.get("step")?.span(),
+                            format!("`{}`: a step cannot be combined with log scaling", p.path("step")),
+                        );
                         return None;
                     }
                 }
@@ -318,22 +356,34 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
                     return None;
                 }
                 if lo >= hi {
-                    ctx.err(bounds_v.span(), format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")));
+                    ctx.err(
+                        bounds_v.span(),
+                        format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")),
+                    );
                     return None;
                 }
                 if log && lo <= 0.0 {
-                    ctx.err(bounds_v.span(), format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")));
+                    ctx.err(
+                        bounds_v.span(),
+                        format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")),
+                    );
                     return None;
                 }
                 let step = p.f64_where(ctx, "step", "a positive number", |s| s > 0.0 && s.is_finite());
                 if let Some(s) = step {
                     let k = (hi - lo) / s;
                     if (k - k.round()).abs() > 1e-6 * k.max(1.0) {
-                        ctx.err(p.get("step")?.span(), format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")));
+                        ctx.err(
+                            p.get("step")?.span(),
+                            format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")),
+                        );
                         return None;
                     }
                     if log {
-                        ctx.err(p.get("step")?.span(), format!("`{}`: a step cannot be combined with log scaling", p.path("step")));
+                        ctx.err(
+                            p.get("step")?.span(),
+                            format!("`{}`: a step cannot be combined with log scaling", p.path("step")),
+                        );
                         return None;
                     }
                 }
@@ -347,12 +397,28 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
             let mut values: Vec<Value> = Vec::new();
             for item in arr {
                 let Some(v) = scalar(item.get_ref()) else {
-                    ctx.err(item.span(), format!("`{}` holds strings, integers, floats or booleans, not {}", p.path("values"), kind(item.get_ref())));
+                    ctx.err(
+                        item.span(),
+                        format!(
+                            "`{}` holds strings, integers, floats or booleans, not {}",
+                            p.path("values"),
+                            kind(item.get_ref())
+                        ),
+                    );
                     return None;
                 };
                 if let Some(first) = values.first() {
                     if first.kind() != v.kind() {
-                        ctx.err(item.span(), format!("`{}` must all be of one kind: {} is {}, the first is {}", p.path("values"), v, v.kind(), first.kind()));
+                        ctx.err(
+                            item.span(),
+                            format!(
+                                "`{}` must all be of one kind: {} is {}, the first is {}",
+                                p.path("values"),
+                                v,
+                                v.kind(),
+                                first.kind()
+                            ),
+                        );
                         return None;
                     }
                 }
@@ -363,7 +429,10 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
                 values.push(v);
             }
             if values.len() < 2 {
-                ctx.err(vv.span(), format!("`{}` needs at least two values (use type = \"fixed\" for one)", p.path("values")));
+                ctx.err(
+                    vv.span(),
+                    format!("`{}` needs at least two values (use type = \"fixed\" for one)", p.path("values")),
+                );
                 return None;
             }
             let ordered = p.bool(ctx, "ordered").unwrap_or(false);
@@ -412,7 +481,10 @@ fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Objective, std::ops::Rang
     );
     let (key, direction) = match (t.get("minimize"), t.get("maximize")) {
         (Some(_), Some(_)) => {
-            ctx.err(t.key_span("maximize"), "multi-objective optimization (both `minimize` and `maximize`) is not supported yet");
+            ctx.err(
+                t.key_span("maximize"),
+                "multi-objective optimization (both `minimize` and `maximize`) is not supported yet",
+            );
             return None;
         }
         (Some(_), None) => ("minimize", Direction::Minimize),
@@ -425,7 +497,10 @@ fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Objective, std::ops::Rang
     let v = t.get(key)?;
     match v.get_ref() {
         DeValue::Array(_) => {
-            ctx.err(v.span(), format!("`objective.{key}`: multi-objective optimization (a list of metrics) is not supported yet"));
+            ctx.err(
+                v.span(),
+                format!("`objective.{key}`: multi-objective optimization (a list of metrics) is not supported yet"),
+            );
             None
         }
         DeValue::String(s) if is_metric_name(s.trim()) => {
@@ -463,7 +538,13 @@ fn read_parameter_constraints(ctx: &mut Ctx, t: &Table, space: &SearchSpace) -> 
                     match space.parameter(name) {
                         None => {
                             let names = space.parameters.iter().map(|p| p.name.as_str());
-                            ctx.err(span.clone(), format!("`constraints.parameters`: \"{text}\" names `{name}`, which is not a parameter{}", did_you_mean(name, names)));
+                            ctx.err(
+                                span.clone(),
+                                format!(
+                                    "`constraints.parameters`: \"{text}\" names `{name}`, which is not a parameter{}",
+                                    did_you_mean(name, names)
+                                ),
+                            );
                             ok = false;
                         }
                         Some(Parameter { domain: Domain::Float { .. } | Domain::Int { .. }, .. }) => {}
@@ -482,7 +563,10 @@ fn read_parameter_constraints(ctx: &mut Ctx, t: &Table, space: &SearchSpace) -> 
     if !out.is_empty() {
         let check = SearchSpace { parameters: space.parameters.clone(), constraints: out.clone() };
         if check.constraints_feasible() == Some(false) {
-            ctx.err(t.key_span("parameters"), "`constraints.parameters`: no point of the search space satisfies every parameter constraint");
+            ctx.err(
+                t.key_span("parameters"),
+                "`constraints.parameters`: no point of the search space satisfies every parameter constraint",
+            );
         }
     }
     out
@@ -515,7 +599,10 @@ fn read_metric_rule(ctx: &mut Ctx, name: &str, v: &SV) -> Option<MetricRule> {
         (Some(re), None, None) => match regex::Regex::new(re) {
             Ok(r) if r.captures_len() >= 2 => Some(MetricRule::Regex(r)),
             Ok(_) => {
-                ctx.err(t.get("regex")?.span(), format!("`{path}.regex` needs a capture group around the value, like 'loss: ([-0-9.eE+]+)'"));
+                ctx.err(
+                    t.get("regex")?.span(),
+                    format!("`{path}.regex` needs a capture group around the value, like 'loss: ([-0-9.eE+]+)'"),
+                );
                 None
             }
             Err(e) => {
@@ -527,7 +614,10 @@ fn read_metric_rule(ctx: &mut Ctx, name: &str, v: &SV) -> Option<MetricRule> {
         (None, Some(file), pointer) => {
             let pointer = pointer.unwrap_or("");
             if !pointer.is_empty() && !pointer.starts_with('/') {
-                ctx.err(t.get("pointer")?.span(), format!("`{path}.pointer` is a JSON pointer and starts with `/`, like \"/metrics/loss\""));
+                ctx.err(
+                    t.get("pointer")?.span(),
+                    format!("`{path}.pointer` is a JSON pointer and starts with `/`, like \"/metrics/loss\""),
+                );
                 return None;
             }
             Some(MetricRule::File { path: file.to_string(), pointer: pointer.to_string() })
@@ -555,13 +645,21 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
     match kind_s {
         "command" => {}
         "external" | "slurm" | "plugin" => {
-            ctx.err(kind_v?.span(), format!("`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"`"));
+            ctx.err(
+                kind_v?.span(),
+                format!(
+                    "`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"`"
+                ),
+            );
             return None;
         }
         other => {
             ctx.err(
                 kind_v?.span(),
-                format!("`runner.kind` must be \"command\", \"external\", \"slurm\" or \"plugin\", not \"{other}\"{}", did_you_mean(other, ["command", "external", "slurm", "plugin"])),
+                format!(
+                    "`runner.kind` must be \"command\", \"external\", \"slurm\" or \"plugin\", not \"{other}\"{}",
+                    did_you_mean(other, ["command", "external", "slurm", "plugin"])
+                ),
             );
             return None;
         }
@@ -598,7 +696,15 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
                 for seg in &t.segments {
                     if let Segment::Placeholder(p) = seg {
                         if !placeholders.contains(&p.as_str()) {
-                            ctx.err(span.clone(), format!("`{what}`: unknown placeholder `{{{p}}}`{}", did_you_mean(p, placeholders.iter().copied()).replace("`?", "}`?").replace("mean `", "mean `{")));
+                            ctx.err(
+                                span.clone(),
+                                format!(
+                                    "`{what}`: unknown placeholder `{{{p}}}`{}",
+                                    did_you_mean(p, placeholders.iter().copied())
+                                        .replace("`?", "}`?")
+                                        .replace("mean `", "mean `{")
+                                ),
+                            );
                             ok = false;
                         }
                     }
@@ -611,11 +717,11 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
     let command_v = t.require(ctx, "command")?;
     let mut argv = Vec::new();
     match command_v.get_ref() {
-        DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), "runner.command")?),
+        DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), "runner.command")),
         DeValue::String(s) => match shlex::split(s) {
             Some(words) if !words.is_empty() => {
                 for w in words {
-                    argv.push(tmpl(ctx, &w, command_v.span(), "runner.command")?);
+                    argv.push(tmpl(ctx, &w, command_v.span(), "runner.command"));
                 }
             }
             _ => {
@@ -634,18 +740,22 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
             }
             if shell {
                 let joined = words.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" ");
-                argv.push(tmpl(ctx, &joined, command_v.span(), "runner.command")?);
+                argv.push(tmpl(ctx, &joined, command_v.span(), "runner.command"));
             } else {
                 for (w, span) in words {
-                    argv.push(tmpl(ctx, w, span, "runner.command")?);
+                    argv.push(tmpl(ctx, w, span, "runner.command"));
                 }
             }
         }
         other => {
-            ctx.err(command_v.span(), format!("`runner.command` must be an array of strings or a string, not {}", kind(other)));
+            ctx.err(
+                command_v.span(),
+                format!("`runner.command` must be an array of strings or a string, not {}", kind(other)),
+            );
             return None;
         }
     }
+    let argv: Option<Vec<Template>> = argv.into_iter().collect();
     let mut env = Vec::new();
     if let Some(ev) = t.get("env") {
         if let Some(et) = Table::of(ctx, "runner.env", ev) {
@@ -665,21 +775,36 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
         }
     }
     let workdir = match t.get("workdir") {
-        Some(v) => {
-            let s = as_str(ctx, v, "runner.workdir")?;
-            Some(tmpl(ctx, s, v.span(), "runner.workdir")?)
-        }
+        Some(v) => match as_str(ctx, v, "runner.workdir") {
+            Some(s) => Some(tmpl(ctx, s, v.span(), "runner.workdir")),
+            None => Some(None),
+        },
+        None => None,
+    };
+    let workdir = match workdir {
+        Some(None) => return None,
+        Some(Some(t)) => Some(t),
         None => None,
     };
     let timeout = t.get("timeout").and_then(|v| as_duration(ctx, v, "runner.timeout"));
-    let stop_grace = t.get("stop_grace").and_then(|v| as_duration(ctx, v, "runner.stop_grace")).unwrap_or(Duration::from_secs(10));
+    let stop_grace =
+        t.get("stop_grace").and_then(|v| as_duration(ctx, v, "runner.stop_grace")).unwrap_or(Duration::from_secs(10));
     let keep_trial_dirs = match t.one_of(ctx, "keep_trial_dirs", &["all", "failed", "none"]) {
         Some("failed") => KeepTrialDirs::Failed,
         Some("none") => KeepTrialDirs::None,
         _ => KeepTrialDirs::All,
     };
     let progression = t.str(ctx, "progression").unwrap_or("step").to_string();
-    Some(RunnerSpec::Command(CommandSpec { argv, shell, env, workdir, timeout, stop_grace, keep_trial_dirs, progression }))
+    Some(RunnerSpec::Command(CommandSpec {
+        argv: argv?,
+        shell,
+        env,
+        workdir,
+        timeout,
+        stop_grace,
+        keep_trial_dirs,
+        progression,
+    }))
 }
 
 fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
@@ -702,10 +827,13 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
         &[("run_trials_in_batches", "batch deployment arrives with the plugin runner in a later version of optx")],
     );
     let d = Orchestration::default();
-    let max_trials = t.require(ctx, "max_trials").and_then(|_| t.i64_where(ctx, "max_trials", "a positive integer", |x| x >= 1));
+    let max_trials =
+        t.require(ctx, "max_trials").and_then(|_| t.i64_where(ctx, "max_trials", "a positive integer", |x| x >= 1));
     let o = Orchestration {
-        max_trials: max_trials? as u64,
-        parallelism: t.i64_where(ctx, "parallelism", "a positive integer", |x| x >= 1).map_or(d.parallelism, |x| x as usize),
+        max_trials: max_trials.unwrap_or(0) as u64,
+        parallelism: t
+            .i64_where(ctx, "parallelism", "a positive integer", |x| x >= 1)
+            .map_or(d.parallelism, |x| x as usize),
         tolerated_trial_failure_rate: t
             .f64_where(ctx, "tolerated_trial_failure_rate", "a rate between 0 and 1", |x| (0.0..=1.0).contains(&x))
             .unwrap_or(d.tolerated_trial_failure_rate),
@@ -713,27 +841,41 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
             .i64_where(ctx, "min_failed_trials_for_failure_rate_check", "a non-negative integer", |x| x >= 0)
             .map_or(d.min_failed_trials_for_failure_rate_check, |x| x as u64),
         initial_seconds_between_polls: t
-            .f64_where(ctx, "initial_seconds_between_polls", "a number of seconds (0 or more)", |x| x >= 0.0 && x.is_finite())
+            .f64_where(ctx, "initial_seconds_between_polls", "a number of seconds (0 or more)", |x| {
+                x >= 0.0 && x.is_finite()
+            })
             .unwrap_or(d.initial_seconds_between_polls),
         seconds_between_polls_backoff_factor: t
-            .f64_where(ctx, "seconds_between_polls_backoff_factor", "a factor of 1 or more", |x| x >= 1.0 && x.is_finite())
+            .f64_where(ctx, "seconds_between_polls_backoff_factor", "a factor of 1 or more", |x| {
+                x >= 1.0 && x.is_finite()
+            })
             .unwrap_or(d.seconds_between_polls_backoff_factor),
         max_seconds_between_polls: t
-            .f64_where(ctx, "max_seconds_between_polls", "a number of seconds (0 or more)", |x| x >= 0.0 && x.is_finite())
+            .f64_where(ctx, "max_seconds_between_polls", "a number of seconds (0 or more)", |x| {
+                x >= 0.0 && x.is_finite()
+            })
             .unwrap_or(d.max_seconds_between_polls),
         ttl_seconds_for_trials: t.f64_where(ctx, "ttl_seconds_for_trials", "a positive number of seconds", |x| x > 0.0),
         timeout_hours: t.f64_where(ctx, "timeout_hours", "a positive number of hours", |x| x > 0.0),
         retries_per_failed_arm: t
             .i64_where(ctx, "retries_per_failed_arm", "a non-negative integer", |x| (0..=1000).contains(&x))
             .map_or(0, |x| x as u32),
-        max_pending_trials: t.i64_where(ctx, "max_pending_trials", "a positive integer", |x| x >= 1).map(|x| x as usize),
+        max_pending_trials: t
+            .i64_where(ctx, "max_pending_trials", "a positive integer", |x| x >= 1)
+            .map(|x| x as usize),
         max_cost: t.f64_where(ctx, "max_cost", "a positive number", |x| x > 0.0),
     };
+    max_trials?;
     Some(o)
 }
 
 fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Option<GenerationSpec> {
-    let mut g = GenerationSpec { method: GenerationMethod::Auto, initial_trials: None, initial_points: Vec::new(), grid_resolution: 5 };
+    let mut g = GenerationSpec {
+        method: GenerationMethod::Auto,
+        initial_trials: None,
+        initial_points: Vec::new(),
+        grid_resolution: 5,
+    };
     let Some(t) = t else { return Some(g) };
     t.check_keys(ctx, &["method", "initial_trials", "initial_points", "grid_resolution"], &[]);
     if let Some(v) = t.get("method") {
@@ -755,7 +897,9 @@ fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Opt
         };
     }
     g.initial_trials = t.i64_where(ctx, "initial_trials", "a positive integer", |x| x >= 1).map(|x| x as u64);
-    g.grid_resolution = t.i64_where(ctx, "grid_resolution", "an integer of 2 or more", |x| (2..=10_000).contains(&x)).map_or(5, |x| x as usize);
+    g.grid_resolution = t
+        .i64_where(ctx, "grid_resolution", "an integer of 2 or more", |x| (2..=10_000).contains(&x))
+        .map_or(5, |x| x as usize);
     if let Some(v) = t.get("initial_points") {
         let arr = as_array(ctx, v, "generation.initial_points")?;
         for item in arr {
@@ -765,11 +909,15 @@ fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Opt
             for (k, span, val) in &pt.entries {
                 let Some(p) = space.parameter(k) else {
                     let names = space.parameters.iter().map(|p| p.name.as_str());
-                    ctx.err(span.clone(), format!("`generation.initial_points`: `{k}` is not a parameter{}", did_you_mean(k, names)));
+                    ctx.err(
+                        span.clone(),
+                        format!("`generation.initial_points`: `{k}` is not a parameter{}", did_you_mean(k, names)),
+                    );
                     ok = false;
                     continue;
                 };
-                let coerced = scalar(val.get_ref()).ok_or_else(|| "not a scalar".to_string()).and_then(|x| p.coerce(&x));
+                let coerced =
+                    scalar(val.get_ref()).ok_or_else(|| "not a scalar".to_string()).and_then(|x| p.coerce(&x));
                 match coerced {
                     Ok(x) => {
                         if let Some(slot) = arm.values.iter_mut().find(|(n, _)| n == *k) {
@@ -845,8 +993,13 @@ max_trials = 3
         let src = GOOD.replace("max_trials = 3", "max_trials = 0\nparalelism = 2").replace("\"{n}\"", "\"{nn}\"");
         let e = errors(&src);
         assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e.iter().any(|m| m.contains("unknown key `paralelism` in `[orchestration]` (did you mean `parallelism`?)")));
-        assert!(e.iter().any(|m| m.starts_with("e.toml:12:14: `orchestration.max_trials` must be a positive integer")), "{e:?}");
+        assert!(e
+            .iter()
+            .any(|m| m.contains("unknown key `paralelism` in `[orchestration]` (did you mean `parallelism`?)")));
+        assert!(
+            e.iter().any(|m| m.starts_with("e.toml:12:14: `orchestration.max_trials` must be a positive integer")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|m| m.contains("unknown placeholder `{nn}` (did you mean `{n}`?)")), "{e:?}");
     }
 

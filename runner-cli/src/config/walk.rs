@@ -41,7 +41,11 @@ pub fn suggest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Optio
     known
         .into_iter()
         .map(|k| (strsim::levenshtein(key, k), k))
-        .filter(|(d, k)| *d <= (k.len().max(key.len()) / 3).max(1) || k.starts_with(key) && key.len() >= 3)
+        .filter(|(d, k)| {
+            *d <= (k.len().max(key.len()) / 3).max(1)
+                || (k.starts_with(key) && key.len() >= 3)
+                || (key.starts_with(k) && k.len() >= 3)
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -82,11 +86,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn key_span(&self, key: &str) -> Range<usize> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == key)
-            .map(|(_, s, _)| s.clone())
-            .unwrap_or_else(|| self.span.clone())
+        self.entries.iter().find(|(k, _, _)| *k == key).map(|(_, s, _)| s.clone()).unwrap_or_else(|| self.span.clone())
     }
 
     /// The dotted path of a key, for messages: `orchestration.parallelism`.
@@ -109,11 +109,8 @@ impl<'a, 'i> Table<'a, 'i> {
                 continue;
             }
             let all = known.iter().copied().chain(later.iter().map(|(l, _)| *l));
-            let where_ = if self.name.is_empty() {
-                "at the top level".to_string()
-            } else {
-                format!("in `[{}]`", self.name)
-            };
+            let where_ =
+                if self.name.is_empty() { "at the top level".to_string() } else { format!("in `[{}]`", self.name) };
             ctx.err(span.clone(), format!("unknown key `{k}` {where_}{}", did_you_mean(k, all)));
         }
     }
@@ -168,7 +165,11 @@ impl<'a, 'i> Table<'a, 'i> {
             let list = options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ");
             ctx.err(
                 v.span(),
-                format!("`{}` must be one of {list}, not \"{s}\"{}", self.path(key), did_you_mean(s, options.iter().copied())),
+                format!(
+                    "`{}` must be one of {list}, not \"{s}\"{}",
+                    self.path(key),
+                    did_you_mean(s, options.iter().copied())
+                ),
             );
             None
         }

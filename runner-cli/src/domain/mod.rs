@@ -13,8 +13,8 @@ mod value;
 pub use outcome::{Direction, Objective, OutcomeConstraint, Relation};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
 pub use spec::{
-    CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs,
-    MetricRule, Orchestration, RunnerSpec, Segment, Template,
+    CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs, MetricRule,
+    Orchestration, RunnerSpec, Segment, Template,
 };
 pub use trial::{best_trial, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

@@ -55,9 +55,7 @@ impl OutcomeConstraint {
     /// Feasible when every constraint holds for the trial's final values. A constraint
     /// whose metric is absent makes the trial infeasible.
     pub fn all_satisfied(constraints: &[OutcomeConstraint], values: &BTreeMap<String, f64>) -> bool {
-        constraints
-            .iter()
-            .all(|c| values.get(&c.metric).is_some_and(|v| c.satisfied(*v)))
+        constraints.iter().all(|c| values.get(&c.metric).is_some_and(|v| c.satisfied(*v)))
     }
 }
 

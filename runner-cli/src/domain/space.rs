@@ -78,11 +78,7 @@ impl Parameter {
             },
             Domain::Int { lo, hi, log, step } => {
                 let s = step.unwrap_or(1);
-                let mid = if *log {
-                    ((*lo as f64) * (*hi as f64)).sqrt()
-                } else {
-                    (*lo as f64 + *hi as f64) / 2.0
-                };
+                let mid = if *log { ((*lo as f64) * (*hi as f64)).sqrt() } else { (*lo as f64 + *hi as f64) / 2.0 };
                 let k = ((mid - *lo as f64) / s as f64).round() as i64;
                 Value::Int((lo + k * s).clamp(*lo, *hi))
             }
@@ -174,11 +170,7 @@ pub struct LinearConstraint {
 
 impl LinearConstraint {
     pub fn satisfied(&self, arm: &Arm) -> bool {
-        let lhs: f64 = self
-            .terms
-            .iter()
-            .map(|(n, c)| c * arm.get(n).and_then(Value::as_f64).unwrap_or(f64::NAN))
-            .sum();
+        let lhs: f64 = self.terms.iter().map(|(n, c)| c * arm.get(n).and_then(Value::as_f64).unwrap_or(f64::NAN)).sum();
         lhs <= self.bound + 1e-9 * self.bound.abs().max(1.0)
     }
 }
@@ -196,9 +188,7 @@ impl Arm {
 
     /// The parameters as a JSON object, in the order of the space.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.values.iter().map(|(n, v)| (n.clone(), v.to_json())).collect(),
-        )
+        serde_json::Value::Object(self.values.iter().map(|(n, v)| (n.clone(), v.to_json())).collect())
     }
 
     pub fn from_json(space: &SearchSpace, v: &serde_json::Value) -> Option<Arm> {
@@ -240,11 +230,7 @@ impl SearchSpace {
             .parameters
             .iter()
             .map(|p| {
-                let v = if p.is_searched() {
-                    p.from_unit(*it.next().unwrap_or(&0.5))
-                } else {
-                    p.center()
-                };
+                let v = if p.is_searched() { p.from_unit(*it.next().unwrap_or(&0.5)) } else { p.center() };
                 (p.name.clone(), v)
             })
             .collect();
@@ -261,9 +247,7 @@ impl SearchSpace {
 
     /// The number of distinct arms when every parameter is discrete, saturating.
     pub fn cardinality(&self) -> Option<u64> {
-        self.parameters
-            .iter()
-            .try_fold(1u64, |acc, p| p.cardinality().map(|c| acc.saturating_mul(c)))
+        self.parameters.iter().try_fold(1u64, |acc, p| p.cardinality().map(|c| acc.saturating_mul(c)))
     }
 
     /// Every arm of a finite space in lexicographic order (the last parameter fastest),
@@ -461,9 +445,7 @@ mod tests {
             constraints: vec![],
         };
         let keys: Vec<String> = s.grid(5).map(|a| a.key()).collect();
-        assert_eq!(keys, [
-            r#"{"a":0,"b":"x"}"#, r#"{"a":0,"b":"y"}"#, r#"{"a":1,"b":"x"}"#, r#"{"a":1,"b":"y"}"#
-        ]);
+        assert_eq!(keys, [r#"{"a":0,"b":"x"}"#, r#"{"a":0,"b":"y"}"#, r#"{"a":1,"b":"x"}"#, r#"{"a":1,"b":"y"}"#]);
         assert_eq!(s.cardinality(), Some(4));
     }
 }

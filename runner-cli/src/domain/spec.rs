@@ -76,9 +76,7 @@ impl PartialEq for MetricRule {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (MetricRule::Regex(a), MetricRule::Regex(b)) => a.as_str() == b.as_str(),
-            (MetricRule::File { path: a, pointer: p }, MetricRule::File { path: b, pointer: q }) => {
-                a == b && p == q
-            }
+            (MetricRule::File { path: a, pointer: p }, MetricRule::File { path: b, pointer: q }) => a == b && p == q,
             (MetricRule::Default, MetricRule::Default) => true,
             _ => false,
         }
@@ -191,18 +189,13 @@ impl ExperimentSpec {
 
     /// The trial dirs live beside the store: `<store name>.trials/`.
     pub fn trials_root(&self) -> PathBuf {
-        let stem = self
-            .store_path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.name.clone());
+        let stem =
+            self.store_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.name.clone());
         self.store_path.with_file_name(format!("{stem}.trials"))
     }
 
     /// `auto`'s number of initial (center + Sobol) trials.
     pub fn initial_trials(&self) -> u64 {
-        self.generation
-            .initial_trials
-            .unwrap_or_else(|| (2 * self.space.dims() as u64).max(5))
+        self.generation.initial_trials.unwrap_or_else(|| (2 * self.space.dims() as u64).max(5))
     }
 }

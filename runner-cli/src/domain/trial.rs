@@ -72,10 +72,7 @@ impl TrialStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TrialStatus::Completed
-                | TrialStatus::Failed
-                | TrialStatus::Abandoned
-                | TrialStatus::EarlyStopped
+            TrialStatus::Completed | TrialStatus::Failed | TrialStatus::Abandoned | TrialStatus::EarlyStopped
         )
     }
 
@@ -110,10 +107,7 @@ impl fmt::Display for TrialStatus {
 impl FromStr for TrialStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TrialStatus::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown trial status `{s}`"))
+        TrialStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown trial status `{s}`"))
     }
 }
 
@@ -153,7 +147,9 @@ pub struct Observation {
 }
 
 /// The final value of each metric of each trial (the last final observation wins).
-pub fn final_values(obs: &[Observation]) -> std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>> {
+pub fn final_values(
+    obs: &[Observation],
+) -> std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>> {
     let mut out: std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>> = Default::default();
     for o in obs.iter().filter(|o| o.is_final) {
         out.entry(o.trial).or_default().insert(o.metric.clone(), o.clone());
@@ -198,11 +194,7 @@ mod tests {
         ];
         for from in TrialStatus::ALL {
             for to in TrialStatus::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    allowed.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }

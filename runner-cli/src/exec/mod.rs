@@ -118,8 +118,7 @@ pub fn kill_group(pgid: u32, kill: bool) -> bool {
 
 /// Whether any process of the group still exists.
 pub fn group_exists(pgid: u32) -> bool {
-    rustix::process::Pid::from_raw(pgid as i32)
-        .is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+    rustix::process::Pid::from_raw(pgid as i32).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
 pub fn read_exit(dir: &Path) -> Option<ExitInfo> {

@@ -46,7 +46,10 @@ impl std::fmt::Display for Exhausted {
             Exhausted::Space { arms } => write!(f, "the search space is exhausted: all {arms} distinct arms have run"),
             Exhausted::Grid { points } => write!(f, "the grid is exhausted: all {points} grid points have run"),
             Exhausted::Draws { tries } => {
-                write!(f, "no new arm found in {tries} draws (every draw violated a parameter constraint or repeated an arm)")
+                write!(
+                    f,
+                    "no new arm found in {tries} draws (every draw violated a parameter constraint or repeated an arm)"
+                )
             }
         }
     }
@@ -196,7 +199,8 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_sequence_and_a_restart_continues_it() {
-        let s = spec("", "x = { type = \"float\", bounds = [0.0, 1.0] }\ny = { type = \"float\", bounds = [-5.0, 5.0] }");
+        let s =
+            spec("", "x = { type = \"float\", bounds = [0.0, 1.0] }\ny = { type = \"float\", bounds = [-5.0, 5.0] }");
         let none = |_: &str| false;
         let mut a = Generator::new(&s, 7, GenState::default());
         let first: Vec<String> = (0..6).map(|_| a.next(&none).unwrap().arm.key()).collect();
@@ -212,7 +216,10 @@ mod tests {
 
     #[test]
     fn auto_starts_at_the_center() {
-        let s = spec("", "x = { type = \"float\", bounds = [0.0, 4.0] }\nc = { type = \"choice\", values = [\"a\", \"b\"] }");
+        let s = spec(
+            "",
+            "x = { type = \"float\", bounds = [0.0, 4.0] }\nc = { type = \"choice\", values = [\"a\", \"b\"] }",
+        );
         let p = Generator::new(&s, 1, GenState::default()).next(&|_| false).unwrap();
         assert_eq!((p.method, p.arm.key()), ("center", r#"{"x":2.0,"c":"a"}"#.to_string()));
     }
@@ -220,7 +227,10 @@ mod tests {
     #[test]
     fn a_finite_space_is_exhausted_without_repeats() {
         for method in ["sobol", "random", "grid"] {
-            let s = spec(&format!("[generation]\nmethod = \"{method}\""), "a = { type = \"int\", bounds = [0, 2] }\nb = { type = \"choice\", values = [true, false] }");
+            let s = spec(
+                &format!("[generation]\nmethod = \"{method}\""),
+                "a = { type = \"int\", bounds = [0, 2] }\nb = { type = \"choice\", values = [true, false] }",
+            );
             let mut g = Generator::new(&s, 3, GenState::default());
             let mut seen = HashSet::new();
             loop {

@@ -122,7 +122,8 @@ pub fn status(s: &Snapshot, store: &str) -> String {
     if !running.is_empty() {
         let _ = writeln!(out, "running:");
         for t in running {
-            let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).map(|p| format!(" pid {p}")).unwrap_or_default();
+            let pid =
+                t.run_metadata.as_ref().and_then(|m| m.get("pid")).map(|p| format!(" pid {p}")).unwrap_or_default();
             let since = t.started_at.as_deref().unwrap_or(&t.created_at);
             let _ = writeln!(out, "  [{}] {}{pid} since {since}: {}", t.index, t.status, params_inline(&t.parameters));
         }
@@ -156,7 +157,11 @@ pub fn best_text(s: &Snapshot) -> String {
             if let Some(obj) = t.parameters.as_object() {
                 let w = obj.keys().map(|k| k.len()).max().unwrap_or(0);
                 for (k, v) in obj {
-                    let _ = writeln!(out, "  {k:w$}  {}", params_inline(&serde_json::json!({ "": v })).trim_start_matches('='));
+                    let _ = writeln!(
+                        out,
+                        "  {k:w$}  {}",
+                        params_inline(&serde_json::json!({ "": v })).trim_start_matches('=')
+                    );
                 }
             }
             for (m, o) in s.finals.get(&i).into_iter().flatten() {
@@ -253,7 +258,8 @@ pub fn trials_table(s: &Snapshot) -> String {
     t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Disabled);
     let mut header: Vec<String> = vec!["#".into(), "status".into(), "gen".into()];
     header.extend(params.iter().cloned());
-    header.extend(metrics.iter().filter(|m| *m != "cost" || s.finals.values().any(|f| f.contains_key("cost"))).cloned());
+    header
+        .extend(metrics.iter().filter(|m| *m != "cost" || s.finals.values().any(|f| f.contains_key("cost"))).cloned());
     header.push("note".into());
     t.set_header(&header);
     let best = s.best().map(|b| b.0);
@@ -281,7 +287,11 @@ pub fn trials_table(s: &Snapshot) -> String {
             row.push(f.and_then(|f| f.get(m)).map(|o| num(o.mean)).unwrap_or_default());
         }
         let note = tr.reason.as_deref().unwrap_or("").lines().next().unwrap_or("");
-        let note: String = if note.chars().count() > 60 { note.chars().take(57).collect::<String>() + "..." } else { note.to_string() };
+        let note: String = if note.chars().count() > 60 {
+            note.chars().take(57).collect::<String>() + "..."
+        } else {
+            note.to_string()
+        };
         row.push(note);
         t.add_row(row);
     }

@@ -9,7 +9,7 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 
 use super::output::{json_value, pointer_value, MetricPoint, OutputParser};
 use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner};
-use crate::domain::{CommandSpec, KeepTrialDirs, MetricRule, Template};
+use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Template};
 use crate::exec::{self, ExitInfo, ProcEvent, RunInfo, Shepherd, SpawnRequest};
 
 pub struct CommandRunner {
@@ -79,18 +79,20 @@ fn last_lines(path: &Path, n: usize) -> String {
 }
 
 impl CommandRunner {
-    pub fn new(
-        spec: CommandSpec,
-        metrics: BTreeMap<String, MetricRule>,
-        required: Vec<String>,
-        experiment: String,
-        base_dir: PathBuf,
-        polls: PollSchedule,
-        ttl: Option<Duration>,
-        exe: &Path,
-    ) -> std::io::Result<Self> {
+    /// A runner for `spec`, whose trials the shepherd (`exe __shepherd`) starts.
+    pub fn new(spec: &ExperimentSpec, polls: PollSchedule, exe: &Path) -> std::io::Result<Self> {
+        let RunnerSpec::Command(command) = &spec.runner;
         let shepherd = Shepherd::start(exe)?;
-        Ok(CommandRunner { spec, metrics, required, experiment, base_dir, polls, ttl, shepherd })
+        Ok(CommandRunner {
+            spec: command.clone(),
+            metrics: spec.metrics.clone(),
+            required: spec.required_metrics().into_iter().map(str::to_string).collect(),
+            experiment: spec.name.clone(),
+            base_dir: spec.base_dir.clone(),
+            polls,
+            ttl: spec.orchestration.ttl_seconds_for_trials.map(Duration::from_secs_f64),
+            shepherd,
+        })
     }
 
     fn render(&self, t: &Template, job: &TrialJob, quote: bool) -> String {
@@ -131,7 +133,8 @@ impl CommandRunner {
             ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ];
         for (name, v) in &job.arm.values {
-            let var: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            let var: String =
+                name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
             env.push((format!("OPTX_PARAM_{var}"), v.to_string()));
         }
         for (k, t) in &self.spec.env {
@@ -182,7 +185,13 @@ impl CommandRunner {
     }
 
     /// Wait for the process to end, until `until`; `None` if it still runs then.
-    fn wait_until(&self, info: RunInfo, rx: Option<&Receiver<ProcEvent>>, dir: &Path, until: Option<Instant>) -> Option<Waited> {
+    fn wait_until(
+        &self,
+        info: RunInfo,
+        rx: Option<&Receiver<ProcEvent>>,
+        dir: &Path,
+        until: Option<Instant>,
+    ) -> Option<Waited> {
         let mut step = Duration::from_millis(20);
         loop {
             if let Some(rx) = rx {
@@ -219,12 +228,11 @@ impl CommandRunner {
         job: &TrialJob,
         info: RunInfo,
         mut rx: Option<Receiver<ProcEvent>>,
-        started: SystemTime,
         control: &Receiver<Control>,
         events: &Sender<RunnerEvent>,
         tail: &mut Tail,
     ) -> TrialResult {
-        let deadline = self.deadline(started);
+        let deadline = self.deadline(job.started_at.unwrap_or_else(SystemTime::now));
         let mut interval = self.polls.initial.max(Duration::from_millis(50));
         loop {
             let tick = after(interval);
@@ -257,7 +265,7 @@ impl CommandRunner {
                     return r;
                 },
                 recv(tick) -> _ => {
-                    let points = tail.read(false);
+                    let points: Vec<MetricPoint> = tail.read(false).into_iter().filter(|p| p.progression.is_some()).collect();
                     if !points.is_empty() {
                         let _ = events.send(RunnerEvent::Progress { index: job.index, points });
                         interval = self.polls.initial.max(Duration::from_millis(50));
@@ -275,8 +283,14 @@ impl CommandRunner {
     }
 
     /// Read everything the trial left and decide its outcome.
-    fn finish(&self, job: &TrialJob, waited: Waited, tail: &mut Tail, stop_metadata: Option<serde_json::Value>) -> TrialResult {
-        tail.read(true);
+    fn finish(
+        &self,
+        job: &TrialJob,
+        waited: Waited,
+        tail: &mut Tail,
+        stop_metadata: Option<serde_json::Value>,
+    ) -> TrialResult {
+        let curve: Vec<MetricPoint> = tail.read(true).into_iter().filter(|p| p.progression.is_some()).collect();
         let dir = &job.trial_dir;
         let mut finals: BTreeMap<String, MetricPoint> = tail.parser.last.clone();
         let mut problems: Vec<String> = Vec::new();
@@ -300,11 +314,16 @@ impl CommandRunner {
                 match std::fs::read_to_string(dir.join(path)) {
                     Ok(text) => match pointer_value(&text, pointer) {
                         Ok((mean, sem)) => {
-                            finals.insert(name.clone(), MetricPoint { metric: name.clone(), progression: None, mean, sem });
+                            finals.insert(
+                                name.clone(),
+                                MetricPoint { metric: name.clone(), progression: None, mean, sem },
+                            );
                         }
                         Err(e) => problems.push(format!("metric `{name}`: {path}: {e}")),
                     },
-                    Err(_) if self.required.contains(name) => problems.push(format!("metric `{name}`: the trial wrote no {path}")),
+                    Err(_) if self.required.contains(name) => {
+                        problems.push(format!("metric `{name}`: the trial wrote no {path}"))
+                    }
                     Err(_) => {}
                 }
             }
@@ -318,13 +337,21 @@ impl CommandRunner {
             .collect();
         let stderr_tail = || {
             let s = last_lines(&dir.join(exec::STDERR_FILE), 5);
-            if s.is_empty() { String::new() } else { format!("; stderr ends with:\n{s}") }
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("; stderr ends with:\n{s}")
+            }
         };
         let (outcome, note) = match waited {
-            Waited::Exited(e) if !e.success() => (Outcome::Failed { reason: format!("{}{}", e.describe(), stderr_tail()), lost: false }, None),
+            Waited::Exited(e) if !e.success() => {
+                (Outcome::Failed { reason: format!("{}{}", e.describe(), stderr_tail()), lost: false }, None)
+            }
             Waited::Gone if !missing.is_empty() || !nonfinite.is_empty() => (
                 Outcome::Failed {
-                    reason: "the process ended while optx was not running and left no exit status and no complete result".into(),
+                    reason:
+                        "the process ended while optx was not running and left no exit status and no complete result"
+                            .into(),
                     lost: true,
                 },
                 None,
@@ -350,33 +377,43 @@ impl CommandRunner {
                 }
             }
         };
-        TrialResult { outcome, finals: finals_vec, stop_metadata, note }
+        TrialResult { outcome, finals: finals_vec, curve, stop_metadata, note }
     }
 
     fn failed(reason: String) -> TrialResult {
-        TrialResult { outcome: Outcome::Failed { reason, lost: false }, finals: Vec::new(), stop_metadata: None, note: None }
+        TrialResult {
+            outcome: Outcome::Failed { reason, lost: false },
+            finals: Vec::new(),
+            curve: Vec::new(),
+            stop_metadata: None,
+            note: None,
+        }
     }
 }
 
 impl TrialRunner for CommandRunner {
-    fn execute(&self, job: TrialJob, control: &Receiver<Control>, events: &Sender<RunnerEvent>) {
+    fn execute(&self, mut job: TrialJob, control: &Receiver<Control>, events: &Sender<RunnerEvent>) {
         let finished = |result| {
             let _ = events.send(RunnerEvent::Finished { index: job.index, result });
         };
         let mut tail = self.tail(&job);
         if let Some(meta) = &job.attach {
             // A trial that was running when optx stopped: follow it through its files.
-            let info: Option<RunInfo> = serde_json::from_value(meta.clone()).ok().or_else(|| exec::read_run_info(&job.trial_dir));
+            let info: Option<RunInfo> =
+                serde_json::from_value(meta.clone()).ok().or_else(|| exec::read_run_info(&job.trial_dir));
             let Some(info) = info else {
                 return finished(TrialResult {
-                    outcome: Outcome::Failed { reason: "optx stopped while deploying this trial; it never ran".into(), lost: true },
+                    outcome: Outcome::Failed {
+                        reason: "optx stopped while deploying this trial; it never ran".into(),
+                        lost: true,
+                    },
                     finals: vec![],
+                    curve: vec![],
                     stop_metadata: None,
                     note: None,
                 });
             };
-            let started = job.started_at.unwrap_or_else(SystemTime::now);
-            let r = self.follow(&job, info, None, started, control, events, &mut tail);
+            let r = self.follow(&job, info, None, control, events, &mut tail);
             return finished(r);
         }
         if let Err(e) = std::fs::create_dir_all(&job.trial_dir) {
@@ -388,14 +425,18 @@ impl TrialRunner for CommandRunner {
         }
         let req = self.request(&job);
         let rx = self.shepherd.spawn(&req);
-        let started = SystemTime::now();
+        job.started_at = Some(SystemTime::now());
         let info = match rx.recv() {
             Ok(ProcEvent::Spawned(info)) => info,
             Ok(ProcEvent::Exited(e)) => return finished(Self::failed(e.describe())),
             Ok(ProcEvent::ShepherdGone) | Err(_) => {
                 return finished(TrialResult {
-                    outcome: Outcome::Failed { reason: "the process that starts trials (optx's shepherd) is gone".into(), lost: true },
+                    outcome: Outcome::Failed {
+                        reason: "the process that starts trials (optx's shepherd) is gone".into(),
+                        lost: true,
+                    },
                     finals: vec![],
+                    curve: vec![],
                     stop_metadata: None,
                     note: None,
                 })
@@ -403,7 +444,7 @@ impl TrialRunner for CommandRunner {
         };
         let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir});
         let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: meta });
-        let r = self.follow(&job, info, Some(rx), started, control, events, &mut tail);
+        let r = self.follow(&job, info, Some(rx), control, events, &mut tail);
         finished(r)
     }
 

@@ -48,6 +48,8 @@ pub enum Outcome {
 pub struct TrialResult {
     pub outcome: Outcome,
     pub finals: Vec<MetricPoint>,
+    /// Points of learning curves not yet sent as `Progress`.
+    pub curve: Vec<MetricPoint>,
     pub stop_metadata: Option<serde_json::Value>,
     /// A note beside a completion (e.g. an exit status that could not be known).
     pub note: Option<String>,
@@ -57,10 +59,19 @@ pub struct TrialResult {
 #[derive(Debug, Clone)]
 pub enum RunnerEvent {
     /// The trial runs; `run_metadata` lets a restarted optx find it again.
-    Deployed { index: u64, run_metadata: serde_json::Value },
+    Deployed {
+        index: u64,
+        run_metadata: serde_json::Value,
+    },
     /// Intermediate points of a learning curve.
-    Progress { index: u64, points: Vec<MetricPoint> },
-    Finished { index: u64, result: TrialResult },
+    Progress {
+        index: u64,
+        points: Vec<MetricPoint>,
+    },
+    Finished {
+        index: u64,
+        result: TrialResult,
+    },
 }
 
 /// Polling intervals: start, growth while nothing changes, cap.

@@ -151,7 +151,10 @@ mod tests {
         let pts = p.line(r#"  {"val_loss": 0.31, "acc": [0.9, 0.01], "step": 3, "other": 1}  "#);
         assert_eq!(pts.len(), 2);
         let get = |m: &str| pts.iter().find(|p| p.metric == m).unwrap().clone();
-        assert_eq!(get("val_loss"), MetricPoint { metric: "val_loss".into(), progression: Some(3.0), mean: 0.31, sem: None });
+        assert_eq!(
+            get("val_loss"),
+            MetricPoint { metric: "val_loss".into(), progression: Some(3.0), mean: 0.31, sem: None }
+        );
         assert_eq!(get("acc").sem, Some(0.01));
     }
 

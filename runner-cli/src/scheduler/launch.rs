@@ -133,7 +133,10 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
         }
         (true, false) => {
             let _ = store.release(&me);
-            return Err(RunError::Usage(format!("{} holds no experiment yet: start it with `optx run`", path.display())));
+            return Err(RunError::Usage(format!(
+                "{} holds no experiment yet: start it with `optx run`",
+                path.display()
+            )));
         }
         _ => store,
     };
@@ -170,18 +173,9 @@ fn run_owned(l: &Launch, store: &mut Store, sink: &mut dyn EventSink) -> Result<
         max: Duration::from_secs_f64(o.max_seconds_between_polls.max(o.initial_seconds_between_polls)),
     };
     let runner: Arc<dyn TrialRunner> = match &spec.runner {
-        RunnerSpec::Command(c) => Arc::new(
-            CommandRunner::new(
-                c.clone(),
-                spec.metrics.clone(),
-                spec.required_metrics().into_iter().map(str::to_string).collect(),
-                spec.name.clone(),
-                spec.base_dir.clone(),
-                polls,
-                o.ttl_seconds_for_trials.map(Duration::from_secs_f64),
-                &l.exe,
-            )
-            .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
+        RunnerSpec::Command(_) => Arc::new(
+            CommandRunner::new(spec, polls, &l.exe)
+                .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
         ),
     };
     std::fs::create_dir_all(spec.trials_root())

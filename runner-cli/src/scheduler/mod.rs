@@ -157,7 +157,15 @@ impl<'a> Dispatcher<'a> {
             let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
             let session = self.session;
             self.store.tx(|tx| {
-                tx.insert_trial(&NewTrial { index, arm_key: &key, parameters: &params, generation: &generation, rerun_of, attempt, session })?;
+                tx.insert_trial(&NewTrial {
+                    index,
+                    arm_key: &key,
+                    parameters: &params,
+                    generation: &generation,
+                    rerun_of,
+                    attempt,
+                    session,
+                })?;
                 tx.set_generator_state("sequence", &state)
             })?;
             self.trials.push(Trial {
@@ -214,7 +222,12 @@ impl<'a> Dispatcher<'a> {
                         let t = &mut trials[*index as usize];
                         let dir = run_metadata.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
                         let slot = running.get(index).map(|r| r.slot);
-                        let data = TransitionData { run_metadata: Some(run_metadata), slot, trial_dir: dir.as_deref(), ..Default::default() };
+                        let data = TransitionData {
+                            run_metadata: Some(run_metadata),
+                            slot,
+                            trial_dir: dir.as_deref(),
+                            ..Default::default()
+                        };
                         if t.status == TrialStatus::Candidate {
                             tx.transition(*index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
                             t.status = TrialStatus::Staged;
@@ -225,7 +238,7 @@ impl<'a> Dispatcher<'a> {
                         t.run_metadata = Some(run_metadata.clone());
                     }
                     RunnerEvent::Progress { index, points } => {
-                        for p in points {
+                        for p in points.iter().filter(|p| p.mean.is_finite()) {
                             tx.observation(&Observation {
                                 trial: *index,
                                 metric: p.metric.clone(),
@@ -238,7 +251,19 @@ impl<'a> Dispatcher<'a> {
                     }
                     RunnerEvent::Finished { index, result } => {
                         let t = &mut trials[*index as usize];
-                        for p in &result.finals {
+                        // SQLite has no NaN (it would be NULL): a non-finite value is kept
+                        // in the failure reason, not as an observation.
+                        for p in result.curve.iter().filter(|p| p.mean.is_finite()) {
+                            tx.observation(&Observation {
+                                trial: *index,
+                                metric: p.metric.clone(),
+                                progression: p.progression,
+                                mean: p.mean,
+                                sem: p.sem,
+                                is_final: false,
+                            })?;
+                        }
+                        for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
                             tx.observation(&Observation {
                                 trial: *index,
                                 metric: p.metric.clone(),
@@ -249,8 +274,15 @@ impl<'a> Dispatcher<'a> {
                             })?;
                         }
                         let (to, reason, lost, feas) = match &result.outcome {
-                            Outcome::Completed => (TrialStatus::Completed, result.note.clone(), false, Some(feasible(spec, &result.finals))),
-                            Outcome::Failed { reason, lost } => (TrialStatus::Failed, Some(reason.clone()), *lost, None),
+                            Outcome::Completed => (
+                                TrialStatus::Completed,
+                                result.note.clone(),
+                                false,
+                                Some(feasible(spec, &result.finals)),
+                            ),
+                            Outcome::Failed { reason, lost } => {
+                                (TrialStatus::Failed, Some(reason.clone()), *lost, None)
+                            }
                         };
                         // A trial that never started fails straight from CANDIDATE/STAGED.
                         let data = TransitionData {
@@ -308,7 +340,8 @@ impl<'a> Dispatcher<'a> {
                 self.runner.cleanup(&self.trial_dir(index), false);
                 if let Some(max) = self.spec.orchestration.max_cost {
                     if self.cost >= max && self.halt.is_none() {
-                        self.halt = Some((RunEnd::Done, format!("the cost budget is spent ({} >= max_cost {max})", self.cost)));
+                        self.halt =
+                            Some((RunEnd::Done, format!("the cost budget is spent ({} >= max_cost {max})", self.cost)));
                         self.announce_halt();
                     }
                 }
@@ -384,7 +417,9 @@ impl<'a> Dispatcher<'a> {
                     self.running.len()
                 )));
                 for r in self.running.values() {
-                    let _ = r.control.send(Control::Stop { reason: "stopped by a second interrupt of optx".into(), lost: true });
+                    let _ = r
+                        .control
+                        .send(Control::Stop { reason: "stopped by a second interrupt of optx".into(), lost: true });
                 }
             }
             _ => {
@@ -434,7 +469,11 @@ impl<'a> Dispatcher<'a> {
                         // point of view is not a legal transition, so fail it as lost.
                         let idx = t.index;
                         self.store.tx(|tx| {
-                            let data = TransitionData { reason: Some("optx stopped while deploying this trial"), lost: true, ..Default::default() };
+                            let data = TransitionData {
+                                reason: Some("optx stopped while deploying this trial"),
+                                lost: true,
+                                ..Default::default()
+                            };
                             tx.transition(idx, TrialStatus::Staged, TrialStatus::Failed, &data)
                         })?;
                         let row = &mut self.trials[idx as usize];
@@ -443,7 +482,11 @@ impl<'a> Dispatcher<'a> {
                         self.release_arm(&t.arm_key);
                         self.reruns.push_back(Rerun { arm, of: idx, attempt: t.attempt, label: "rerun" });
                     } else {
-                        self.sink.event(&RunEvent::Deployed { index: t.index, params: t.parameters.clone(), generation: t.generation.clone() });
+                        self.sink.event(&RunEvent::Deployed {
+                            index: t.index,
+                            params: t.parameters.clone(),
+                            generation: t.generation.clone(),
+                        });
                         self.deployed_now += 1;
                         self.dispatch(t.index, arm, None, None);
                     }
@@ -520,10 +563,8 @@ pub(crate) fn drive(
     signals: &Receiver<i32>,
 ) -> Result<RunEnd, store::StoreError> {
     let trials = store.trials()?;
-    let state: GenState = store
-        .generator_state("sequence")?
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let state: GenState =
+        store.generator_state("sequence")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     let mut taken = HashMap::new();
     for t in trials.iter().filter(|t| !t.lost && t.status != TrialStatus::Failed) {
         *taken.entry(t.arm_key.clone()).or_insert(0) += 1;

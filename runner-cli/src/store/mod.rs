@@ -93,7 +93,10 @@ CREATE TABLE owner (
 pub enum StoreError {
     Sqlite(rusqlite::Error),
     Json(serde_json::Error),
-    Transition { trial: u64, error: TransitionError },
+    Transition {
+        trial: u64,
+        error: TransitionError,
+    },
     /// The store is held by another live optx.
     Owned(Owner),
     Other(String),
@@ -105,7 +108,9 @@ impl fmt::Display for StoreError {
             StoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
             StoreError::Json(e) => write!(f, "stored JSON: {e}"),
             StoreError::Transition { trial, error } => write!(f, "trial {trial}: {error}"),
-            StoreError::Owned(o) => write!(f, "the store is in use by optx (pid {} on {}, since {})", o.pid, o.host, o.since),
+            StoreError::Owned(o) => {
+                write!(f, "the store is in use by optx (pid {} on {}, since {})", o.pid, o.host, o.since)
+            }
             StoreError::Other(s) => f.write_str(s),
         }
     }
@@ -192,9 +197,8 @@ impl Store {
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Other(format!("cannot create the directory {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Other(format!("cannot create the directory {}: {e}", dir.display())))?;
             }
         }
         let conn = Connection::open(path)?;
@@ -227,7 +231,8 @@ impl Store {
         }
         if version == 0 {
             let tx = conn.unchecked_transaction()?;
-            let has_tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            let has_tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
             if has_tables > 0 {
                 return Err(StoreError::Other(format!("{} is an SQLite file but not an optx store", path.display())));
             }
@@ -325,7 +330,8 @@ impl Store {
 
     /// Give the store up, if this process holds it.
     pub fn release(&mut self, me: &Owner) -> Result<()> {
-        self.conn.execute("DELETE FROM owner WHERE id = 1 AND pid = ?1 AND host = ?2", params![me.pid as i64, me.host])?;
+        self.conn
+            .execute("DELETE FROM owner WHERE id = 1 AND pid = ?1 AND host = ?2", params![me.pid as i64, me.host])?;
         Ok(())
     }
 
@@ -338,7 +344,10 @@ impl Store {
     }
 
     pub fn end_session(&mut self, id: i64, exit_code: i32) -> Result<()> {
-        self.conn.execute("UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3", params![now(), exit_code, id])?;
+        self.conn.execute(
+            "UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3",
+            params![now(), exit_code, id],
+        )?;
         Ok(())
     }
 
@@ -396,10 +405,8 @@ impl Store {
     }
 
     pub fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>> {
-        let s: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?;
+        let s: Option<String> =
+            self.conn.query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0)).optional()?;
         Ok(match s {
             Some(s) => Some(serde_json::from_str(&s)?),
             None => None,
@@ -481,7 +488,9 @@ impl Tx<'_> {
             from.as_str(),
         ])?;
         if changed != 1 {
-            return Err(StoreError::Other(format!("trial {index} is not {from} in the store: refusing {from} -> {to}")));
+            return Err(StoreError::Other(format!(
+                "trial {index} is not {from} in the store: refusing {from} -> {to}"
+            )));
         }
         let msg = match data.reason {
             Some(r) => format!("{from} -> {to}: {r}"),
@@ -545,7 +554,15 @@ mod tests {
     fn new_trial(s: &mut Store, i: u64) {
         let p = serde_json::json!({"x": 1});
         s.tx(|t| {
-            t.insert_trial(&NewTrial { index: i, arm_key: "k", parameters: &p, generation: "sobol", rerun_of: None, attempt: 1, session: 1 })
+            t.insert_trial(&NewTrial {
+                index: i,
+                arm_key: "k",
+                parameters: &p,
+                generation: "sobol",
+                rerun_of: None,
+                attempt: 1,
+                session: 1,
+            })
         })
         .unwrap();
     }
@@ -574,7 +591,15 @@ mod tests {
         let (_d, mut s) = store();
         let p = serde_json::json!({});
         let r: Result<()> = s.tx(|t| {
-            t.insert_trial(&NewTrial { index: 0, arm_key: "k", parameters: &p, generation: "g", rerun_of: None, attempt: 1, session: 1 })?;
+            t.insert_trial(&NewTrial {
+                index: 0,
+                arm_key: "k",
+                parameters: &p,
+                generation: "g",
+                rerun_of: None,
+                attempt: 1,
+                session: 1,
+            })?;
             Err(StoreError::Other("boom".into()))
         });
         assert!(r.is_err());

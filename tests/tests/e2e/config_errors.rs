@@ -1,0 +1,59 @@
+//! Bad experiment files: every error at once, with file:line:col, exit 2, no store.
+//! The messages are what people read, so they are snapshot-tested.
+
+use crate::common::*;
+
+fn corpus() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bad-configs")
+}
+
+#[test]
+fn bad_files_are_refused_with_every_error_and_its_position() {
+    let dir = corpus();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join(&name), work.path().join(&name)).unwrap();
+        for cmd in ["validate", "run"] {
+            let out =
+                std::process::Command::new(optx_bin()).args([cmd, &name]).current_dir(work.path()).output().unwrap();
+            assert_eq!(code(&out), 2, "{cmd} {name}: {}", text(&out));
+            assert!(out.stdout.is_empty(), "errors go to stderr");
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            for line in stderr.lines().filter(|l| !l.starts_with("error: ")) {
+                assert!(line.starts_with(&format!("{name}:")), "every error names the file, line and column: {line}");
+            }
+            if cmd == "validate" {
+                insta::assert_snapshot!(name.trim_end_matches(".toml").to_string(), stderr);
+            }
+        }
+        assert!(!work.path().join(".optx").exists(), "no store is created for a bad file ({name})");
+    }
+}
+
+#[test]
+fn validate_prints_the_resolved_space() {
+    let e = Exp::new(
+        "ok",
+        &toml(
+            "ok",
+            "lr = { type = \"float\", bounds = [1e-5, 1e-1], scaling = \"log\" }\nopt = { type = \"choice\", values = [\"adam\", \"sgd\"] }",
+            "command = [\"python3\", \"train.py\", \"--lr={lr}\"]",
+            "max_trials = 10",
+            "",
+        ),
+    );
+    let out = e.optx(&["validate", "experiment.toml"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let s = text(&out);
+    assert!(s.contains("lr   float [0.00001, 0.1] log") || s.contains("lr   float [1e-5, 0.1] log"), "{s}");
+    assert!(s.contains("opt  choice {adam, sgd}"), "{s}");
+    assert!(s.contains("generation:  the center point, then scrambled Sobol"), "{s}");
+    assert!(!e.path().join(".optx").exists());
+}

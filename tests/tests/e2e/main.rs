@@ -1,0 +1,9 @@
+//! End-to-end tests: the real optx binary, real processes, real signals, real SQLite.
+//! Build first (`cargo build --workspace`); `OPTX_BIN` overrides the binary's path.
+
+mod common;
+mod config_errors;
+mod failures;
+mod interrupts;
+mod resume;
+mod run;
