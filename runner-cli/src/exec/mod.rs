@@ -3,8 +3,10 @@
 //! Trials run under a *shepherd*: a small helper process (`optx __shepherd`, started once
 //! per run in its own process group) that spawns each trial in a process group of its own
 //! with stdin from /dev/null and stdout/stderr going straight to files in the trial dir,
-//! reaps it, kills whatever the trial left in its group, and writes the exit status to
-//! `exit_status.json` in the trial dir. Trials therefore outlive optx (a kill -9 of optx
+//! reaps it, kills whatever the trial left in its group, and records the process in
+//! `process.jsonl` in the trial dir: a line with its pid and start time when it starts,
+//! a line with its exit status when it ends (appended: one file, no renames, because
+//! creating files is the main cost of a short trial). Trials therefore outlive optx (a kill -9 of optx
 //! leaves them running and their exit status is still recorded), and a restarted optx,
 //! which is not their parent, can read how they ended. One shepherd per run rather than a
 //! supervisor per trial keeps process creation to one spawn per trial.
@@ -28,7 +30,7 @@ pub struct SpawnRequest {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: std::path::PathBuf,
-    /// The trial dir: `stdout.log`, `stderr.log`, `run.json` and `exit_status.json` go here.
+    /// The trial dir: `stdout.log`, `stderr.log` and `process.jsonl` go here.
     pub dir: std::path::PathBuf,
 }
 
@@ -55,7 +57,7 @@ impl ExitInfo {
     }
 }
 
-/// The process a trial runs as, recorded in `run.json` right after the spawn.
+/// The process a trial runs as, recorded in `process.jsonl` right after the spawn.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub pid: u32,
@@ -63,8 +65,8 @@ pub struct RunInfo {
     pub start: Option<u64>,
 }
 
-pub const RUN_FILE: &str = "run.json";
-pub const EXIT_FILE: &str = "exit_status.json";
+/// Where the shepherd records a trial's process: `{"pid":P,"start":S}` then `{"exit":E}`.
+pub const PROCESS_FILE: &str = "process.jsonl";
 pub const STDOUT_FILE: &str = "stdout.log";
 pub const STDERR_FILE: &str = "stderr.log";
 
@@ -121,19 +123,44 @@ pub fn group_exists(pgid: u32) -> bool {
     rustix::process::Pid::from_raw(pgid as i32).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
+/// A line of `process.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProcessRecord {
+    Started(RunInfo),
+    Ended { exit: ExitInfo },
+}
+
+/// What `process.jsonl` says: how the process started and, if it did, how it ended.
+/// A line cut short by a crash is skipped.
+pub fn read_process(dir: &Path) -> (Option<RunInfo>, Option<ExitInfo>) {
+    let Ok(text) = std::fs::read_to_string(dir.join(PROCESS_FILE)) else { return (None, None) };
+    let (mut run, mut exit) = (None, None);
+    for line in text.lines() {
+        match serde_json::from_str(line) {
+            Ok(ProcessRecord::Started(r)) => run = Some(r),
+            Ok(ProcessRecord::Ended { exit: e }) => exit = Some(e),
+            Err(_) => {}
+        }
+    }
+    (run, exit)
+}
+
 pub fn read_exit(dir: &Path) -> Option<ExitInfo> {
-    serde_json::from_slice(&std::fs::read(dir.join(EXIT_FILE)).ok()?).ok()
+    read_process(dir).1
 }
 
 pub fn read_run_info(dir: &Path) -> Option<RunInfo> {
-    serde_json::from_slice(&std::fs::read(dir.join(RUN_FILE)).ok()?).ok()
+    read_process(dir).0
 }
 
-/// Write a file whole or not at all (temporary file, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Append one record to `process.jsonl` in a single write.
+pub fn record_process(dir: &Path, record: &ProcessRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(PROCESS_FILE))?;
+    f.write_all(&line)
 }
 
 /// This machine's name, for store ownership.
@@ -156,6 +183,20 @@ mod tests {
         assert!(alive(me, Some(start)));
         assert!(!alive(me, Some(start + 1)));
         assert!(!alive(u32::MAX / 2, None));
+    }
+
+    #[test]
+    fn the_process_file_reads_back_and_skips_a_torn_line() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read_process(d.path()), (None, None));
+        let run = RunInfo { pid: 42, start: Some(7) };
+        record_process(d.path(), &ProcessRecord::Started(run)).unwrap();
+        assert_eq!(read_process(d.path()), (Some(run), None));
+        record_process(d.path(), &ProcessRecord::Ended { exit: ExitInfo::Signal(9) }).unwrap();
+        assert_eq!(read_process(d.path()), (Some(run), Some(ExitInfo::Signal(9))));
+        // A shepherd killed in the middle of its last write leaves a torn line.
+        std::fs::write(d.path().join(PROCESS_FILE), "{\"pid\":42,\"start\":7}\n{\"exit\":{\"co").unwrap();
+        assert_eq!(read_process(d.path()), (Some(run), None));
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! The shepherd process: reads spawn requests (JSON lines) on stdin, answers on stdout.
 //!
-//! Answers: `{"trial":N,"spawned":{"pid":P,"start":S}}`, `{"trial":N,"exited":EXIT}`.
+//! Answers: `{"trial":N,"exited":EXIT}` when a trial ends (or could not start). That a
+//! trial started is recorded in its `process.jsonl`, not sent: one message per trial.
 //! On end of input it stops taking requests and exits once every trial it started has
 //! ended, so trials live on (and get their exit status recorded) when optx dies.
 
 use std::fs::File;
 use std::io::{BufRead, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use super::{process_start_time, write_atomic, ExitInfo, RunInfo, SpawnRequest};
-use super::{EXIT_FILE, RUN_FILE, STDERR_FILE, STDOUT_FILE};
+use super::{process_start_time, record_process, ExitInfo, ProcessRecord, RunInfo, SpawnRequest};
+use super::{STDERR_FILE, STDOUT_FILE};
 
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -37,8 +38,7 @@ fn send(out: &Mutex<std::io::Stdout>, trial: u64, answer: Answer) {
 }
 
 fn record_exit(req: &SpawnRequest, exit: &ExitInfo) {
-    let bytes = serde_json::to_vec(exit).unwrap_or_default();
-    if let Err(e) = write_atomic(&req.dir.join(EXIT_FILE), &bytes) {
+    if let Err(e) = record_process(&req.dir, &ProcessRecord::Ended { exit: exit.clone() }) {
         eprintln!("optx shepherd: cannot record the exit of trial {}: {e}", req.trial);
     }
 }
@@ -58,10 +58,75 @@ fn spawn(req: &SpawnRequest) -> std::io::Result<std::process::Child> {
         .spawn()
 }
 
+/// Children started and not reaped yet.
+#[derive(Default)]
+struct Children {
+    by_pid: std::collections::HashMap<u32, SpawnRequest>,
+    /// No more requests will come.
+    closed: bool,
+}
+
+type Shared = Arc<(Mutex<Children>, std::sync::Condvar)>;
+
+fn exit_info(status: rustix::process::WaitStatus) -> ExitInfo {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(c), _) => ExitInfo::Code(c),
+        (None, Some(s)) => ExitInfo::Signal(s),
+        _ => ExitInfo::Code(-1),
+    }
+}
+
+/// One thread reaps every trial (waitpid on any child), so a trial costs no thread.
+fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
+    let (lock, cvar) = &*shared;
+    loop {
+        {
+            let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while c.by_pid.is_empty() {
+                if c.closed {
+                    return;
+                }
+                c = cvar.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let (pid, status) = match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) => (pid.as_raw_nonzero().get() as u32, status),
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                eprintln!("optx shepherd: wait failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        if status.stopped() {
+            continue;
+        }
+        // The spawning thread holds the lock until it has recorded the child.
+        let req = lock.lock().unwrap_or_else(|e| e.into_inner()).by_pid.remove(&pid);
+        let Some(req) = req else { continue };
+        let exit = exit_info(status);
+        // What the trial left running in its group ends with it.
+        super::kill_group(pid, true);
+        record_exit(&req, &exit);
+        send(&out, req.trial, Answer::Exited(exit));
+    }
+}
+
 /// Run the shepherd until its input ends and its trials have ended. Returns the exit code.
 pub fn serve() -> i32 {
     let out = Arc::new(Mutex::new(std::io::stdout()));
-    let mut waiters: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let shared: Shared = Arc::default();
+    let reaper = {
+        let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
+        match std::thread::Builder::new().name("optx-reaper".into()).spawn(move || reap(shared, out)) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("optx shepherd: cannot start the reaper thread: {e}");
+                return 1;
+            }
+        }
+    };
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let req: SpawnRequest = match serde_json::from_str(&line) {
@@ -71,44 +136,31 @@ pub fn serve() -> i32 {
                 continue;
             }
         };
+        let (lock, cvar) = &*shared;
+        let mut children = lock.lock().unwrap_or_else(|e| e.into_inner());
         match spawn(&req) {
             Err(e) => {
+                drop(children);
                 let exit = ExitInfo::SpawnError(format!("`{}`: {e}", req.argv.first().map_or("", |s| s.as_str())));
                 record_exit(&req, &exit);
                 send(&out, req.trial, Answer::Exited(exit));
             }
-            Ok(mut child) => {
+            Ok(child) => {
                 let pid = child.id();
+                // The reaper waits for it; dropping `child` neither waits nor kills.
+                drop(child);
                 let info = RunInfo { pid, start: process_start_time(pid) };
-                if let Err(e) = write_atomic(&req.dir.join(RUN_FILE), &serde_json::to_vec(&info).unwrap_or_default()) {
+                if let Err(e) = record_process(&req.dir, &ProcessRecord::Started(info)) {
                     eprintln!("optx shepherd: cannot record the pid of trial {}: {e}", req.trial);
                 }
-                send(&out, req.trial, Answer::Spawned(info));
-                let out = Arc::clone(&out);
-                let waiter = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-                    let exit = match child.wait() {
-                        Ok(st) => match (st.code(), st.signal()) {
-                            (Some(c), _) => ExitInfo::Code(c),
-                            (None, Some(s)) => ExitInfo::Signal(s),
-                            _ => ExitInfo::Code(-1),
-                        },
-                        Err(e) => ExitInfo::SpawnError(format!("wait failed: {e}")),
-                    };
-                    // What the trial left running in its group ends with it.
-                    super::kill_group(pid, true);
-                    record_exit(&req, &exit);
-                    send(&out, req.trial, Answer::Exited(exit));
-                });
-                match waiter {
-                    Ok(h) => waiters.push(h),
-                    Err(e) => eprintln!("optx shepherd: cannot start a waiter thread: {e}"),
-                }
+                children.by_pid.insert(pid, req);
+                cvar.notify_one();
             }
         }
-        waiters.retain(|h| !h.is_finished());
     }
-    for h in waiters {
-        let _ = h.join();
-    }
+    let (lock, cvar) = &*shared;
+    lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+    cvar.notify_all();
+    let _ = reaper.join();
     0
 }

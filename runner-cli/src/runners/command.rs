@@ -12,6 +12,9 @@ use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, 
 use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Template};
 use crate::exec::{self, ExitInfo, ProcEvent, RunInfo, Shepherd, SpawnRequest};
 
+/// How long a new trial may run before its deployment is reported on its own.
+const REPORT_DELAY: Duration = Duration::from_millis(20);
+
 pub struct CommandRunner {
     spec: CommandSpec,
     metrics: BTreeMap<String, MetricRule>,
@@ -426,24 +429,58 @@ impl TrialRunner for CommandRunner {
         let req = self.request(&job);
         let rx = self.shepherd.spawn(&req);
         job.started_at = Some(SystemTime::now());
-        let info = match rx.recv() {
-            Ok(ProcEvent::Spawned(info)) => info,
-            Ok(ProcEvent::Exited(e)) => return finished(Self::failed(e.describe())),
-            Ok(ProcEvent::ShepherdGone) | Err(_) => {
-                return finished(TrialResult {
-                    outcome: Outcome::Failed {
-                        reason: "the process that starts trials (optx's shepherd) is gone".into(),
-                        lost: true,
-                    },
-                    finals: vec![],
-                    curve: vec![],
-                    stop_metadata: None,
-                    note: None,
-                })
+        let gone = || TrialResult {
+            outcome: Outcome::Failed {
+                reason: "the process that starts trials (optx's shepherd) is gone".into(),
+                lost: true,
+            },
+            finals: vec![],
+            curve: vec![],
+            stop_metadata: None,
+            note: None,
+        };
+        let deployed = |info: RunInfo| {
+            let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir});
+            let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: meta });
+        };
+        // A short trial reports its deployment and its end together (one transaction, one
+        // wake-up of the dispatcher); a longer one reports it after REPORT_DELAY.
+        match rx.recv_timeout(REPORT_DELAY) {
+            Ok(ProcEvent::Exited(ExitInfo::SpawnError(e))) => {
+                return finished(Self::failed(ExitInfo::SpawnError(e).describe()));
+            }
+            Ok(ProcEvent::Exited(exit)) => {
+                let info = exec::read_run_info(&job.trial_dir).unwrap_or(RunInfo { pid: 0, start: None });
+                deployed(info);
+                let r = self.finish(&job, Waited::Exited(exit), &mut tail, None);
+                return finished(r);
+            }
+            Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return finished(gone())
+            }
+            Ok(ProcEvent::Spawned(_)) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        // Still running: its pid is in process.jsonl once the shepherd has started it.
+        let info = loop {
+            if let Some(info) = exec::read_run_info(&job.trial_dir) {
+                break info;
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(ProcEvent::Exited(ExitInfo::SpawnError(e))) => {
+                    return finished(Self::failed(ExitInfo::SpawnError(e).describe()));
+                }
+                Ok(ProcEvent::Exited(exit)) => {
+                    deployed(exec::read_run_info(&job.trial_dir).unwrap_or(RunInfo { pid: 0, start: None }));
+                    let r = self.finish(&job, Waited::Exited(exit), &mut tail, None);
+                    return finished(r);
+                }
+                Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return finished(gone())
+                }
+                Ok(ProcEvent::Spawned(_)) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
         };
-        let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir});
-        let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: meta });
+        deployed(info);
         let r = self.follow(&job, info, Some(rx), control, events, &mut tail);
         finished(r)
     }

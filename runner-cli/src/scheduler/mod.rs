@@ -24,7 +24,7 @@ pub use launch::{launch, Launch, RunError};
 use crate::domain::{Arm, ExperimentSpec, Observation, OutcomeConstraint, Trial, TrialStatus};
 use crate::generate::{GenState, Generator};
 use crate::runners::{Control, Outcome, RunnerEvent, TrialJob, TrialRunner};
-use crate::store::{self, NewTrial, Store, TransitionData};
+use crate::store::{self, NewTrial, Store, TransitionData, Tx};
 
 /// What the run tells whoever watches it (the CLI prints these).
 #[derive(Debug, Clone, PartialEq)]
@@ -66,11 +66,17 @@ struct Rerun {
     label: &'static str,
 }
 
-struct Dispatcher<'a> {
+/// What the dispatcher does once a transaction has committed.
+enum Effect {
+    Print(RunEvent),
+    Dispatch(TrialJob, Receiver<Control>),
+    Cleanup { index: u64, failed: bool },
+}
+
+/// The run state. It changes only inside a store transaction, which also records the
+/// change; what it leads to (printing, deploying) waits for the commit as [`Effect`]s.
+struct State<'a> {
     spec: &'a ExperimentSpec,
-    store: &'a mut Store,
-    runner: Arc<dyn TrialRunner>,
-    sink: &'a mut dyn EventSink,
     generator: Generator<'a>,
     session: i64,
     trials: Vec<Trial>,
@@ -79,17 +85,19 @@ struct Dispatcher<'a> {
     reruns: VecDeque<Rerun>,
     running: HashMap<u64, Running>,
     free_slots: BTreeSet<usize>,
-    jobs: Sender<(TrialJob, Receiver<Control>)>,
-    events: Receiver<RunnerEvent>,
     /// This session's counts for the failure rate.
     deployed_now: u64,
     failed_now: u64,
     best: Option<(u64, f64)>,
     cost: f64,
-    signals: u32,
     /// Why deployment stopped, if it did.
     halt: Option<(RunEnd, String)>,
     exhausted: bool,
+    /// Trials that are not lost (a count: the budget is checked per deployment).
+    nonlost: u64,
+    /// Candidates handed to a worker and not deployed yet.
+    undeployed: BTreeSet<u64>,
+    effects: Vec<Effect>,
 }
 
 fn objective_of(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Option<f64> {
@@ -101,11 +109,11 @@ fn feasible(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> bo
     OutcomeConstraint::all_satisfied(&spec.outcome_constraints, &values)
 }
 
-impl<'a> Dispatcher<'a> {
-    fn nonlost(&self) -> u64 {
-        self.trials.iter().filter(|t| !t.lost).count() as u64
-    }
+fn observation(trial: u64, p: &crate::runners::MetricPoint, is_final: bool) -> Observation {
+    Observation { trial, metric: p.metric.clone(), progression: p.progression, mean: p.mean, sem: p.sem, is_final }
+}
 
+impl<'a> State<'a> {
     fn trial_dir(&self, index: u64) -> PathBuf {
         self.spec.trials_root().join(index.to_string())
     }
@@ -123,19 +131,32 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    fn pending_candidates(&self) -> usize {
-        self.trials.iter().filter(|t| t.status == TrialStatus::Candidate && self.running.contains_key(&t.index)).count()
+    fn print(&mut self, e: RunEvent) {
+        self.effects.push(Effect::Print(e));
     }
 
-    /// Deploy new trials while there is room, budget and no reason to stop.
-    fn fill(&mut self) -> Result<(), store::StoreError> {
+    /// Hand a trial to a worker once the transaction commits.
+    fn dispatch(&mut self, index: u64, arm: Arm, attach: Option<serde_json::Value>, slot: Option<usize>) {
+        let slot = match slot.filter(|s| self.free_slots.remove(s)) {
+            Some(s) => s,
+            None => self.free_slots.pop_first().unwrap_or(self.running.len()),
+        };
+        let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
+        let (ctl_tx, ctl_rx) = unbounded();
+        let job = TrialJob { index, arm, slot, trial_dir: self.trial_dir(index), attach, started_at };
+        self.running.insert(index, Running { control: ctl_tx, slot });
+        self.effects.push(Effect::Dispatch(job, ctl_rx));
+    }
+
+    /// Create new trials while there is room, budget and no reason to stop.
+    fn fill(&mut self, tx: &mut Tx) -> Result<(), store::StoreError> {
         let o = &self.spec.orchestration;
         let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
         while self.halt.is_none()
             && !self.exhausted
             && self.running.len() < o.parallelism
-            && self.nonlost() < o.max_trials
-            && self.pending_candidates() < max_pending
+            && self.nonlost < o.max_trials
+            && self.undeployed.len() < max_pending
         {
             let (arm, generation, rerun_of, attempt) = match self.reruns.pop_front() {
                 Some(r) => (r.arm, r.label.to_string(), Some(r.of), r.attempt),
@@ -145,7 +166,7 @@ impl<'a> Dispatcher<'a> {
                         Ok(p) => (p.arm, p.method.to_string(), None, 1),
                         Err(e) => {
                             self.exhausted = true;
-                            self.sink.event(&RunEvent::Notice(format!("{e}; no more trials will be deployed")));
+                            self.print(RunEvent::Notice(format!("{e}; no more trials will be deployed")));
                             break;
                         }
                     }
@@ -156,18 +177,16 @@ impl<'a> Dispatcher<'a> {
             let key = arm.key();
             let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
             let session = self.session;
-            self.store.tx(|tx| {
-                tx.insert_trial(&NewTrial {
-                    index,
-                    arm_key: &key,
-                    parameters: &params,
-                    generation: &generation,
-                    rerun_of,
-                    attempt,
-                    session,
-                })?;
-                tx.set_generator_state("sequence", &state)
+            tx.insert_trial(&NewTrial {
+                index,
+                arm_key: &key,
+                parameters: &params,
+                generation: &generation,
+                rerun_of,
+                attempt,
+                session,
             })?;
+            tx.set_generator_state("sequence", &state)?;
             self.trials.push(Trial {
                 index,
                 status: TrialStatus::Candidate,
@@ -184,161 +203,125 @@ impl<'a> Dispatcher<'a> {
                 run_metadata: None,
                 stop_metadata: None,
                 trial_dir: None,
-                created_at: store::now(),
+                created_at: tx.time().to_string(),
                 staged_at: None,
                 started_at: None,
                 completed_at: None,
             });
             self.take_arm(&key);
+            self.nonlost += 1;
+            self.undeployed.insert(index);
             self.deployed_now += 1;
-            self.sink.event(&RunEvent::Deployed { index, params, generation });
+            tracing::debug!(trial = index, %generation, "new trial");
+            self.print(RunEvent::Deployed { index, params, generation });
             self.dispatch(index, arm, None, None);
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, index: u64, arm: Arm, attach: Option<serde_json::Value>, slot: Option<usize>) {
-        let slot = match slot.filter(|s| self.free_slots.remove(s)) {
-            Some(s) => s,
-            None => self.free_slots.pop_first().unwrap_or(self.running.len()),
-        };
-        let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
-        let (ctl_tx, ctl_rx) = unbounded();
-        let job = TrialJob { index, arm, slot, trial_dir: self.trial_dir(index), attach, started_at };
-        self.running.insert(index, Running { control: ctl_tx, slot });
-        let _ = self.jobs.send((job, ctl_rx));
-    }
-
-    /// Commit a batch of worker events, then report and act on them.
-    fn apply(&mut self, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
-        let spec = self.spec;
-        let trials = &mut self.trials;
-        let running = &self.running;
-        let mut after: Vec<RunnerEvent> = Vec::new();
-        self.store.tx(|tx| {
-            for ev in batch {
-                match &ev {
-                    RunnerEvent::Deployed { index, run_metadata } => {
-                        let t = &mut trials[*index as usize];
-                        let dir = run_metadata.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
-                        let slot = running.get(index).map(|r| r.slot);
-                        let data = TransitionData {
-                            run_metadata: Some(run_metadata),
-                            slot,
-                            trial_dir: dir.as_deref(),
-                            ..Default::default()
-                        };
-                        if t.status == TrialStatus::Candidate {
-                            tx.transition(*index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
-                            t.status = TrialStatus::Staged;
-                        }
-                        tx.transition(*index, TrialStatus::Staged, TrialStatus::Running, &data)?;
-                        t.status = TrialStatus::Running;
-                        t.started_at = Some(tx.time().to_string());
-                        t.run_metadata = Some(run_metadata.clone());
+    /// Record a batch of worker events and decide what follows, in one transaction.
+    fn apply(&mut self, tx: &mut Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
+        for ev in batch {
+            match ev {
+                RunnerEvent::Deployed { index, run_metadata } => {
+                    let dir = run_metadata.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
+                    let slot = self.running.get(&index).map(|r| r.slot);
+                    let data = TransitionData {
+                        run_metadata: Some(&run_metadata),
+                        slot,
+                        trial_dir: dir.as_deref(),
+                        ..Default::default()
+                    };
+                    let t = &mut self.trials[index as usize];
+                    if t.status == TrialStatus::Candidate {
+                        tx.transition(index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
+                        t.status = TrialStatus::Staged;
                     }
-                    RunnerEvent::Progress { index, points } => {
-                        for p in points.iter().filter(|p| p.mean.is_finite()) {
-                            tx.observation(&Observation {
-                                trial: *index,
-                                metric: p.metric.clone(),
-                                progression: p.progression,
-                                mean: p.mean,
-                                sem: p.sem,
-                                is_final: false,
-                            })?;
-                        }
-                    }
-                    RunnerEvent::Finished { index, result } => {
-                        let t = &mut trials[*index as usize];
-                        // SQLite has no NaN (it would be NULL): a non-finite value is kept
-                        // in the failure reason, not as an observation.
-                        for p in result.curve.iter().filter(|p| p.mean.is_finite()) {
-                            tx.observation(&Observation {
-                                trial: *index,
-                                metric: p.metric.clone(),
-                                progression: p.progression,
-                                mean: p.mean,
-                                sem: p.sem,
-                                is_final: false,
-                            })?;
-                        }
-                        for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
-                            tx.observation(&Observation {
-                                trial: *index,
-                                metric: p.metric.clone(),
-                                progression: p.progression,
-                                mean: p.mean,
-                                sem: p.sem,
-                                is_final: true,
-                            })?;
-                        }
-                        let (to, reason, lost, feas) = match &result.outcome {
-                            Outcome::Completed => (
-                                TrialStatus::Completed,
-                                result.note.clone(),
-                                false,
-                                Some(feasible(spec, &result.finals)),
-                            ),
-                            Outcome::Failed { reason, lost } => {
-                                (TrialStatus::Failed, Some(reason.clone()), *lost, None)
-                            }
-                        };
-                        // A trial that never started fails straight from CANDIDATE/STAGED.
-                        let data = TransitionData {
-                            reason: reason.as_deref(),
-                            lost,
-                            feasible: feas,
-                            stop_metadata: result.stop_metadata.as_ref(),
-                            ..Default::default()
-                        };
-                        tx.transition(*index, t.status, to, &data)?;
-                        t.status = to;
-                        t.lost = lost;
-                        t.reason = reason;
-                        t.feasible = feas;
-                        t.completed_at = Some(tx.time().to_string());
+                    tx.transition(index, TrialStatus::Staged, TrialStatus::Running, &data)?;
+                    t.status = TrialStatus::Running;
+                    t.started_at = Some(tx.time().to_string());
+                    t.run_metadata = Some(run_metadata.clone());
+                    self.undeployed.remove(&index);
+                }
+                RunnerEvent::Progress { index, points } => {
+                    // SQLite has no NaN (it would be NULL): a non-finite value is kept in
+                    // the failure reason, not as an observation.
+                    for p in points.iter().filter(|p| p.mean.is_finite()) {
+                        tx.observation(&observation(index, p, false))?;
                     }
                 }
-                after.push(ev);
+                RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
             }
-            Ok(())
-        })?;
-        for ev in after {
-            self.after_commit(ev);
         }
-        Ok(())
+        self.fill(tx)
     }
 
-    /// Report and act on a committed event.
-    fn after_commit(&mut self, ev: RunnerEvent) {
-        let RunnerEvent::Finished { index, result } = ev else { return };
-        let Some(r) = self.running.remove(&index) else { return };
-        self.free_slots.insert(r.slot);
-        let t = self.trials[index as usize].clone();
-        let arm = Arm::from_json(&self.spec.space, &t.parameters);
+    fn finish(
+        &mut self,
+        tx: &mut Tx,
+        index: u64,
+        result: crate::runners::TrialResult,
+    ) -> Result<(), store::StoreError> {
+        let spec = self.spec;
+        for p in result.curve.iter().filter(|p| p.mean.is_finite()) {
+            tx.observation(&observation(index, p, false))?;
+        }
+        for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
+            tx.observation(&observation(index, p, true))?;
+        }
+        let (to, reason, lost, feas) = match &result.outcome {
+            Outcome::Completed => {
+                (TrialStatus::Completed, result.note.clone(), false, Some(feasible(spec, &result.finals)))
+            }
+            Outcome::Failed { reason, lost } => (TrialStatus::Failed, Some(reason.clone()), *lost, None),
+        };
+        let data = TransitionData {
+            reason: reason.as_deref(),
+            lost,
+            feasible: feas,
+            stop_metadata: result.stop_metadata.as_ref(),
+            ..Default::default()
+        };
+        // A trial that never started fails straight from CANDIDATE or STAGED.
+        let t = &mut self.trials[index as usize];
+        tx.transition(index, t.status, to, &data)?;
+        t.status = to;
+        if lost && !t.lost {
+            self.nonlost -= 1;
+        }
+        t.lost = lost;
+        t.reason = reason;
+        t.feasible = feas;
+        t.completed_at = Some(tx.time().to_string());
+        let t = t.clone();
+        self.undeployed.remove(&index);
+        if let Some(r) = self.running.remove(&index) {
+            self.free_slots.insert(r.slot);
+        }
+        tracing::debug!(trial = index, status = %to, "trial ended");
         match &result.outcome {
             Outcome::Completed => {
-                let value = objective_of(self.spec, &result.finals);
-                let feas = t.feasible.unwrap_or(false);
+                let value = objective_of(spec, &result.finals);
+                let feas = feas.unwrap_or(false);
                 let mut best = false;
                 if let (Some(v), true) = (value, feas) {
-                    if self.best.is_none_or(|(_, b)| self.spec.objective.better(v, b)) {
+                    if v.is_finite() && self.best.is_none_or(|(_, b)| spec.objective.better(v, b)) {
                         self.best = Some((index, v));
                         best = true;
                     }
                 }
                 self.cost += result.finals.iter().find(|p| p.metric == "cost").map_or(0.0, |p| p.mean);
-                self.sink.event(&RunEvent::Completed {
+                let note = result.note.clone();
+                self.print(RunEvent::Completed {
                     index,
-                    metric: self.spec.objective.metric.clone(),
+                    metric: spec.objective.metric.clone(),
                     value,
                     feasible: feas,
                     best,
-                    note: result.note.clone(),
+                    note,
                 });
-                self.runner.cleanup(&self.trial_dir(index), false);
-                if let Some(max) = self.spec.orchestration.max_cost {
+                self.effects.push(Effect::Cleanup { index, failed: false });
+                if let Some(max) = spec.orchestration.max_cost {
                     if self.cost >= max && self.halt.is_none() {
                         self.halt =
                             Some((RunEnd::Done, format!("the cost budget is spent ({} >= max_cost {max})", self.cost)));
@@ -348,22 +331,23 @@ impl<'a> Dispatcher<'a> {
             }
             Outcome::Failed { reason, lost } => {
                 self.release_arm(&t.arm_key);
-                let retry = !lost && t.attempt <= self.spec.orchestration.retries_per_failed_arm;
-                if let Some(arm) = arm {
+                let retry = !lost && t.attempt <= spec.orchestration.retries_per_failed_arm;
+                if let Some(arm) = Arm::from_json(&spec.space, &t.parameters) {
                     if *lost {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt, label: "rerun" });
                     } else if retry {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt + 1, label: "retry" });
                     }
                 }
-                self.sink.event(&RunEvent::Failed { index, reason: reason.clone(), lost: *lost, will_retry: retry });
-                self.runner.cleanup(&self.trial_dir(index), true);
+                self.print(RunEvent::Failed { index, reason: reason.clone(), lost: *lost, will_retry: retry });
+                self.effects.push(Effect::Cleanup { index, failed: true });
                 if !lost && t.session == self.session {
                     self.failed_now += 1;
                     self.check_failure_rate();
                 }
             }
         }
+        Ok(())
     }
 
     fn check_failure_rate(&mut self) {
@@ -393,16 +377,104 @@ impl<'a> Dispatcher<'a> {
         if let Some((_, why)) = &self.halt {
             let n = self.running.len();
             let wait = if n > 0 { format!("; waiting for {n} running trial(s)") } else { String::new() };
-            self.sink.event(&RunEvent::Notice(format!("{why}{wait}")));
+            let msg = format!("{why}{wait}");
+            self.print(RunEvent::Notice(msg));
+        }
+    }
+
+    /// Reconcile trials that were not finished when optx last stopped.
+    fn reconcile(&mut self, tx: &mut Tx) -> Result<(), store::StoreError> {
+        let open: Vec<Trial> = self.trials.iter().filter(|t| !t.status.is_terminal()).cloned().collect();
+        for t in open {
+            let dir = self.trial_dir(t.index);
+            let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
+            let ran = crate::exec::read_run_info(&dir);
+            let idx = t.index;
+            match (t.status, ran) {
+                (TrialStatus::Running, _) => {
+                    let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
+                    self.print(RunEvent::Reattached { index: idx, pid });
+                    self.dispatch(idx, arm, t.run_metadata.clone().or(Some(serde_json::Value::Null)), t.slot);
+                }
+                (TrialStatus::Candidate | TrialStatus::Staged, Some(info)) => {
+                    // It started, but optx stopped before recording that: record it now.
+                    let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": dir});
+                    let data = TransitionData { run_metadata: Some(&meta), ..Default::default() };
+                    if t.status == TrialStatus::Candidate {
+                        tx.transition(idx, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
+                    }
+                    tx.transition(idx, TrialStatus::Staged, TrialStatus::Running, &data)?;
+                    let row = &mut self.trials[idx as usize];
+                    row.status = TrialStatus::Running;
+                    row.run_metadata = Some(meta.clone());
+                    row.started_at = Some(tx.time().to_string());
+                    self.print(RunEvent::Reattached { index: idx, pid: Some(info.pid as u64) });
+                    self.dispatch(idx, arm, Some(meta), t.slot);
+                }
+                (TrialStatus::Staged, None) => {
+                    // Deployment began but no process started: it is lost and runs again.
+                    let data = TransitionData {
+                        reason: Some("optx stopped while deploying this trial"),
+                        lost: true,
+                        ..Default::default()
+                    };
+                    tx.transition(idx, TrialStatus::Staged, TrialStatus::Failed, &data)?;
+                    let row = &mut self.trials[idx as usize];
+                    row.status = TrialStatus::Failed;
+                    row.lost = true;
+                    self.nonlost -= 1;
+                    self.release_arm(&t.arm_key);
+                    self.reruns.push_back(Rerun { arm, of: idx, attempt: t.attempt, label: "rerun" });
+                }
+                (TrialStatus::Candidate, None) => {
+                    // Never started: deploy it now, as it is.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    self.print(RunEvent::Deployed {
+                        index: idx,
+                        params: t.parameters.clone(),
+                        generation: t.generation.clone(),
+                    });
+                    self.deployed_now += 1;
+                    self.undeployed.insert(idx);
+                    self.dispatch(idx, arm, None, None);
+                }
+                _ => {}
+            }
+        }
+        self.fill(tx)
+    }
+}
+
+struct Dispatcher<'a> {
+    store: &'a mut Store,
+    st: State<'a>,
+    runner: Arc<dyn TrialRunner>,
+    sink: &'a mut dyn EventSink,
+    jobs: Sender<(TrialJob, Receiver<Control>)>,
+    events: Receiver<RunnerEvent>,
+    signals: u32,
+}
+
+impl Dispatcher<'_> {
+    /// Carry out what the committed transaction decided.
+    fn act(&mut self) {
+        for e in std::mem::take(&mut self.st.effects) {
+            match e {
+                Effect::Print(ev) => self.sink.event(&ev),
+                Effect::Dispatch(job, ctl) => {
+                    let _ = self.jobs.send((job, ctl));
+                }
+                Effect::Cleanup { index, failed } => self.runner.cleanup(&self.st.trial_dir(index), failed),
+            }
         }
     }
 
     fn on_signal(&mut self) {
         self.signals += 1;
+        let n = self.st.running.len();
         match self.signals {
             1 => {
-                let n = self.running.len();
-                self.halt = Some((RunEnd::Interrupted, "interrupted".into()));
+                self.st.halt = Some((RunEnd::Interrupted, "interrupted".into()));
                 let msg = if n > 0 {
                     format!("interrupted: deploying nothing more; waiting for {n} running trial(s) to finish (interrupt again to stop them)")
                 } else {
@@ -411,12 +483,11 @@ impl<'a> Dispatcher<'a> {
                 self.sink.event(&RunEvent::Notice(msg));
             }
             2 => {
-                self.halt = Some((RunEnd::Interrupted, "interrupted".into()));
+                self.st.halt = Some((RunEnd::Interrupted, "interrupted".into()));
                 self.sink.event(&RunEvent::Notice(format!(
-                    "interrupted again: stopping {} running trial(s); they will run again on `optx resume` (interrupt a third time to exit at once)",
-                    self.running.len()
+                    "interrupted again: stopping {n} running trial(s); they will run again on `optx resume` (interrupt a third time to exit at once)"
                 )));
-                for r in self.running.values() {
+                for r in self.st.running.values() {
                     let _ = r
                         .control
                         .send(Control::Stop { reason: "stopped by a second interrupt of optx".into(), lost: true });
@@ -429,102 +500,38 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    /// Reconcile trials that were not finished when optx last stopped.
-    fn reconcile(&mut self) -> Result<(), store::StoreError> {
-        let open: Vec<Trial> = self.trials.iter().filter(|t| !t.status.is_terminal()).cloned().collect();
-        for t in open {
-            let dir = self.trial_dir(t.index);
-            let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
-            let ran = crate::exec::read_run_info(&dir);
-            match (t.status, ran) {
-                (TrialStatus::Running, _) => {
-                    let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
-                    self.sink.event(&RunEvent::Reattached { index: t.index, pid });
-                    self.dispatch(t.index, arm, t.run_metadata.clone().or(Some(serde_json::Value::Null)), t.slot);
-                }
-                (TrialStatus::Candidate | TrialStatus::Staged, Some(info)) => {
-                    // It started but optx stopped before recording it: record it now.
-                    let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": dir});
-                    let from = t.status;
-                    let idx = t.index;
-                    self.store.tx(|tx| {
-                        let data = TransitionData { run_metadata: Some(&meta), ..Default::default() };
-                        if from == TrialStatus::Candidate {
-                            tx.transition(idx, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
-                        }
-                        tx.transition(idx, TrialStatus::Staged, TrialStatus::Running, &data)
-                    })?;
-                    let row = &mut self.trials[idx as usize];
-                    row.status = TrialStatus::Running;
-                    row.run_metadata = Some(meta.clone());
-                    row.started_at = Some(store::now());
-                    self.sink.event(&RunEvent::Reattached { index: idx, pid: Some(info.pid as u64) });
-                    self.dispatch(idx, arm, Some(meta), t.slot);
-                }
-                (TrialStatus::Candidate | TrialStatus::Staged, None) => {
-                    // Never started: deploy it now, as it is.
-                    let _ = std::fs::remove_dir_all(&dir);
-                    if t.status == TrialStatus::Staged {
-                        // A staged trial without a process: deploy it afresh from CANDIDATE's
-                        // point of view is not a legal transition, so fail it as lost.
-                        let idx = t.index;
-                        self.store.tx(|tx| {
-                            let data = TransitionData {
-                                reason: Some("optx stopped while deploying this trial"),
-                                lost: true,
-                                ..Default::default()
-                            };
-                            tx.transition(idx, TrialStatus::Staged, TrialStatus::Failed, &data)
-                        })?;
-                        let row = &mut self.trials[idx as usize];
-                        row.status = TrialStatus::Failed;
-                        row.lost = true;
-                        self.release_arm(&t.arm_key);
-                        self.reruns.push_back(Rerun { arm, of: idx, attempt: t.attempt, label: "rerun" });
-                    } else {
-                        self.sink.event(&RunEvent::Deployed {
-                            index: t.index,
-                            params: t.parameters.clone(),
-                            generation: t.generation.clone(),
-                        });
-                        self.deployed_now += 1;
-                        self.dispatch(t.index, arm, None, None);
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     fn run(&mut self, deadline: Option<Instant>, signals: &Receiver<i32>) -> Result<RunEnd, store::StoreError> {
-        self.reconcile()?;
+        let st = &mut self.st;
+        self.store.tx(|tx| st.reconcile(tx))?;
+        self.act();
         let timeout = deadline.map_or_else(never, crossbeam_channel::at);
         let events = self.events.clone();
         loop {
-            self.fill()?;
-            if self.running.is_empty() {
+            if self.st.running.is_empty() {
                 break;
             }
+            let mut batch = Vec::new();
             select! {
                 recv(events) -> ev => {
                     let Ok(ev) = ev else { break };
-                    let mut batch = vec![ev];
-                    while let Ok(more) = events.try_recv() {
-                        batch.push(more);
-                    }
-                    self.apply(batch)?;
+                    batch.push(ev);
                 },
                 recv(signals) -> _ => self.on_signal(),
                 recv(timeout) -> _ => {
-                    if self.halt.is_none() {
-                        self.halt = Some((RunEnd::Done, "timeout_hours reached: `optx resume` continues the experiment".into()));
-                        self.announce_halt();
+                    if self.st.halt.is_none() {
+                        self.st.halt = Some((RunEnd::Done, "timeout_hours reached: `optx resume` continues the experiment".into()));
+                        self.st.announce_halt();
                     }
                 },
             }
+            while let Ok(more) = events.try_recv() {
+                batch.push(more);
+            }
+            let st = &mut self.st;
+            self.store.tx(|tx| st.apply(tx, batch))?;
+            self.act();
         }
-        Ok(match &self.halt {
+        Ok(match &self.st.halt {
             Some((end, _)) => *end,
             None => RunEnd::Done,
         })
@@ -596,11 +603,9 @@ pub(crate) fn drive(
         workers.push(h);
     }
     drop(events_tx);
-    let mut d = Dispatcher {
+    let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
+    let st = State {
         spec,
-        store,
-        runner: Arc::clone(&runner),
-        sink,
         generator: Generator::new(spec, seed, state),
         session,
         reruns: pending_reruns(spec, &trials),
@@ -608,16 +613,18 @@ pub(crate) fn drive(
         taken,
         running: HashMap::new(),
         free_slots: (0..parallelism).collect(),
-        jobs: jobs_tx,
-        events: events_rx,
         deployed_now: 0,
         failed_now: 0,
         best,
         cost,
-        signals: 0,
         halt: None,
         exhausted: false,
+        nonlost,
+        undeployed: BTreeSet::new(),
+        effects: Vec::new(),
     };
+    let mut d =
+        Dispatcher { store, st, runner: Arc::clone(&runner), sink, jobs: jobs_tx, events: events_rx, signals: 0 };
     let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let end = d.run(deadline, signals);
     drop(d);

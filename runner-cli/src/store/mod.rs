@@ -222,6 +222,10 @@ impl Store {
             Durability::Fsync => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
+        // A checkpoint (which fsyncs) every ~40 MB of WAL rather than every 4 MB: commits
+        // stay durable against a crash of optx, and a run of short trials does not stall
+        // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Other(format!(
@@ -420,6 +424,13 @@ impl Store {
         let out = f(&mut tx)?;
         tx.t.commit()?;
         Ok(out)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Fold the WAL into the database file so that the store is one file at rest.
+        let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
     }
 }
 

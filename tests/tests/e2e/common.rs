@@ -148,3 +148,19 @@ pub fn children(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// What the shepherd recorded in a trial dir: the pid, and the exit status if it ended.
+pub fn process(dir: &Path) -> (Option<u32>, Option<serde_json::Value>) {
+    let text = std::fs::read_to_string(dir.join("process.jsonl")).unwrap_or_default();
+    let (mut pid, mut exit) = (None, None);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(p) = v["pid"].as_u64() {
+            pid = Some(p as u32);
+        }
+        if !v["exit"].is_null() {
+            exit = Some(v["exit"].clone());
+        }
+    }
+    (pid, exit)
+}

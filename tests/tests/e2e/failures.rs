@@ -58,8 +58,7 @@ stop_grace = "1s""#;
     let reason = t["reason"].as_str().unwrap();
     assert!(reason.contains("timed out after 1s") && reason.contains("SIGKILL"), "{reason}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    let exit = std::fs::read_to_string(e.trial_dir(0).join("exit_status.json")).unwrap();
-    assert_eq!(exit, r#"{"signal":9}"#);
+    assert_eq!(process(&e.trial_dir(0)).1, Some(serde_json::json!({"signal": 9})));
 }
 
 #[test]

@@ -43,9 +43,8 @@ fn a_second_interrupt_stops_the_trials_and_they_run_again_on_resume() {
         assert_eq!(status(t), "FAILED");
         assert_eq!(t["lost"], true, "{t}");
         assert!(t["reason"].as_str().unwrap().contains("second interrupt"), "{t}");
-        let pid = std::fs::read_to_string(e.trial_dir(t["index"].as_u64().unwrap()).join("run.json")).unwrap();
-        let pid: serde_json::Value = serde_json::from_str(&pid).unwrap();
-        assert!(!alive(pid["pid"].as_i64().unwrap() as i32), "the trial process is gone");
+        let pid = process(&e.trial_dir(t["index"].as_u64().unwrap())).0.expect("a recorded pid");
+        assert!(!alive(pid as i32), "the trial process is gone");
     }
     // Resume with short trials: the lost arms run again, and 4 trials that are not lost end.
     let text_ = std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("sleep 30", "sleep 0");

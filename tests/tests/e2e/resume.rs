@@ -68,16 +68,7 @@ fn trials_that_died_with_optx_are_lost_and_run_again() {
     e.wait_for(60, "3 running trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 3);
     // The machine loses everything: optx, its shepherd, the trials.
     let shepherds = children(optx.id());
-    let pids: Vec<u32> = e
-        .trials()
-        .iter()
-        .filter_map(|t| {
-            let dir = e.trial_dir(t["index"].as_u64()?);
-            let run: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).ok()?).ok()?;
-            run["pid"].as_u64().map(|p| p as u32)
-        })
-        .collect();
+    let pids: Vec<u32> = e.trials().iter().filter_map(|t| process(&e.trial_dir(t["index"].as_u64()?)).0).collect();
     assert_eq!(pids.len(), 3);
     optx.kill().unwrap();
     optx.wait().unwrap();
