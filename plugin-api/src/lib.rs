@@ -20,7 +20,8 @@ pub const STATUS_WORDS: [&str; 5] = ["staged", "running", "completed", "failed",
 
 /// Whether a host of this ABI accepts a plugin built against `major.minor`.
 pub fn compatible(major: u32, minor: u32) -> bool {
-    major == ABI_MAJOR && minor <= ABI_MINOR
+    // The host's minor must be at least the plugin's.
+    major == ABI_MAJOR && ABI_MINOR.checked_sub(minor).is_some()
 }
 
 #[cfg(test)]
