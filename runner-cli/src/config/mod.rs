@@ -297,98 +297,7 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
     match ty_s {
         "float" | "int" => {
             p.check_keys(ctx, &["type", "bounds", "scaling", "step"], &LATER_PARAMETER_KEYS);
-            let log = matches!(p.one_of(ctx, "scaling", &["linear", "log"]), Some("log"));
-            let bounds_v = p.require(ctx, "bounds")?;
-            let arr = as_array(ctx, bounds_v, &p.path("bounds"))?;
-            if arr.len() != 2 {
-                ctx.err(bounds_v.span(), format!("`{}` must be [low, high]", p.path("bounds")));
-                return None;
-            }
-            if ty_s == "int" {
-                let lo = parse_int(arr[0].get_ref());
-                let hi = parse_int(arr[1].get_ref());
-                let (Some(lo), Some(hi)) = (lo, hi) else {
-                    ctx.err(
-                        bounds_v.span(),
-                        format!("`{}` of an int parameter must be two integers", p.path("bounds")),
-                    );
-                    return None;
-                };
-                if lo >= hi {
-                    ctx.err(
-                        bounds_v.span(),
-                        format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")),
-                    );
-                    return None;
-                }
-                if log && lo <= 0 {
-                    ctx.err(
-                        bounds_v.span(),
-                        format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")),
-                    );
-                    return None;
-                }
-                let step = p.i64_where(ctx, "step", "a positive integer", |s| s > 0);
-                if let Some(s) = step {
-                    if (hi - lo) % s != 0 {
-                        ctx.err(
-                            p.get("step")?.span(),
-                            format!("`{}` = {s} does not divide the range {lo}..{hi}", p.path("step")),
-                        );
-                        return None;
-                    }
-                    if log {
-                        ctx.err(
-                            p.get("step")?.span(),
-                            format!("`{}`: a step cannot be combined with log scaling", p.path("step")),
-                        );
-                        return None;
-                    }
-                }
-                Some(Domain::Int { lo, hi, log, step })
-            } else {
-                let (Some(lo), Some(hi)) = (parse_float(arr[0].get_ref()), parse_float(arr[1].get_ref())) else {
-                    ctx.err(bounds_v.span(), format!("`{}` must be two numbers", p.path("bounds")));
-                    return None;
-                };
-                if !lo.is_finite() || !hi.is_finite() {
-                    ctx.err(bounds_v.span(), format!("`{}` must be finite", p.path("bounds")));
-                    return None;
-                }
-                if lo >= hi {
-                    ctx.err(
-                        bounds_v.span(),
-                        format!("`{}`: the low bound {lo} must be below the high bound {hi}", p.path("bounds")),
-                    );
-                    return None;
-                }
-                if log && lo <= 0.0 {
-                    ctx.err(
-                        bounds_v.span(),
-                        format!("`{}`: log scaling needs a low bound above 0, not {lo}", p.path("bounds")),
-                    );
-                    return None;
-                }
-                let step = p.f64_where(ctx, "step", "a positive number", |s| s > 0.0 && s.is_finite());
-                if let Some(s) = step {
-                    let k = (hi - lo) / s;
-                    if (k - k.round()).abs() > 1e-6 * k.max(1.0) {
-                        ctx.err(
-                            p.get("step")?.span(),
-                            format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")),
-                        );
-                        return None;
-                    }
-                    if log {
-                        ctx.err(
-                            p.get("step")?.span(),
-                            format!("`{}`: a step cannot be combined with log scaling", p.path("step")),
-                        );
-                        return None;
-                    }
-                }
-                Some(Domain::Float { lo, hi, log, step })
-            }
+            read_range(ctx, p, ty_s == "int")
         }
         "choice" => {
             p.check_keys(ctx, &["type", "values", "ordered"], &LATER_PARAMETER_KEYS);
@@ -461,6 +370,61 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
             None
         }
     }
+}
+
+/// A float or int range: the rules of both are checked on the numbers once.
+fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
+    let log = matches!(p.one_of(ctx, "scaling", &["linear", "log"]), Some("log"));
+    let bounds_v = p.require(ctx, "bounds")?;
+    let arr = as_array(ctx, bounds_v, &p.path("bounds"))?;
+    let bounds = p.path("bounds");
+    if arr.len() != 2 {
+        ctx.err(bounds_v.span(), format!("`{bounds}` must be [low, high]"));
+        return None;
+    }
+    let ints = (parse_int(arr[0].get_ref()), parse_int(arr[1].get_ref()));
+    let (lo, hi) = match (int, ints, parse_float(arr[0].get_ref()), parse_float(arr[1].get_ref())) {
+        (true, (Some(lo), Some(hi)), _, _) => (lo as f64, hi as f64),
+        (true, _, _, _) => {
+            ctx.err(bounds_v.span(), format!("`{bounds}` of an int parameter must be two integers"));
+            return None;
+        }
+        (false, _, Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => (lo, hi),
+        (false, _, _, _) => {
+            ctx.err(bounds_v.span(), format!("`{bounds}` must be two finite numbers"));
+            return None;
+        }
+    };
+    if lo >= hi {
+        ctx.err(bounds_v.span(), format!("`{bounds}`: the low bound {lo} must be below the high bound {hi}"));
+        return None;
+    }
+    if log && lo <= 0.0 {
+        ctx.err(bounds_v.span(), format!("`{bounds}`: log scaling needs a low bound above 0, not {lo}"));
+        return None;
+    }
+    let step = if int {
+        p.i64_where(ctx, "step", "a positive integer", |s| s > 0).map(|s| s as f64)
+    } else {
+        p.f64_where(ctx, "step", "a positive number", |s| s > 0.0 && s.is_finite())
+    };
+    if let Some(s) = step {
+        let k = (hi - lo) / s;
+        let step_at = p.get("step")?.span();
+        if (k - k.round()).abs() > 1e-6 * k.max(1.0) {
+            ctx.err(step_at, format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")));
+            return None;
+        }
+        if log {
+            ctx.err(step_at, format!("`{}`: a step cannot be combined with log scaling", p.path("step")));
+            return None;
+        }
+    }
+    Some(if int {
+        Domain::Int { lo: lo as i64, hi: hi as i64, log, step: step.map(|s| s as i64) }
+    } else {
+        Domain::Float { lo, hi, log, step }
+    })
 }
 
 fn scalar(v: &DeValue) -> Option<Value> {
