@@ -146,6 +146,22 @@ pub struct Observation {
     pub is_final: bool,
 }
 
+impl Trial {
+    /// Drop what only the store needs to keep (parameters, metadata, reason, times).
+    pub fn shrink(&mut self) {
+        self.parameters = serde_json::Value::Null;
+        self.run_metadata = None;
+        self.stop_metadata = None;
+        self.reason = None;
+        self.trial_dir = None;
+        self.staged_at = None;
+        self.started_at = None;
+        self.completed_at = None;
+        self.created_at = String::new();
+        self.generation = String::new();
+    }
+}
+
 /// The final value of each metric of each trial (the last final observation wins).
 pub fn final_values(
     obs: &[Observation],

@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub trial: u64,
+    /// The program's path when it was resolved once for the whole run (argv[0] stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<std::path::PathBuf>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: std::path::PathBuf,
@@ -163,6 +166,18 @@ pub fn record_process(dir: &Path, record: &ProcessRecord) -> std::io::Result<()>
     f.write_all(&line)
 }
 
+/// The file `PATH` would run for `program` (a name without `/`), looked up once.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') || program.is_empty() {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 /// This machine's name, for store ownership.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -197,6 +212,13 @@ mod tests {
         // A shepherd killed in the middle of its last write leaves a torn line.
         std::fs::write(d.path().join(PROCESS_FILE), "{\"pid\":42,\"start\":7}\n{\"exit\":{\"co").unwrap();
         assert_eq!(read_process(d.path()), (Some(run), None));
+    }
+
+    #[test]
+    fn which_finds_programs_on_path_and_leaves_paths_alone() {
+        assert!(which("sh").is_some_and(|p| p.ends_with("sh") && p.is_absolute()));
+        assert_eq!(which("no-such-program-for-optx"), None);
+        assert_eq!(which("./sh"), None);
     }
 
     #[test]

@@ -47,8 +47,15 @@ fn spawn(req: &SpawnRequest) -> std::io::Result<std::process::Child> {
     let stdout = File::create(req.dir.join(STDOUT_FILE))?;
     let stderr = File::create(req.dir.join(STDERR_FILE))?;
     let (prog, args) = req.argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-    Command::new(prog)
-        .args(args)
+    let mut cmd = match &req.program {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.arg0(prog);
+            c
+        }
+        None => Command::new(prog),
+    };
+    cmd.args(args)
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&req.cwd)
         .stdin(Stdio::null())
@@ -62,6 +69,8 @@ fn spawn(req: &SpawnRequest) -> std::io::Result<std::process::Child> {
 #[derive(Default)]
 struct Children {
     by_pid: std::collections::HashMap<u32, SpawnRequest>,
+    /// Exits reaped before the spawning thread registered the child.
+    early: std::collections::HashMap<u32, ExitInfo>,
     /// No more requests will come.
     closed: bool,
 }
@@ -82,6 +91,8 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
     loop {
         {
             let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            // Wait only while some registered child exists: a child that ends before its
+            // registration stays a zombie until then, or is kept in `early`.
             while c.by_pid.is_empty() {
                 if c.closed {
                     return;
@@ -93,6 +104,10 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
             Ok(Some((pid, status))) => (pid.as_raw_nonzero().get() as u32, status),
             Ok(None) => continue,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::CHILD) => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
             Err(e) => {
                 eprintln!("optx shepherd: wait failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -102,10 +117,17 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
         if status.stopped() {
             continue;
         }
-        // The spawning thread holds the lock until it has recorded the child.
-        let req = lock.lock().unwrap_or_else(|e| e.into_inner()).by_pid.remove(&pid);
-        let Some(req) = req else { continue };
         let exit = exit_info(status);
+        let req = {
+            let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let req = c.by_pid.remove(&pid);
+            if req.is_none() {
+                // Not registered yet: the spawning thread finishes it.
+                c.early.insert(pid, exit.clone());
+            }
+            req
+        };
+        let Some(req) = req else { continue };
         // What the trial left running in its group ends with it.
         super::kill_group(pid, true);
         record_exit(&req, &exit);
@@ -137,10 +159,8 @@ pub fn serve() -> i32 {
             }
         };
         let (lock, cvar) = &*shared;
-        let mut children = lock.lock().unwrap_or_else(|e| e.into_inner());
         match spawn(&req) {
             Err(e) => {
-                drop(children);
                 let exit = ExitInfo::SpawnError(format!("`{}`: {e}", req.argv.first().map_or("", |s| s.as_str())));
                 record_exit(&req, &exit);
                 send(&out, req.trial, Answer::Exited(exit));
@@ -150,11 +170,23 @@ pub fn serve() -> i32 {
                 // The reaper waits for it; dropping `child` neither waits nor kills.
                 drop(child);
                 let info = RunInfo { pid, start: process_start_time(pid) };
+                // Recorded before it is registered, so "started" always precedes "ended".
                 if let Err(e) = record_process(&req.dir, &ProcessRecord::Started(info)) {
                     eprintln!("optx shepherd: cannot record the pid of trial {}: {e}", req.trial);
                 }
-                children.by_pid.insert(pid, req);
-                cvar.notify_one();
+                let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+                match c.early.remove(&pid) {
+                    Some(exit) => {
+                        drop(c);
+                        super::kill_group(pid, true);
+                        record_exit(&req, &exit);
+                        send(&out, req.trial, Answer::Exited(exit));
+                    }
+                    None => {
+                        c.by_pid.insert(pid, req);
+                        cvar.notify_one();
+                    }
+                }
             }
         }
     }

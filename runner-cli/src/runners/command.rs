@@ -9,7 +9,7 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 
 use super::output::{json_value, pointer_value, MetricPoint, OutputParser};
 use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner};
-use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Template};
+use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Segment, Template};
 use crate::exec::{self, ExitInfo, ProcEvent, RunInfo, Shepherd, SpawnRequest};
 
 /// How long a new trial may run before its deployment is reported on its own.
@@ -25,6 +25,9 @@ pub struct CommandRunner {
     /// `ttl_seconds_for_trials`: a trial running longer fails (and is stopped).
     ttl: Option<Duration>,
     shepherd: Shepherd,
+    /// The program, found along PATH once (when the command names it literally and
+    /// `env` does not change PATH), so that each spawn skips the search.
+    program: Option<PathBuf>,
 }
 
 /// Follows `stdout.log` as it grows.
@@ -86,7 +89,13 @@ impl CommandRunner {
     pub fn new(spec: &ExperimentSpec, polls: PollSchedule, exe: &Path) -> std::io::Result<Self> {
         let RunnerSpec::Command(command) = &spec.runner;
         let shepherd = Shepherd::start(exe)?;
+        let literal = match command.argv.first().map(|t| t.segments.as_slice()) {
+            Some([Segment::Literal(p)]) if !command.shell => Some(p.clone()),
+            _ => None,
+        };
+        let program = literal.filter(|_| !command.env.iter().any(|(k, _)| k == "PATH")).and_then(|p| exec::which(&p));
         Ok(CommandRunner {
+            program,
             spec: command.clone(),
             metrics: spec.metrics.clone(),
             required: spec.required_metrics().into_iter().map(str::to_string).collect(),
@@ -147,7 +156,7 @@ impl CommandRunner {
             Some(t) => self.base_dir.join(self.render(t, job, false)),
             None => self.base_dir.clone(),
         };
-        SpawnRequest { trial: job.index, argv, env, cwd, dir: job.trial_dir.clone() }
+        SpawnRequest { trial: job.index, program: self.program.clone(), argv, env, cwd, dir: job.trial_dir.clone() }
     }
 
     fn tail(&self, job: &TrialJob) -> Tail {

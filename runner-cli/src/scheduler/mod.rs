@@ -294,6 +294,9 @@ impl<'a> State<'a> {
         t.feasible = feas;
         t.completed_at = Some(tx.time().to_string());
         let t = t.clone();
+        // What an ended trial keeps in memory: enough for accounting (the store has the rest),
+        // so that a long run's memory does not grow with each trial's parameters and metadata.
+        self.trials[index as usize].shrink();
         self.undeployed.remove(&index);
         if let Some(r) = self.running.remove(&index) {
             self.free_slots.insert(r.slot);
@@ -604,11 +607,16 @@ pub(crate) fn drive(
     }
     drop(events_tx);
     let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
+    let reruns = pending_reruns(spec, &trials);
+    let mut trials = trials;
+    for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
+        t.shrink();
+    }
     let st = State {
         spec,
         generator: Generator::new(spec, seed, state),
         session,
-        reruns: pending_reruns(spec, &trials),
+        reruns,
         trials,
         taken,
         running: HashMap::new(),
