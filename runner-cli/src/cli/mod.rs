@@ -435,21 +435,28 @@ fn start(l: Launch, o: &Overrides) -> i32 {
         Err(e @ (RunError::Usage(_) | RunError::Owned { .. })) => return fail(EXIT_USAGE, e),
         Err(e @ RunError::Runtime(_)) => return fail(EXIT_RUNTIME, e),
     };
-    // The summary, from the store as committed.
+    // The summary, from the store as committed (aggregates: a long run is not loaded).
     if let Ok(store) = Store::open_existing(&store_path) {
-        if let (Ok(trials), Ok(obs)) = (store.trials(), store.observations()) {
-            let snap = Snapshot::new(&spec, &trials, &obs);
-            if !o.events_json {
-                let verb = match end {
-                    Ok(RunEnd::Interrupted) => {
-                        format!("interrupted (resume with `optx resume {}`)", store_path.display())
-                    }
-                    Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
-                    _ => "done".into(),
-                };
-                println!("optx: {verb}: {}", report::summary_line(&snap));
-                println!("optx: {}", report::best_line(&snap));
+        let minimize = spec.objective.direction == crate::domain::Direction::Minimize;
+        let summary = (|| -> Result<report::Summary, crate::store::StoreError> {
+            let mut counts = std::collections::BTreeMap::new();
+            for (status, lost, n) in store.status_counts()? {
+                *counts.entry(if lost { "LOST".to_string() } else { status }).or_insert(0) += n;
             }
+            Ok(report::Summary {
+                counts,
+                feasible: store.feasible_count()?,
+                best: store.best_by(&spec.objective.metric, minimize)?,
+            })
+        })();
+        if let (Ok(summary), false) = (summary, o.events_json) {
+            let verb = match end {
+                Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {}`)", store_path.display()),
+                Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
+                _ => "done".into(),
+            };
+            println!("optx: {verb}: {}", report::summary_line(&spec, &summary));
+            println!("optx: {}", report::best_line(&spec, &summary));
         }
     }
     code

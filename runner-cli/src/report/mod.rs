@@ -71,43 +71,54 @@ pub fn params_inline(params: &serde_json::Value) -> String {
         .join(" ")
 }
 
-/// Counts by status, with lost trials apart.
-pub fn counts(trials: &[Trial]) -> BTreeMap<&'static str, u64> {
-    let mut c = BTreeMap::new();
-    for t in trials {
-        let k = if t.lost { "LOST" } else { t.status.as_str() };
-        *c.entry(k).or_insert(0) += 1;
-    }
-    c
+/// What the one-line summaries need: counts by status (lost apart), the number of
+/// feasible completed trials, and the best one (index, value, parameters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub counts: BTreeMap<String, u64>,
+    pub feasible: u64,
+    pub best: Option<(u64, f64, serde_json::Value)>,
 }
 
-/// One line: `30 trials: 28 completed (27 feasible), 2 failed; 1 lost and re-run`.
-pub fn summary_line(s: &Snapshot) -> String {
-    let c = counts(s.trials);
-    let counted: u64 = s.trials.iter().filter(|t| !t.lost).count() as u64;
-    let feasible = s.trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)).count();
+impl Snapshot<'_> {
+    pub fn summary(&self) -> Summary {
+        let mut counts = BTreeMap::new();
+        for t in self.trials {
+            let k = if t.lost { "LOST" } else { t.status.as_str() };
+            *counts.entry(k.to_string()).or_insert(0) += 1;
+        }
+        let feasible =
+            self.trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)).count()
+                as u64;
+        let best = self.best().map(|(i, v)| (i, v, self.trials[i as usize].parameters.clone()));
+        Summary { counts, feasible, best }
+    }
+}
+
+/// One line: `30 of 30 trials: 28 completed (27 feasible), 2 failed; 1 lost ...`.
+pub fn summary_line(spec: &ExperimentSpec, s: &Summary) -> String {
+    let counted: u64 = s.counts.iter().filter(|(k, _)| *k != "LOST").map(|(_, n)| n).sum();
     let mut parts = Vec::new();
     for st in TrialStatus::ALL {
-        if let Some(n) = c.get(st.as_str()) {
+        if let Some(n) = s.counts.get(st.as_str()) {
             let mut p = format!("{n} {}", st.as_str().to_lowercase().replace('_', "-"));
-            if st == TrialStatus::Completed && !s.spec.outcome_constraints.is_empty() {
-                let _ = write!(p, " ({feasible} feasible)");
+            if st == TrialStatus::Completed && !spec.outcome_constraints.is_empty() {
+                let _ = write!(p, " ({} feasible)", s.feasible);
             }
             parts.push(p);
         }
     }
-    let mut line = format!("{counted} of {} trials: {}", s.spec.orchestration.max_trials, parts.join(", "));
-    if let Some(n) = c.get("LOST") {
+    let mut line = format!("{counted} of {} trials: {}", spec.orchestration.max_trials, parts.join(", "));
+    if let Some(n) = s.counts.get("LOST") {
         let _ = write!(line, "; {n} lost (not counted, their arms run again)");
     }
     line
 }
 
-pub fn best_line(s: &Snapshot) -> String {
-    match s.best() {
-        Some((i, v)) => {
-            let t = &s.trials[i as usize];
-            format!("best: trial {i}, {} = {}  ({})", s.spec.objective.metric, num(v), params_inline(&t.parameters))
+pub fn best_line(spec: &ExperimentSpec, s: &Summary) -> String {
+    match &s.best {
+        Some((i, v, params)) => {
+            format!("best: trial {i}, {} = {}  ({})", spec.objective.metric, num(*v), params_inline(params))
         }
         None => "best: no feasible completed trial yet".into(),
     }
@@ -117,7 +128,8 @@ pub fn status(s: &Snapshot, store: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "experiment: {}  ({} {})", s.spec.name, s.spec.objective.verb(), s.spec.objective.metric);
     let _ = writeln!(out, "store:      {store}");
-    let _ = writeln!(out, "trials:     {}", summary_line(s));
+    let summary = s.summary();
+    let _ = writeln!(out, "trials:     {}", summary_line(s.spec, &summary));
     let running: Vec<&Trial> = s.trials.iter().filter(|t| !t.status.is_terminal()).collect();
     if !running.is_empty() {
         let _ = writeln!(out, "running:");
@@ -128,7 +140,7 @@ pub fn status(s: &Snapshot, store: &str) -> String {
             let _ = writeln!(out, "  [{}] {}{pid} since {since}: {}", t.index, t.status, params_inline(&t.parameters));
         }
     }
-    let _ = writeln!(out, "{}", best_line(s));
+    let _ = writeln!(out, "{}", best_line(s.spec, &summary));
     out
 }
 

@@ -109,7 +109,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let mut store = Store::open(&path, spec.durability).map_err(store_err(&path))?;
     store.acquire(&me, &alive).map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
-    let has_trials = !store.trials().map_err(store_err(&path))?.is_empty();
+    let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
     let mut store = match (l.resume, existing.is_some() || has_trials) {
         (false, true) if l.fresh => {
             store.release(&me).map_err(store_err(&path))?;
@@ -157,7 +157,7 @@ fn run_owned(l: &Launch, store: &mut Store, sink: &mut dyn EventSink) -> Result<
         .save_experiment(&spec.name, &l.spec_text, &l.spec_path, &spec.base_dir, seed, &l.overrides)
         .map_err(store_err(&path))?;
     let session = store.begin_session(&l.command_line, &me()).map_err(store_err(&path))?;
-    let existing = store.trials().map_err(store_err(&path))?.iter().filter(|t| !t.lost).count() as u64;
+    let existing = store.trial_counts().map_err(store_err(&path))?.1;
     sink.event(&RunEvent::Started {
         name: spec.name.clone(),
         store: path.clone(),

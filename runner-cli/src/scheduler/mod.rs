@@ -579,7 +579,7 @@ pub(crate) fn drive(
     for t in trials.iter().filter(|t| !t.lost && t.status != TrialStatus::Failed) {
         *taken.entry(t.arm_key.clone()).or_insert(0) += 1;
     }
-    let finals = crate::domain::final_values(&store.observations()?);
+    let finals = crate::domain::final_values(&store.final_observations()?);
     let best = crate::domain::best_trial(&spec.objective, &trials, &finals);
     let cost: f64 = trials
         .iter()

@@ -408,6 +408,68 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// The number of trials, and of those that are not lost.
+    pub fn trial_counts(&self) -> Result<(u64, u64)> {
+        let (all, nonlost): (i64, i64) =
+            self.conn.query_row("SELECT count(*), coalesce(sum(lost = 0), 0) FROM trials", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok((all as u64, nonlost as u64))
+    }
+
+    /// The final observations only (what accounting needs on resume).
+    pub fn final_observations(&self) -> Result<Vec<Observation>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT trial, metric, progression, mean, sem FROM observations WHERE final = 1 ORDER BY trial, rowid",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Observation {
+                trial: r.get::<_, i64>(0)? as u64,
+                metric: r.get(1)?,
+                progression: r.get(2)?,
+                mean: r.get(3)?,
+                sem: r.get(4)?,
+                is_final: true,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Trials by (status, lost), counted in SQL.
+    pub fn status_counts(&self) -> Result<Vec<(String, bool, u64)>> {
+        let mut st = self.conn.prepare_cached("SELECT status, lost, count(*) FROM trials GROUP BY status, lost")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The number of feasible completed trials.
+    pub fn feasible_count(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM trials WHERE status = 'COMPLETED' AND feasible = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// The feasible completed trial with the lowest (or highest) final `metric`: index,
+    /// value, parameters.
+    pub fn best_by(&self, metric: &str, minimize: bool) -> Result<Option<(u64, f64, serde_json::Value)>> {
+        let order = if minimize { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT t.idx, o.mean, t.parameters FROM trials t JOIN observations o ON o.trial = t.idx
+             WHERE t.status = 'COMPLETED' AND t.feasible = 1 AND o.metric = ?1 AND o.final = 1
+             ORDER BY o.mean {order}, t.idx LIMIT 1"
+        );
+        let row = self
+            .conn
+            .query_row(&sql, [metric], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)?, r.get::<_, String>(2)?))
+            })
+            .optional()?;
+        Ok(row.map(|(i, v, p)| (i, v, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null))))
+    }
+
     pub fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>> {
         let s: Option<String> =
             self.conn.query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0)).optional()?;
@@ -627,6 +689,43 @@ mod tests {
         s.acquire(&b, &|_, _| false).unwrap();
         s.release(&b).unwrap();
         s.acquire(&a, &|_, _| true).unwrap();
+    }
+
+    #[test]
+    fn summaries_are_computed_in_sql() {
+        let (_d, mut s) = store();
+        let d = TransitionData::default();
+        for (i, (value, feasible)) in [(3.0, true), (1.0, false), (2.0, true)].into_iter().enumerate() {
+            let i = i as u64;
+            new_trial(&mut s, i);
+            s.tx(|t| {
+                t.transition(i, TrialStatus::Candidate, TrialStatus::Staged, &d)?;
+                t.transition(i, TrialStatus::Staged, TrialStatus::Running, &d)?;
+                let data = TransitionData { feasible: Some(feasible), ..Default::default() };
+                t.transition(i, TrialStatus::Running, TrialStatus::Completed, &data)?;
+                t.observation(&Observation {
+                    trial: i,
+                    metric: "f".into(),
+                    progression: None,
+                    mean: value,
+                    sem: None,
+                    is_final: true,
+                })
+            })
+            .unwrap();
+        }
+        new_trial(&mut s, 3);
+        let lost = TransitionData { lost: true, ..Default::default() };
+        s.tx(|t| t.transition(3, TrialStatus::Candidate, TrialStatus::Failed, &lost)).unwrap();
+        assert_eq!(s.trial_counts().unwrap(), (4, 3));
+        assert_eq!(s.feasible_count().unwrap(), 2);
+        let mut counts = s.status_counts().unwrap();
+        counts.sort();
+        assert_eq!(counts, vec![("COMPLETED".into(), false, 3), ("FAILED".into(), true, 1)]);
+        // The infeasible 1.0 is not the best.
+        assert_eq!(s.best_by("f", true).unwrap().map(|b| (b.0, b.1)), Some((2, 2.0)));
+        assert_eq!(s.best_by("f", false).unwrap().map(|b| (b.0, b.1)), Some((0, 3.0)));
+        assert_eq!(s.final_observations().unwrap().len(), 3);
     }
 
     #[test]
