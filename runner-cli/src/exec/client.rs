@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::shepherd::{Answer, Reply};
-use super::{ExitInfo, RunInfo, SpawnRequest};
+use super::{ExitInfo, SpawnRequest};
 
 /// What happens to a process the shepherd runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcEvent {
-    Spawned(RunInfo),
     Exited(ExitInfo),
     /// The shepherd itself died: watch the process through its files instead.
     ShepherdGone,
@@ -49,17 +48,9 @@ impl Shepherd {
                 let Ok(line) = line else { break };
                 let Ok(reply) = serde_json::from_str::<Reply>(&line) else { continue };
                 let mut routes = r.lock().unwrap_or_else(|e| e.into_inner());
-                match reply.answer {
-                    Answer::Spawned(info) => {
-                        if let Some(tx) = routes.get(&reply.trial) {
-                            let _ = tx.send(ProcEvent::Spawned(info));
-                        }
-                    }
-                    Answer::Exited(exit) => {
-                        if let Some(tx) = routes.remove(&reply.trial) {
-                            let _ = tx.send(ProcEvent::Exited(exit));
-                        }
-                    }
+                let Answer::Exited(exit) = reply.answer;
+                if let Some(tx) = routes.remove(&reply.trial) {
+                    let _ = tx.send(ProcEvent::Exited(exit));
                 }
             }
             let mut routes = r.lock().unwrap_or_else(|e| e.into_inner());

@@ -17,7 +17,6 @@ use super::{STDERR_FILE, STDOUT_FILE};
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Answer {
-    Spawned(RunInfo),
     Exited(ExitInfo),
 }
 
@@ -128,6 +127,9 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
             req
         };
         let Some(req) = req else { continue };
+        // The group is killed right after its leader is reaped. Its pid could in theory be
+        // reused in between, but Linux hands pids out in sequence up to pid_max (at least
+        // 32768): a reuse within these microseconds would take a full wrap of the pids.
         // What the trial left running in its group ends with it.
         super::kill_group(pid, true);
         record_exit(&req, &exit);

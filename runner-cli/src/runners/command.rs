@@ -210,7 +210,6 @@ impl CommandRunner {
                 let timeout = until.map_or(Duration::from_secs(3600), |u| u.saturating_duration_since(Instant::now()));
                 match rx.recv_timeout(timeout) {
                     Ok(ProcEvent::Exited(e)) => return Some(Waited::Exited(e)),
-                    Ok(ProcEvent::Spawned(_)) => continue,
                     Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                         return self.wait_until(info, None, dir, until)
                     }
@@ -253,7 +252,6 @@ impl CommandRunner {
             select! {
                 recv(shepherd_rx) -> ev => match ev {
                     Ok(ProcEvent::Exited(e)) => return self.finish(job, Waited::Exited(e), tail, None),
-                    Ok(ProcEvent::Spawned(_)) => {}
                     Ok(ProcEvent::ShepherdGone) | Err(_) => rx = None,
                 },
                 recv(control) -> c => {
@@ -467,7 +465,7 @@ impl TrialRunner for CommandRunner {
             Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 return finished(gone())
             }
-            Ok(ProcEvent::Spawned(_)) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
         // Still running: its pid is in process.jsonl once the shepherd has started it.
         let info = loop {
@@ -486,7 +484,7 @@ impl TrialRunner for CommandRunner {
                 Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     return finished(gone())
                 }
-                Ok(ProcEvent::Spawned(_)) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
         };
         deployed(info);
