@@ -186,21 +186,49 @@ impl<'a> Generator<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::domain::*;
     use std::collections::HashSet;
-    use std::path::Path;
+    use std::time::Duration;
 
-    fn spec(extra: &str, params: &str) -> ExperimentSpec {
-        let src = format!(
-            "[experiment]\nname = \"g\"\n[parameters]\n{params}\n[objective]\nminimize = \"f\"\n[runner]\ncommand = \"true\"\n[orchestration]\nmax_trials = 5\n{extra}"
-        );
-        config::parse(&src, "g.toml", Path::new("/tmp")).unwrap()
+    fn float(name: &str, lo: f64, hi: f64) -> Parameter {
+        Parameter { name: name.into(), domain: Domain::Float { lo, hi, log: false, step: None } }
+    }
+
+    fn spec(
+        method: GenerationMethod,
+        parameters: Vec<Parameter>,
+        constraints: Vec<LinearConstraint>,
+    ) -> ExperimentSpec {
+        ExperimentSpec {
+            name: "g".into(),
+            description: None,
+            owner: None,
+            seed: None,
+            space: SearchSpace { parameters, constraints },
+            objective: Objective { metric: "f".into(), direction: Direction::Minimize },
+            outcome_constraints: vec![],
+            metrics: Default::default(),
+            runner: RunnerSpec::Command(CommandSpec {
+                argv: vec![],
+                shell: false,
+                env: vec![],
+                workdir: None,
+                timeout: None,
+                stop_grace: Duration::from_secs(1),
+                keep_trial_dirs: KeepTrialDirs::All,
+                progression: "step".into(),
+            }),
+            orchestration: Orchestration { max_trials: 5, ..Default::default() },
+            generation: GenerationSpec { method, initial_trials: None, initial_points: vec![], grid_resolution: 5 },
+            store_path: "/tmp/g.db".into(),
+            durability: Durability::Normal,
+            base_dir: "/tmp".into(),
+        }
     }
 
     #[test]
     fn the_same_seed_gives_the_same_sequence_and_a_restart_continues_it() {
-        let s =
-            spec("", "x = { type = \"float\", bounds = [0.0, 1.0] }\ny = { type = \"float\", bounds = [-5.0, 5.0] }");
+        let s = spec(GenerationMethod::Auto, vec![float("x", 0.0, 1.0), float("y", -5.0, 5.0)], vec![]);
         let none = |_: &str| false;
         let mut a = Generator::new(&s, 7, GenState::default());
         let first: Vec<String> = (0..6).map(|_| a.next(&none).unwrap().arm.key()).collect();
@@ -216,43 +244,43 @@ mod tests {
 
     #[test]
     fn auto_starts_at_the_center() {
-        let s = spec(
-            "",
-            "x = { type = \"float\", bounds = [0.0, 4.0] }\nc = { type = \"choice\", values = [\"a\", \"b\"] }",
-        );
+        let c = Domain::Choice { values: vec![Value::Str("a".into()), Value::Str("b".into())], ordered: false };
+        let s =
+            spec(GenerationMethod::Auto, vec![float("x", 0.0, 4.0), Parameter { name: "c".into(), domain: c }], vec![]);
         let p = Generator::new(&s, 1, GenState::default()).next(&|_| false).unwrap();
         assert_eq!((p.method, p.arm.key()), ("center", r#"{"x":2.0,"c":"a"}"#.to_string()));
     }
 
     #[test]
     fn a_finite_space_is_exhausted_without_repeats() {
-        for method in ["sobol", "random", "grid"] {
-            let s = spec(
-                &format!("[generation]\nmethod = \"{method}\""),
-                "a = { type = \"int\", bounds = [0, 2] }\nb = { type = \"choice\", values = [true, false] }",
-            );
+        for method in [GenerationMethod::Sobol, GenerationMethod::Random, GenerationMethod::Grid] {
+            let a = Parameter { name: "a".into(), domain: Domain::Int { lo: 0, hi: 2, log: false, step: None } };
+            let b = Domain::Choice { values: vec![Value::Bool(true), Value::Bool(false)], ordered: false };
+            let s = spec(method, vec![a, Parameter { name: "b".into(), domain: b }], vec![]);
             let mut g = Generator::new(&s, 3, GenState::default());
             let mut seen = HashSet::new();
             loop {
                 let taken = seen.clone();
                 match g.next(&move |k: &str| taken.contains(k)) {
-                    Ok(p) => assert!(seen.insert(p.arm.key()), "{method} repeated {}", p.arm.key()),
+                    Ok(p) => assert!(seen.insert(p.arm.key()), "{method:?} repeated {}", p.arm.key()),
                     Err(e) => {
                         assert!(matches!(e, Exhausted::Space { arms: 6 } | Exhausted::Grid { points: 6 }), "{e:?}");
                         break;
                     }
                 }
             }
-            assert_eq!(seen.len(), 6, "{method}");
+            assert_eq!(seen.len(), 6, "{method:?}");
         }
     }
 
     #[test]
     fn constrained_draws_never_violate_the_constraints() {
-        let s = spec(
-            "[constraints]\nparameters = [\"x + y <= 0.3\"]",
-            "x = { type = \"float\", bounds = [0.0, 1.0] }\ny = { type = \"float\", bounds = [0.0, 1.0] }",
-        );
+        let c = LinearConstraint {
+            terms: vec![("x".into(), 1.0), ("y".into(), 1.0)],
+            bound: 0.3,
+            text: "x + y <= 0.3".into(),
+        };
+        let s = spec(GenerationMethod::Auto, vec![float("x", 0.0, 1.0), float("y", 0.0, 1.0)], vec![c]);
         let mut g = Generator::new(&s, 5, GenState::default());
         for _ in 0..200 {
             let a = g.next(&|_| false).unwrap().arm;

@@ -390,11 +390,20 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Every observation, in trial and arrival order.
-    pub fn observations(&self) -> Result<Vec<Observation>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT trial, metric, progression, mean, sem, final FROM observations ORDER BY trial, rowid",
-        )?;
+    /// The number of trials, and of those that are not lost.
+    pub fn trial_counts(&self) -> Result<(u64, u64)> {
+        let (all, nonlost): (i64, i64) =
+            self.conn.query_row("SELECT count(*), coalesce(sum(lost = 0), 0) FROM trials", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok((all as u64, nonlost as u64))
+    }
+
+    fn query_observations(&self, filter: &str) -> Result<Vec<Observation>> {
+        let sql = format!(
+            "SELECT trial, metric, progression, mean, sem, final FROM observations {filter} ORDER BY trial, rowid"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map([], |r| {
             Ok(Observation {
                 trial: r.get::<_, i64>(0)? as u64,
@@ -408,31 +417,14 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// The number of trials, and of those that are not lost.
-    pub fn trial_counts(&self) -> Result<(u64, u64)> {
-        let (all, nonlost): (i64, i64) =
-            self.conn.query_row("SELECT count(*), coalesce(sum(lost = 0), 0) FROM trials", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        Ok((all as u64, nonlost as u64))
+    /// Every observation, in trial and arrival order.
+    pub fn observations(&self) -> Result<Vec<Observation>> {
+        self.query_observations("")
     }
 
     /// The final observations only (what accounting needs on resume).
     pub fn final_observations(&self) -> Result<Vec<Observation>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT trial, metric, progression, mean, sem FROM observations WHERE final = 1 ORDER BY trial, rowid",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Observation {
-                trial: r.get::<_, i64>(0)? as u64,
-                metric: r.get(1)?,
-                progression: r.get(2)?,
-                mean: r.get(3)?,
-                sem: r.get(4)?,
-                is_final: true,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        self.query_observations("WHERE final = 1")
     }
 
     /// Trials by (status, lost), counted in SQL.
