@@ -130,9 +130,17 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Send a signal (`"INT"`, `"TERM"` or `"KILL"`) to a process.
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
-    assert!(ok, "kill -{sig} {pid}");
+    use rustix::process::{kill_process, Pid, Signal};
+    let sig = match sig {
+        "INT" => Signal::INT,
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        other => panic!("no signal {other} in these tests"),
+    };
+    let pid = Pid::from_raw(pid as i32).expect("a pid");
+    kill_process(pid, sig).unwrap_or_else(|e| panic!("kill {pid:?}: {e}"));
 }
 
 /// The children of a process (from /proc).

@@ -233,3 +233,21 @@ fn events_can_be_read_as_json_lines() {
     assert_eq!(events.iter().filter(|e| e["event"] == "completed").count(), 4);
     assert_eq!(events.iter().filter(|e| e["event"] == "deployed").count(), 4);
 }
+
+#[test]
+fn the_store_can_live_elsewhere_with_its_trial_dirs_beside_it() {
+    let params = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
+    let runner = r#"command = ["sh", "-c", "echo f={x}"]"#;
+    let e = Exp::new("where", &toml("where", params, runner, "max_trials = 3", ""));
+    let out = e.optx(&["run", "experiment.toml", "--store", "elsewhere/w.db", "--seed", "11", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(e.path().join("elsewhere/w.db").is_file());
+    assert!(e.path().join("elsewhere/w.trials/2/stdout.log").is_file());
+    assert!(!e.path().join(".optx").exists(), "nothing at the default place");
+    let status = e.optx(&["status", "elsewhere/w.db"]);
+    assert!(text(&status).contains("3 of 3 trials: 3 completed"), "{}", text(&status));
+    let out = e.optx(&["resume", "experiment.toml", "--store", "elsewhere/w.db", "--max-trials", "4", "-q"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status = e.optx(&["status", "elsewhere/w.db"]);
+    assert!(text(&status).contains("4 of 4 trials: 4 completed"), "{}", text(&status));
+}
