@@ -34,36 +34,63 @@ pub struct CommandRunner {
 struct Tail {
     path: PathBuf,
     offset: u64,
+    /// The line being read (bytes after the last newline).
     partial: Vec<u8>,
+    /// The current line is over MAX_LINE: skip to its end.
+    skipping: bool,
     parser: OutputParser,
 }
+
+/// Reads of the output are this big at most, whatever a trial prints.
+const TAIL_CHUNK: usize = 64 * 1024;
+/// A line longer than this is not a report: it is skipped, not buffered.
+const MAX_LINE: usize = 1024 * 1024;
 
 impl Tail {
     /// New points since the last read; at the end, also the unterminated last line.
     fn read(&mut self, at_end: bool) -> Vec<MetricPoint> {
         let mut points = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.path) {
-            if f.seek(SeekFrom::Start(self.offset)).is_ok() {
-                let mut buf = Vec::new();
-                if let Ok(n) = f.read_to_end(&mut buf) {
-                    self.offset += n as u64;
-                    self.partial.extend_from_slice(&buf);
-                }
-            }
+        let Ok(mut f) = std::fs::File::open(&self.path) else { return points };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return points;
         }
-        let mut start = 0;
-        while let Some(nl) = self.partial[start..].iter().position(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(&self.partial[start..start + nl]).into_owned();
-            points.extend(self.parser.line(&line));
-            start += nl + 1;
+        let mut chunk = vec![0u8; TAIL_CHUNK];
+        loop {
+            let n = match f.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            self.feed(&chunk[..n], &mut points);
         }
-        self.partial.drain(..start);
-        if at_end && !self.partial.is_empty() {
+        if at_end && !self.partial.is_empty() && !self.skipping {
             let line = String::from_utf8_lossy(&self.partial).into_owned();
             points.extend(self.parser.line(&line));
+        }
+        if at_end {
             self.partial.clear();
         }
         points
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], points: &mut Vec<MetricPoint>) {
+        while let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
+            if !self.skipping {
+                self.partial.extend_from_slice(&bytes[..nl]);
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                points.extend(self.parser.line(&line));
+            }
+            self.partial.clear();
+            self.skipping = false;
+            bytes = &bytes[nl + 1..];
+        }
+        if !self.skipping {
+            self.partial.extend_from_slice(bytes);
+            if self.partial.len() > MAX_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            }
+        }
     }
 }
 
@@ -164,6 +191,7 @@ impl CommandRunner {
             path: job.trial_dir.join(exec::STDOUT_FILE),
             offset: 0,
             partial: Vec::new(),
+            skipping: false,
             parser: OutputParser::new(&self.metrics, &self.spec.progression),
         }
     }
@@ -505,5 +533,40 @@ impl TrialRunner for CommandRunner {
 
     fn close(&self) {
         self.shepherd.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(dir: &Path) -> Tail {
+        let mut m = BTreeMap::new();
+        m.insert("f".to_string(), MetricRule::Default);
+        Tail {
+            path: dir.join("out"),
+            offset: 0,
+            partial: Vec::new(),
+            skipping: false,
+            parser: OutputParser::new(&m, "step"),
+        }
+    }
+
+    #[test]
+    fn the_tail_follows_growing_output_across_chunks_and_skips_monster_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = tail(d.path());
+        let mut text = String::from("f=1 step=1\n");
+        text.push_str(&"x".repeat(3 * MAX_LINE));
+        text.push_str(" f=99\nf=2 step=2\nf=3");
+        std::fs::write(d.path().join("out"), &text[..TAIL_CHUNK + 10]).unwrap();
+        let first = t.read(false);
+        assert_eq!(first.len(), 1);
+        std::fs::write(d.path().join("out"), &text).unwrap();
+        let rest = t.read(false);
+        assert_eq!(rest.iter().map(|p| p.mean).collect::<Vec<_>>(), vec![2.0], "the monster line is skipped");
+        assert!(t.partial.len() <= MAX_LINE);
+        let end = t.read(true);
+        assert_eq!(end.iter().map(|p| p.mean).collect::<Vec<_>>(), vec![3.0], "the last line counts at the end");
     }
 }
