@@ -190,6 +190,8 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// This connection owns the store (run/resume): it folds the WAL in when closed.
+    owner: bool,
 }
 
 impl Store {
@@ -245,7 +247,7 @@ impl Store {
             tx.commit()?;
         }
         // Forward migrations go here: `if version < 2 { ... }`.
-        Ok(Store { conn, path: path.to_path_buf() })
+        Ok(Store { conn, path: path.to_path_buf(), owner: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -329,6 +331,7 @@ impl Store {
             params![me.pid as i64, me.process_start.map(|x| x as i64), me.host, now()],
         )?;
         tx.commit()?;
+        self.owner = true;
         Ok(())
     }
 
@@ -483,8 +486,11 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Fold the WAL into the database file so that the store is one file at rest.
-        let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        // The owner folds the WAL into the database file, so that the store is one file at
+        // rest; a reader (`optx status` beside a run) leaves the writer alone.
+        if self.owner {
+            let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        }
     }
 }
 
