@@ -562,7 +562,6 @@ fn pending_reruns(spec: &ExperimentSpec, trials: &[Trial]) -> VecDeque<Rerun> {
 }
 
 /// Run the loop on an open, owned store. Returns how it ended.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn drive(
     spec: &ExperimentSpec,
     store: &mut Store,
