@@ -74,12 +74,12 @@ pub fn load(path: &Path) -> Result<(ExperimentSpec, String), ConfigErrors> {
 pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<ExperimentSpec, ConfigErrors> {
     let mut ctx = Ctx::new(src, file.to_string());
     let (root, syntax) = DeTable::parse_recoverable(src);
-    if !syntax.is_empty() {
-        for e in syntax {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            ctx.err(span, format!("invalid TOML: {msg}"));
-        }
+    // After a syntax error the parser's recovery reports echoes of it: the earliest one is
+    // the one to fix (the rest of the file is checked once it parses).
+    if let Some(e) = syntax.iter().min_by_key(|e| e.span().map_or(0, |s| s.start)) {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().to_string();
+        ctx.err(span, format!("invalid TOML: {msg}"));
         return Err(ConfigErrors(ctx.errors));
     }
     let root_span = root.span();
