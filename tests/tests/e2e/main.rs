@@ -5,5 +5,6 @@ mod common;
 mod config_errors;
 mod failures;
 mod interrupts;
+mod options;
 mod resume;
 mod run;
