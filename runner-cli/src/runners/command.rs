@@ -273,6 +273,8 @@ impl CommandRunner {
     ) -> TrialResult {
         let deadline = self.deadline(job.started_at.unwrap_or_else(SystemTime::now));
         let mut interval = self.polls.initial.max(Duration::from_millis(50));
+        // Without a dispatcher to send them, there are no more stop requests.
+        let mut control = control.clone();
         loop {
             let tick = after(interval);
             let dl = deadline.as_ref().map_or_else(never, |(at, _)| crossbeam_channel::at(*at));
@@ -283,7 +285,10 @@ impl CommandRunner {
                     Ok(ProcEvent::ShepherdGone) | Err(_) => rx = None,
                 },
                 recv(control) -> c => {
-                    let Ok(Control::Stop { reason, lost }) = c else { continue };
+                    let Ok(Control::Stop { reason, lost }) = c else {
+                        control = never();
+                        continue;
+                    };
                     let (w, killed) = self.stop(info, rx.as_ref(), &job.trial_dir);
                     let how = if killed { "SIGTERM, then SIGKILL" } else { "SIGTERM" };
                     let stop = serde_json::json!({"reason": reason, "signals": how});

@@ -635,9 +635,13 @@ pub(crate) fn drive(
     let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let end = d.run(deadline, signals);
     drop(d);
-    for w in workers {
-        let _ = w.join();
+    if end.is_ok() {
+        for w in workers {
+            let _ = w.join();
+        }
+        runner.close();
     }
-    runner.close();
+    // On an error optx exits without waiting: running trials go on under the shepherd,
+    // which records how they end, and `optx resume` reconciles them.
     end
 }
