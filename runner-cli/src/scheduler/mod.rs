@@ -98,6 +98,10 @@ struct State<'a> {
     /// Candidates handed to a worker and not deployed yet.
     undeployed: BTreeSet<u64>,
     effects: Vec<Effect>,
+    /// `<store name>.trials/`, where every trial dir goes.
+    trials_root: PathBuf,
+    /// Trials of this session that were lost (the failure rate leaves them out).
+    lost_now: u64,
 }
 
 fn objective_of(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Option<f64> {
@@ -115,7 +119,7 @@ fn observation(trial: u64, p: &crate::runners::MetricPoint, is_final: bool) -> O
 
 impl<'a> State<'a> {
     fn trial_dir(&self, index: u64) -> PathBuf {
-        self.spec.trials_root().join(index.to_string())
+        self.trials_root.join(index.to_string())
     }
 
     fn take_arm(&mut self, key: &str) {
@@ -219,29 +223,37 @@ impl<'a> State<'a> {
         Ok(())
     }
 
+    /// Record that a trial runs (through STAGED if it is still a candidate), with the run
+    /// metadata that lets a restarted optx find it.
+    fn mark_running(
+        &mut self,
+        tx: &mut Tx,
+        index: u64,
+        meta: serde_json::Value,
+        slot: Option<usize>,
+    ) -> Result<(), store::StoreError> {
+        let dir = meta.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
+        let data = TransitionData { run_metadata: Some(&meta), slot, trial_dir: dir.as_deref(), ..Default::default() };
+        let t = &mut self.trials[index as usize];
+        if t.status == TrialStatus::Candidate {
+            tx.transition(index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
+            t.status = TrialStatus::Staged;
+        }
+        tx.transition(index, TrialStatus::Staged, TrialStatus::Running, &data)?;
+        t.status = TrialStatus::Running;
+        t.started_at = Some(tx.time().to_string());
+        t.run_metadata = Some(meta);
+        self.undeployed.remove(&index);
+        Ok(())
+    }
+
     /// Record a batch of worker events and decide what follows, in one transaction.
     fn apply(&mut self, tx: &mut Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
         for ev in batch {
             match ev {
                 RunnerEvent::Deployed { index, run_metadata } => {
-                    let dir = run_metadata.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
                     let slot = self.running.get(&index).map(|r| r.slot);
-                    let data = TransitionData {
-                        run_metadata: Some(&run_metadata),
-                        slot,
-                        trial_dir: dir.as_deref(),
-                        ..Default::default()
-                    };
-                    let t = &mut self.trials[index as usize];
-                    if t.status == TrialStatus::Candidate {
-                        tx.transition(index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
-                        t.status = TrialStatus::Staged;
-                    }
-                    tx.transition(index, TrialStatus::Staged, TrialStatus::Running, &data)?;
-                    t.status = TrialStatus::Running;
-                    t.started_at = Some(tx.time().to_string());
-                    t.run_metadata = Some(run_metadata.clone());
-                    self.undeployed.remove(&index);
+                    self.mark_running(tx, index, run_metadata, slot)?;
                 }
                 RunnerEvent::Progress { index, points } => {
                     // SQLite has no NaN (it would be NULL): a non-finite value is kept in
@@ -288,6 +300,9 @@ impl<'a> State<'a> {
         t.status = to;
         if lost && !t.lost {
             self.nonlost -= 1;
+            if t.session == self.session {
+                self.lost_now += 1;
+            }
         }
         t.lost = lost;
         t.reason = reason;
@@ -355,8 +370,7 @@ impl<'a> State<'a> {
 
     fn check_failure_rate(&mut self) {
         let o = &self.spec.orchestration;
-        let lost_now = self.trials.iter().filter(|t| t.session == self.session && t.lost).count() as u64;
-        let deployed = self.deployed_now.saturating_sub(lost_now).max(1);
+        let deployed = self.deployed_now.saturating_sub(self.lost_now).max(1);
         let rate = self.failed_now as f64 / deployed as f64;
         if self.failed_now >= o.min_failed_trials_for_failure_rate_check
             && rate > o.tolerated_trial_failure_rate
@@ -402,15 +416,7 @@ impl<'a> State<'a> {
                 (TrialStatus::Candidate | TrialStatus::Staged, Some(info)) => {
                     // It started, but optx stopped before recording that: record it now.
                     let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": dir});
-                    let data = TransitionData { run_metadata: Some(&meta), ..Default::default() };
-                    if t.status == TrialStatus::Candidate {
-                        tx.transition(idx, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
-                    }
-                    tx.transition(idx, TrialStatus::Staged, TrialStatus::Running, &data)?;
-                    let row = &mut self.trials[idx as usize];
-                    row.status = TrialStatus::Running;
-                    row.run_metadata = Some(meta.clone());
-                    row.started_at = Some(tx.time().to_string());
+                    self.mark_running(tx, idx, meta.clone(), None)?;
                     self.print(RunEvent::Reattached { index: idx, pid: Some(info.pid as u64) });
                     self.dispatch(idx, arm, Some(meta), t.slot);
                 }
@@ -629,6 +635,8 @@ pub(crate) fn drive(
         nonlost,
         undeployed: BTreeSet::new(),
         effects: Vec::new(),
+        trials_root: spec.trials_root(),
+        lost_now: 0,
     };
     let mut d =
         Dispatcher { store, st, runner: Arc::clone(&runner), sink, jobs: jobs_tx, events: events_rx, signals: 0 };
