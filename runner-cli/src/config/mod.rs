@@ -105,14 +105,14 @@ pub fn fixed_part_changes(old: &str, new: &str) -> Vec<String> {
     let (old, new) = (parse(old), parse(new));
     let mut out = Vec::new();
     for section in ["experiment", "parameters", "objective", "constraints", "runner", "metrics"] {
-        let empty = toml::Table::new();
-        let get = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned().unwrap_or_else(|| empty.clone());
+        let get = |t: &toml::Table| t.get(section).and_then(|v| v.as_table()).cloned().unwrap_or_default();
         let (a, b) = (get(&old), get(&new));
-        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-        keys.dedup();
-        let mut seen = std::collections::HashSet::new();
+        // Keys of either side, each once, in the order they appear.
+        let mut keys: Vec<&String> = a.keys().collect();
+        keys.extend(b.keys().filter(|k| !a.contains_key(*k)));
         for k in keys {
-            if !seen.insert(k) || (section == "experiment" && !["name"].contains(&k.as_str())) {
+            // Of [experiment], only the name is fixed (description, owner, seed may change).
+            if section == "experiment" && k != "name" {
                 continue;
             }
             let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());

@@ -42,6 +42,16 @@ fn record_exit(req: &SpawnRequest, exit: &ExitInfo) {
     }
 }
 
+/// A trial ended (or could not start): kill what it left in its group, record how it
+/// ended in its trial dir, then tell optx.
+fn ended(out: &Mutex<std::io::Stdout>, req: &SpawnRequest, pid: Option<u32>, exit: ExitInfo) {
+    if let Some(pid) = pid {
+        super::kill_group(pid, true);
+    }
+    record_exit(req, &exit);
+    send(out, req.trial, Answer::Exited(exit));
+}
+
 fn spawn(req: &SpawnRequest) -> std::io::Result<std::process::Child> {
     let stdout = File::create(req.dir.join(STDOUT_FILE))?;
     let stderr = File::create(req.dir.join(STDERR_FILE))?;
@@ -130,10 +140,7 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
         // The group is killed right after its leader is reaped. Its pid could in theory be
         // reused in between, but Linux hands pids out in sequence up to pid_max (at least
         // 32768): a reuse within these microseconds would take a full wrap of the pids.
-        // What the trial left running in its group ends with it.
-        super::kill_group(pid, true);
-        record_exit(&req, &exit);
-        send(&out, req.trial, Answer::Exited(exit));
+        ended(&out, &req, Some(pid), exit);
     }
 }
 
@@ -164,8 +171,7 @@ pub fn serve() -> i32 {
         match spawn(&req) {
             Err(e) => {
                 let exit = ExitInfo::SpawnError(format!("`{}`: {e}", req.argv.first().map_or("", |s| s.as_str())));
-                record_exit(&req, &exit);
-                send(&out, req.trial, Answer::Exited(exit));
+                ended(&out, &req, None, exit);
             }
             Ok(child) => {
                 let pid = child.id();
@@ -180,9 +186,7 @@ pub fn serve() -> i32 {
                 match c.early.remove(&pid) {
                     Some(exit) => {
                         drop(c);
-                        super::kill_group(pid, true);
-                        record_exit(&req, &exit);
-                        send(&out, req.trial, Answer::Exited(exit));
+                        ended(&out, &req, Some(pid), exit);
                     }
                     None => {
                         c.by_pid.insert(pid, req);

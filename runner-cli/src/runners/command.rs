@@ -423,6 +423,15 @@ impl CommandRunner {
         TrialResult { outcome, finals: finals_vec, curve, stop_metadata, note }
     }
 
+    /// An outcome unknowable through no fault of the trial: it runs again.
+    fn lost(reason: String) -> TrialResult {
+        let mut r = Self::failed(reason);
+        if let Outcome::Failed { lost, .. } = &mut r.outcome {
+            *lost = true;
+        }
+        r
+    }
+
     fn failed(reason: String) -> TrialResult {
         TrialResult {
             outcome: Outcome::Failed { reason, lost: false },
@@ -445,16 +454,7 @@ impl TrialRunner for CommandRunner {
             let info: Option<RunInfo> =
                 serde_json::from_value(meta.clone()).ok().or_else(|| exec::read_run_info(&job.trial_dir));
             let Some(info) = info else {
-                return finished(TrialResult {
-                    outcome: Outcome::Failed {
-                        reason: "optx stopped while deploying this trial; it never ran".into(),
-                        lost: true,
-                    },
-                    finals: vec![],
-                    curve: vec![],
-                    stop_metadata: None,
-                    note: None,
-                });
+                return finished(Self::lost("optx stopped while deploying this trial; it never ran".into()));
             };
             let r = self.follow(&job, info, None, control, events, &mut tail);
             return finished(r);
@@ -469,56 +469,31 @@ impl TrialRunner for CommandRunner {
         let req = self.request(&job);
         let rx = self.shepherd.spawn(&req);
         job.started_at = Some(SystemTime::now());
-        let gone = || TrialResult {
-            outcome: Outcome::Failed {
-                reason: "the process that starts trials (optx's shepherd) is gone".into(),
-                lost: true,
-            },
-            finals: vec![],
-            curve: vec![],
-            stop_metadata: None,
-            note: None,
-        };
         let deployed = |info: RunInfo| {
             let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir});
             let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: meta });
         };
         // A short trial reports its deployment and its end together (one transaction, one
         // wake-up of the dispatcher); a longer one reports it after REPORT_DELAY.
-        match rx.recv_timeout(REPORT_DELAY) {
-            Ok(ProcEvent::Exited(ExitInfo::SpawnError(e))) => {
-                return finished(Self::failed(ExitInfo::SpawnError(e).describe()));
-            }
-            Ok(ProcEvent::Exited(exit)) => {
-                let info = exec::read_run_info(&job.trial_dir).unwrap_or(RunInfo { pid: 0, start: None });
-                deployed(info);
-                let r = self.finish(&job, Waited::Exited(exit), &mut tail, None);
-                return finished(r);
-            }
-            Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return finished(gone())
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-        }
-        // Still running: its pid is in process.jsonl once the shepherd has started it.
+        let mut wait = REPORT_DELAY;
         let info = loop {
-            if let Some(info) = exec::read_run_info(&job.trial_dir) {
-                break info;
-            }
-            match rx.recv_timeout(Duration::from_millis(10)) {
-                Ok(ProcEvent::Exited(ExitInfo::SpawnError(e))) => {
-                    return finished(Self::failed(ExitInfo::SpawnError(e).describe()));
-                }
+            match rx.recv_timeout(wait) {
+                Ok(ProcEvent::Exited(e @ ExitInfo::SpawnError(_))) => return finished(Self::failed(e.describe())),
                 Ok(ProcEvent::Exited(exit)) => {
                     deployed(exec::read_run_info(&job.trial_dir).unwrap_or(RunInfo { pid: 0, start: None }));
                     let r = self.finish(&job, Waited::Exited(exit), &mut tail, None);
                     return finished(r);
                 }
                 Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return finished(gone())
+                    return finished(Self::lost("the process that starts trials (optx's shepherd) is gone".into()));
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
+            // Still running: its pid is in process.jsonl once the shepherd has started it.
+            if let Some(info) = exec::read_run_info(&job.trial_dir) {
+                break info;
+            }
+            wait = Duration::from_millis(10);
         };
         deployed(info);
         let r = self.follow(&job, info, Some(rx), control, events, &mut tail);
