@@ -66,6 +66,13 @@ impl Exp {
         self.cmd(args).output().expect("run optx")
     }
 
+    /// Run optx to its end and require exit 0 (showing its output otherwise).
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let out = self.optx(args);
+        assert_eq!(code(&out), 0, "optx {}: {}", args.join(" "), text(&out));
+        out
+    }
+
     /// Start optx in the background, its output to files in the experiment dir.
     pub fn spawn(&self, args: &[&str], log: &str) -> Child {
         let out = std::fs::File::create(self.path().join(format!("{log}.out"))).unwrap();

@@ -49,8 +49,7 @@ fn validate_prints_the_resolved_space() {
             "",
         ),
     );
-    let out = e.optx(&["validate", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["validate", "experiment.toml"]);
     let s = text(&out);
     assert!(s.contains("lr   float [0.00001, 0.1] log") || s.contains("lr   float [1e-5, 0.1] log"), "{s}");
     assert!(s.contains("opt  choice {adam, sgd}"), "{s}");

@@ -9,8 +9,7 @@ const X: &str = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
 
 fn one_trial(name: &str, runner: &str) -> (Exp, serde_json::Value, std::process::Output) {
     let e = Exp::new(name, &toml(name, X, runner, "max_trials = 1\nmin_failed_trials_for_failure_rate_check = 5", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "a failed trial is not a failed run: {}", text(&out));
+    let out = e.run_ok(&["run", "experiment.toml"]);
     let trials = e.trials();
     assert_eq!(trials.len(), 1);
     let t = trials[0].clone();
@@ -81,8 +80,7 @@ workdir = "{trial_dir}"
 timeout = "1s"
 stop_grace = "1s""#;
     let e = Exp::new("leak", &toml("leak", X, runner, "max_trials = 2\nparallelism = 2", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     let trials = e.trials();
     assert_eq!(status(&trials[0]), "COMPLETED");
     assert_eq!(status(&trials[1]), "FAILED");
@@ -120,8 +118,7 @@ fn failed_arms_are_retried_as_new_trials_that_count() {
 workdir = "{trial_dir}""#;
     let orch = "max_trials = 6\nretries_per_failed_arm = 1\ntolerated_trial_failure_rate = 1.0";
     let e = Exp::new("retry", &toml("retry", X, runner, orch, ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     let trials = e.trials();
     assert_eq!(trials.len(), 6);
     let failed: Vec<_> = trials.iter().filter(|t| status(t) == "FAILED").collect();

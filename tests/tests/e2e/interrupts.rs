@@ -21,8 +21,7 @@ fn a_first_interrupt_lets_running_trials_finish_then_exits_130() {
         let trials = e.trials();
         assert_eq!(trials.len(), 2, "nothing more was deployed");
         assert!(trials.iter().all(|t| status(t) == "COMPLETED"), "they finished: {trials:?}");
-        let out = e.optx(&["resume", "experiment.toml", "-q"]);
-        assert_eq!(code(&out), 0, "{}", text(&out));
+        e.run_ok(&["resume", "experiment.toml", "-q"]);
         assert_eq!(e.trials().len(), 8);
     }
 }
@@ -49,8 +48,7 @@ fn a_second_interrupt_stops_the_trials_and_they_run_again_on_resume() {
     // Resume with short trials: the lost arms run again, and 4 trials that are not lost end.
     let text_ = std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("sleep 30", "sleep 0");
     e.file("experiment.toml", &text_);
-    let out = e.optx(&["resume", "experiment.toml", "--allow-changes", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "--allow-changes", "-q"]);
     let trials = e.trials();
     assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), 4);
     assert_eq!(trials.iter().filter(|t| t["generation"] == "rerun").count(), 2);

@@ -11,8 +11,7 @@ n = { type = "int", bounds = [1, 9] }"#;
 fn initial_points_run_first_and_missing_keys_take_the_center() {
     let extra = "[generation]\ninitial_points = [{ x = 0.25, n = 2 }, { x = 0.75 }]";
     let e = Exp::new("init", &toml("init", X, r#"command = ["sh", "-c", "echo f={x}"]"#, "max_trials = 4", extra));
-    let out = e.optx(&["run", "experiment.toml", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml", "-q"]);
     let t = e.trials();
     assert_eq!(t[0]["generation"], "initial_point");
     assert_eq!(t[0]["parameters"], serde_json::json!({"x": 0.25, "n": 2}));
@@ -51,8 +50,7 @@ stop_grace = "1s""#;
 fn max_cost_stops_deploying_once_the_budget_is_spent() {
     let runner = r#"command = ["sh", "-c", "echo f={x} cost=1"]"#;
     let e = Exp::new("cost", &toml("cost", X, runner, "max_trials = 20\nmax_cost = 3", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["run", "experiment.toml"]);
     assert!(text(&out).contains("the cost budget is spent"), "{}", text(&out));
     assert_eq!(e.trials().len(), 3);
 }
@@ -62,8 +60,7 @@ fn timeout_hours_ends_the_run_gracefully_and_resume_continues() {
     let runner = r#"command = ["sh", "-c", "sleep 0.5; echo f={x}"]"#;
     // 1.8 seconds: the first trial ends, the run stops deploying and exits 0.
     let e = Exp::new("deadline", &toml("deadline", X, runner, "max_trials = 20\ntimeout_hours = 0.0005", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["run", "experiment.toml"]);
     assert!(text(&out).contains("timeout_hours reached"), "{}", text(&out));
     let n = e.trials().len();
     assert!((2..20).contains(&n), "{n} trials before the deadline");
@@ -71,8 +68,7 @@ fn timeout_hours_ends_the_run_gracefully_and_resume_continues() {
     let text_ =
         std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("timeout_hours = 0.0005", "");
     e.file("experiment.toml", &text_);
-    let out = e.optx(&["resume", "experiment.toml", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "-q"]);
     assert_eq!(e.trials().len(), 20);
 }
 
@@ -90,8 +86,7 @@ fn a_candidate_that_never_started_is_deployed_on_resume() {
     )
     .unwrap();
     drop(conn);
-    let out = e.optx(&["resume", ".optx/cand.db", "--max-trials", "3"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", ".optx/cand.db", "--max-trials", "3"]);
     let t = e.trials();
     assert_eq!(t.len(), 3, "no extra trial: the candidate itself ran");
     assert_eq!(status(&t[2]), "COMPLETED");

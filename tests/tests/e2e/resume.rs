@@ -52,8 +52,7 @@ fn kill_9_in_the_middle_then_resume_loses_nothing() {
     let running_at_kill = e.count("SELECT count(*) FROM trials WHERE status IN ('CANDIDATE', 'STAGED', 'RUNNING')");
     assert!(running_at_kill >= 1);
 
-    let out = e.optx(&["resume", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["resume", "experiment.toml"]);
     assert!(text(&out).contains("re-attached"), "{}", text(&out));
     assert_consistent(&e, &before, 15);
     // The trials that were running outlived optx and were read, not lost.
@@ -78,8 +77,7 @@ fn trials_that_died_with_optx_are_lost_and_run_again() {
     for p in &pids {
         signal(*p, "KILL");
     }
-    let out = e.optx(&["resume", ".optx/lost.db"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["resume", ".optx/lost.db"]);
     let trials = e.trials();
     let lost: Vec<_> = trials.iter().filter(|t| t["lost"] == true).collect();
     assert_eq!(lost.len(), 3, "{}", text(&out));
@@ -101,8 +99,7 @@ fn run_refuses_an_existing_store_and_fresh_sets_it_aside() {
     assert_eq!(code(&out), 2);
     let msg = text(&out);
     assert!(msg.contains("optx resume") && msg.contains("--fresh"), "{msg}");
-    let out = e.optx(&["run", "experiment.toml", "--fresh", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml", "--fresh", "-q"]);
     let backups: Vec<String> = std::fs::read_dir(e.path().join(".optx"))
         .unwrap()
         .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
@@ -126,8 +123,7 @@ fn a_second_optx_on_the_same_store_is_refused_and_names_the_owner() {
     first.kill().unwrap();
     first.wait().unwrap();
     // The owner is gone: the store can be taken over.
-    let out = e.optx(&["resume", "experiment.toml", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "-q"]);
 }
 
 #[test]
@@ -137,16 +133,14 @@ fn resume_refuses_changed_parameters_unless_allowed_and_can_raise_the_budget() {
     let original = std::fs::read_to_string(e.path().join("experiment.toml")).unwrap();
     // Orchestration may change freely, comments and layout do not count.
     e.file("experiment.toml", &format!("# a comment\n{}", original.replace("parallelism = 3", "parallelism = 2")));
-    let out = e.optx(&["resume", "experiment.toml", "--max-trials", "5", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "--max-trials", "5", "-q"]);
     assert_eq!(e.trials().len(), 5);
     // A changed search space is refused with a diff.
     e.file("experiment.toml", &original.replace("bounds = [0.0, 1.0] }\ny", "bounds = [0.0, 2.0] }\ny"));
     let out = e.optx(&["resume", "experiment.toml", "--max-trials", "6"]);
     assert_eq!(code(&out), 2);
     assert!(text(&out).contains("[parameters] x:") && text(&out).contains("--allow-changes"), "{}", text(&out));
-    let out = e.optx(&["resume", "experiment.toml", "--max-trials", "6", "--allow-changes", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "--max-trials", "6", "--allow-changes", "-q"]);
     assert_eq!(e.trials().len(), 6);
     // From the store, anywhere: the stored file and the raised budget are kept.
     let elsewhere = tempfile::tempdir().unwrap();

@@ -18,8 +18,7 @@ fn every_parameter_type_reaches_the_trial_as_typed_and_in_bounds() {
     let runner = r#"command = ["sh", "-c", "printf '%s' \"$OPTX_PARAMS\" > params_env.json; printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s' '{x1}' '{lr}' '{layers}' '{width}' '{dropout}' '{blocks}' '{optimizer}' '{batch_size}' '{flag}' '{epochs}' > args.txt; echo \"$OPTX_PARAM_DROPOUT $OPTX_TRIAL_INDEX $OPTX_SLOT\" > env.txt; echo f={x1}"]
 workdir = "{trial_dir}""#;
     let e = Exp::new("types", &toml("types", EVERY_TYPE, runner, "max_trials = 25\nparallelism = 2", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     let trials = e.trials();
     assert_eq!(trials.len(), 25);
     let mut seen_opts = std::collections::HashSet::new();
@@ -80,8 +79,7 @@ n = { type = "int", bounds = [0, 10] }"#;
     let extra = "[constraints]\nparameters = [\"x + 2*y <= 0.8\", \"x <= y\", \"n - 10*x >= 1\"]\n\n[generation]\nmethod = \"random\"";
     let runner = r#"command = ["sh", "-c", "echo f={x}"]"#;
     let e = Exp::new("cons", &toml("cons", params, runner, "max_trials = 60\nparallelism = 3", extra));
-    let out = e.optx(&["run", "experiment.toml", "--quiet"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml", "--quiet"]);
     let trials = e.trials();
     assert_eq!(trials.len(), 60);
     for t in &trials {
@@ -123,8 +121,7 @@ with open(os.path.join(os.environ["OPTX_TRIAL_DIR"], "extra.json"), "w") as fh:
     let text_ = toml("proto", params, runner, "max_trials = 8\nparallelism = 2", extra);
     let e = Exp::new("proto", &text_);
     e.file("report.py", script);
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     for t in e.trials() {
         let mode = t["parameters"]["mode"].as_str().unwrap().to_string();
         let x = t["parameters"]["x"].as_f64().unwrap();
@@ -153,8 +150,7 @@ with open(os.path.join(os.environ["OPTX_TRIAL_DIR"], "extra.json"), "w") as fh:
     let with_rule = text_.replace("[metrics.mem]", "[metrics.f]\nregex = 'loss was ([0-9.eE+-]+)'\n\n[metrics.mem]");
     let e2 = Exp::new("proto", &with_rule);
     e2.file("report.py", script);
-    let out = e2.optx(&["run", "experiment.toml", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e2.run_ok(&["run", "experiment.toml", "-q"]);
     let regex_trials: Vec<_> = e2.trials().into_iter().filter(|t| t["parameters"]["mode"] == "regex").collect();
     assert!(!regex_trials.is_empty());
     for t in regex_trials {
@@ -169,8 +165,7 @@ fn shell_commands_get_every_value_quoted() {
     let runner = r#"shell = true
 command = "printf '%s' {word} > {trial_dir}/word.txt && echo f=1""#;
     let e = Exp::new("shell", &toml("shell", params, runner, "max_trials = 3", "[generation]\nmethod = \"grid\""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     for t in e.trials() {
         let word = std::fs::read_to_string(e.trial_dir(t["index"].as_u64().unwrap()).join("word.txt")).unwrap();
         assert_eq!(word, t["parameters"]["word"].as_str().unwrap());
@@ -184,8 +179,7 @@ fn a_finite_space_ends_early_when_exhausted() {
 b = { type = "choice", values = ["x", "y"] }"#;
     let runner = r#"command = ["sh", "-c", "echo f={a}"]"#;
     let e = Exp::new("small", &toml("small", params, runner, "max_trials = 50\nparallelism = 2", ""));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = e.run_ok(&["run", "experiment.toml"]);
     assert!(text(&out).contains("the search space is exhausted: all 6 distinct arms have run"), "{}", text(&out));
     assert_eq!(e.trials().len(), 6);
 }
@@ -197,8 +191,7 @@ fn reports_show_the_best_feasible_point() {
     let runner = r#"command = ["python3", "-c", "x={x}; print(f'f={x} lat={{100 if x < 0.3 else 1}}')"]"#;
     let extra = "[constraints]\noutcomes = [\"lat <= 10\"]";
     let e = Exp::new("rep", &toml("rep", params, runner, "max_trials = 12\nparallelism = 3", extra));
-    let out = e.optx(&["run", "experiment.toml"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml"]);
     let trials = e.trials();
     let best = trials
         .iter()
@@ -239,15 +232,13 @@ fn the_store_can_live_elsewhere_with_its_trial_dirs_beside_it() {
     let params = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
     let runner = r#"command = ["sh", "-c", "echo f={x}"]"#;
     let e = Exp::new("where", &toml("where", params, runner, "max_trials = 3", ""));
-    let out = e.optx(&["run", "experiment.toml", "--store", "elsewhere/w.db", "--seed", "11", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["run", "experiment.toml", "--store", "elsewhere/w.db", "--seed", "11", "-q"]);
     assert!(e.path().join("elsewhere/w.db").is_file());
     assert!(e.path().join("elsewhere/w.trials/2/stdout.log").is_file());
     assert!(!e.path().join(".optx").exists(), "nothing at the default place");
     let status = e.optx(&["status", "elsewhere/w.db"]);
     assert!(text(&status).contains("3 of 3 trials: 3 completed"), "{}", text(&status));
-    let out = e.optx(&["resume", "experiment.toml", "--store", "elsewhere/w.db", "--max-trials", "4", "-q"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
+    e.run_ok(&["resume", "experiment.toml", "--store", "elsewhere/w.db", "--max-trials", "4", "-q"]);
     let status = e.optx(&["status", "elsewhere/w.db"]);
     assert!(text(&status).contains("4 of 4 trials: 4 completed"), "{}", text(&status));
 }
