@@ -4,7 +4,7 @@
  *
  * A plugin is a shared library exporting one function:
  *
- *     const optx_plugin_v1 *optx_plugin_v1(void);
+ *     const optx_plugin_v1_t *optx_plugin_v1(void);
  *
  * returning a table that lives as long as the library (optx never unloads a plugin).
  * Everything else crosses the boundary as UTF-8 JSON:
@@ -86,10 +86,10 @@ typedef struct optx_plugin_v1 {
     optx_call_fn call;
     optx_close_fn close;
     optx_release_fn release;
-} optx_plugin_v1;
+} optx_plugin_v1_t;
 
 /* The one symbol a plugin exports. */
-const optx_plugin_v1 *optx_plugin_v1(void);
+const optx_plugin_v1_t *optx_plugin_v1(void);
 
 #ifdef __cplusplus
 }

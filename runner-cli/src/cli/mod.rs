@@ -468,6 +468,15 @@ fn cmd_validate(file: &Path) -> i32 {
         Err(c) => return c,
     };
     use crate::domain::{Domain, RunnerSpec, Segment};
+    let plugins = match crate::runners::plugin::check_all(&spec) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return EXIT_USAGE;
+        }
+    };
     let mut out = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(out, "{}: ok", file.display());
@@ -520,6 +529,12 @@ fn cmd_validate(file: &Path) -> i32 {
             let shell = if c.shell { " (through sh -c)" } else { "" };
             let _ = writeln!(out, "runner:      command{shell}: {}", words.join(" "));
         }
+        RunnerSpec::Plugin(p) => {
+            let _ = writeln!(out, "runner:      plugin `{}` in {}", p.plugin.name, p.plugin.library.display());
+        }
+    }
+    for (what, p) in &plugins {
+        let _ = writeln!(out, "plugin:      {what}: {} {} (ABI {}.{})", p.name, p.version, p.abi.0, p.abi.1);
     }
     let o = &spec.orchestration;
     let _ = writeln!(out, "trials:      {} (parallelism {})", o.max_trials, o.parallelism);

@@ -189,7 +189,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
                     ),
                 );
             }
-            if let Some(rule) = read_metric_rule(ctx, k, v) {
+            if let Some(rule) = read_metric_rule(ctx, k, v, base) {
                 metric_rules.insert(k.to_string(), rule);
             }
         }
@@ -547,14 +547,19 @@ fn read_outcome_constraints(ctx: &mut Ctx, t: &Table) -> Vec<OutcomeConstraint> 
     out
 }
 
-fn read_metric_rule(ctx: &mut Ctx, name: &str, v: &SV) -> Option<MetricRule> {
+fn read_metric_rule(ctx: &mut Ctx, name: &str, v: &SV, base: &Path) -> Option<MetricRule> {
     let path = format!("metrics.{name}");
     let t = Table::of(ctx, &path, v)?;
-    t.check_keys(
-        ctx,
-        &["regex", "file", "pointer"],
-        &[("plugin", "plugin metrics arrive with the plugin runner in a later version of optx")],
-    );
+    t.check_keys(ctx, &["regex", "file", "pointer", "plugin"], &[]);
+    if let Some(pv) = t.get("plugin") {
+        if let Some(k) = ["regex", "file", "pointer"].into_iter().find(|k| t.get(k).is_some()) {
+            ctx.err(t.key_span(k), format!("`{path}`: give either `plugin` or `{k}`, not both"));
+            return None;
+        }
+        let pt = Table::of(ctx, &format!("{path}.plugin"), pv)?;
+        pt.check_keys(ctx, &["library", "name", "config"], &[]);
+        return read_plugin_ref(ctx, &pt, &format!("{path}.plugin"), base).map(MetricRule::Plugin);
+    }
     match (t.str(ctx, "regex"), t.str(ctx, "file"), t.str(ctx, "pointer")) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             ctx.err(t.key_span("regex"), format!("`{path}`: give either `regex` or `file` + `pointer`, not both"));
@@ -600,7 +605,7 @@ const PLUGIN_KEYS: [&str; 4] = ["library", "name", "config", "call_timeout"];
 const COMMAND_KEYS: [&str; 9] =
     ["kind", "command", "shell", "env", "workdir", "timeout", "stop_grace", "keep_trial_dirs", "progression"];
 
-fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> Option<RunnerSpec> {
+fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Option<RunnerSpec> {
     let kind_v = t.get("kind");
     let kind_s = match kind_v {
         Some(v) => as_str(ctx, v, "runner.kind")?,
@@ -608,11 +613,12 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
     };
     match kind_s {
         "command" => {}
-        "external" | "slurm" | "plugin" => {
+        "plugin" => return read_plugin_runner(ctx, t, base),
+        "external" | "slurm" => {
             ctx.err(
                 kind_v?.span(),
                 format!(
-                    "`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"`"
+                    "`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"` and `kind = \"plugin\"`"
                 ),
             );
             return None;
@@ -628,23 +634,14 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
             return None;
         }
     }
-    let mut later: Vec<(&str, &str)> = Vec::new();
-    for k in EXTERNAL_KEYS {
-        later.push((k, "it belongs to `kind = \"external\"`, not `kind = \"command\"`"));
-    }
-    for k in SLURM_KEYS {
-        later.push((k, "it belongs to `kind = \"slurm\"`, not `kind = \"command\"`"));
-    }
-    for k in PLUGIN_KEYS {
-        later.push((k, "it belongs to `kind = \"plugin\"`, not `kind = \"command\"`"));
-    }
-    // Keys of other kinds are not "later" here but misplaced: report them as such.
-    for (k, span, _) in &t.entries {
-        if let Some((_, why)) = later.iter().find(|(l, _)| l == k) {
-            ctx.err(span.clone(), format!("`runner.{k}`: {why}"));
-        }
-    }
-    let known: Vec<&str> = COMMAND_KEYS.iter().copied().chain(later.iter().map(|(k, _)| *k)).collect();
+    misplaced_runner_keys(ctx, t, "command");
+    let known: Vec<&str> = COMMAND_KEYS
+        .iter()
+        .chain(EXTERNAL_KEYS.iter())
+        .chain(SLURM_KEYS.iter())
+        .chain(PLUGIN_KEYS.iter())
+        .copied()
+        .collect();
     t.check_keys(ctx, &known, &[]);
 
     let names: Vec<&str> = space.parameters.iter().map(|p| p.name.as_str()).collect();
@@ -771,6 +768,94 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, _base: &Path) -> O
     }))
 }
 
+/// Keys of the other kinds found in a `[runner]` of kind `kind`: each is misplaced.
+fn misplaced_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
+    let groups: [(&str, &[&str]); 4] = [
+        ("command", &COMMAND_KEYS[1..]),
+        ("external", &EXTERNAL_KEYS),
+        ("slurm", &SLURM_KEYS),
+        ("plugin", &PLUGIN_KEYS),
+    ];
+    for (k, span, _) in &t.entries {
+        let own = groups.iter().any(|(g, keys)| *g == kind && keys.contains(&k.as_ref()));
+        // `keep_trial_dirs` is shared by the local kinds.
+        if own || *k == "kind" || (*k == "keep_trial_dirs" && matches!(kind, "command" | "plugin")) {
+            continue;
+        }
+        if let Some((g, _)) = groups.iter().find(|(_, keys)| keys.contains(&k.as_ref())) {
+            ctx.err(span.clone(), format!("`runner.{k}`: it belongs to `kind = \"{g}\"`, not `kind = \"{kind}\"`"));
+        }
+    }
+}
+
+/// `library` + `name` + optional `config` of a plugin runner or metric.
+fn read_plugin_ref(ctx: &mut Ctx, t: &Table, path: &str, base: &Path) -> Option<PluginRef> {
+    let library_v = t.require(ctx, "library");
+    let library = library_v.and_then(|v| as_str(ctx, v, &format!("{path}.library")));
+    let name = t.require(ctx, "name").and_then(|v| as_str(ctx, v, &format!("{path}.name")));
+    let config = match t.get("config") {
+        None => serde_json::Value::Object(Default::default()),
+        Some(v) => match v.get_ref() {
+            DeValue::Table(_) => to_json(v.get_ref()),
+            other => {
+                ctx.err(v.span(), format!("`{path}.config` must be a table, not {}", kind(other)));
+                return None;
+            }
+        },
+    };
+    let (library, name, library_v) = (library?, name?, library_v?);
+    if library.is_empty() {
+        ctx.err(library_v.span(), format!("`{path}.library` is empty: give the path of the plugin's .so file"));
+        return None;
+    }
+    let (line, col) = walk::line_col(ctx.src, library_v.span().start);
+    Some(PluginRef {
+        library: base.join(library),
+        name: name.to_string(),
+        config,
+        origin: format!("{}:{line}:{col}: `{path}.library`", ctx.file),
+    })
+}
+
+/// A TOML value as JSON (dates become strings).
+fn to_json(v: &DeValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(_) => parse_int(v).map_or(J::Null, J::from),
+        DeValue::Float(_) => parse_float(v).and_then(serde_json::Number::from_f64).map_or(J::Null, J::Number),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(a) => J::Array(a.iter().map(|x| to_json(x.get_ref())).collect()),
+        DeValue::Table(t) => {
+            J::Object(t.iter().map(|(k, x)| (k.get_ref().to_string(), to_json(x.get_ref()))).collect())
+        }
+    }
+}
+
+fn read_plugin_runner(ctx: &mut Ctx, t: &Table, base: &Path) -> Option<RunnerSpec> {
+    misplaced_runner_keys(ctx, t, "plugin");
+    let known: Vec<&str> = COMMAND_KEYS
+        .iter()
+        .chain(EXTERNAL_KEYS.iter())
+        .chain(SLURM_KEYS.iter())
+        .chain(PLUGIN_KEYS.iter())
+        .copied()
+        .collect();
+    t.check_keys(ctx, &known, &[]);
+    let plugin = read_plugin_ref(ctx, t, "runner", base);
+    let call_timeout = t
+        .get("call_timeout")
+        .and_then(|v| as_duration(ctx, v, "runner.call_timeout"))
+        .unwrap_or(Duration::from_secs(30));
+    let keep_trial_dirs = match t.one_of(ctx, "keep_trial_dirs", &["all", "failed", "none"]) {
+        Some("failed") => KeepTrialDirs::Failed,
+        Some("none") => KeepTrialDirs::None,
+        _ => KeepTrialDirs::All,
+    };
+    Some(RunnerSpec::Plugin(PluginSpec { plugin: plugin?, call_timeout, keep_trial_dirs }))
+}
+
 fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
     t.check_keys(
         ctx,
@@ -788,7 +873,10 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
             "max_pending_trials",
             "max_cost",
         ],
-        &[("run_trials_in_batches", "batch deployment arrives with the plugin runner in a later version of optx")],
+        &[(
+            "run_trials_in_batches",
+            "the scheduler deploys one trial per runner call (a plugin's batch `run_trials` is in the ABI, not used yet)",
+        )],
     );
     let d = Orchestration::default();
     let max_trials =

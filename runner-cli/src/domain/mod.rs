@@ -14,7 +14,7 @@ pub use outcome::{Direction, Objective, OutcomeConstraint, Relation};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
 pub use spec::{
     CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs, MetricRule,
-    Orchestration, RunnerSpec, Segment, Template,
+    Orchestration, PluginRef, PluginSpec, RunnerSpec, Segment, Template,
 };
 pub use trial::{best_trial, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

@@ -56,9 +56,40 @@ pub struct CommandSpec {
     pub progression: String,
 }
 
+/// A runner or metric in a plugin library: `library` + `name` + `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    /// Resolved against the experiment file's directory.
+    pub library: PathBuf,
+    pub name: String,
+    /// The `config` table, handed to the plugin as JSON.
+    pub config: serde_json::Value,
+    /// `file:line:col` of the entry, for errors found when the library is loaded.
+    pub origin: String,
+}
+
+/// `[runner] kind = "plugin"`: a runner in a cdylib implementing the optx plugin ABI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSpec {
+    pub plugin: PluginRef,
+    /// A plugin call that does not return in time fails its trial.
+    pub call_timeout: Duration,
+    pub keep_trial_dirs: KeepTrialDirs,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunnerSpec {
     Command(CommandSpec),
+    Plugin(PluginSpec),
+}
+
+impl RunnerSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunnerSpec::Command(_) => "command",
+            RunnerSpec::Plugin(_) => "plugin",
+        }
+    }
 }
 
 /// `[metrics.NAME]`: how to read a metric when the default protocol won't do.
@@ -68,6 +99,8 @@ pub enum MetricRule {
     Regex(regex::Regex),
     /// A JSON pointer into a file the trial writes (relative to its trial dir).
     File { path: String, pointer: String },
+    /// Fetched from a plugin's metric.
+    Plugin(PluginRef),
     /// No rule: the default protocol (result file, JSON lines, name=value).
     Default,
 }
@@ -77,6 +110,7 @@ impl PartialEq for MetricRule {
         match (self, other) {
             (MetricRule::Regex(a), MetricRule::Regex(b)) => a.as_str() == b.as_str(),
             (MetricRule::File { path: a, pointer: p }, MetricRule::File { path: b, pointer: q }) => a == b && p == q,
+            (MetricRule::Plugin(a), MetricRule::Plugin(b)) => a == b,
             (MetricRule::Default, MetricRule::Default) => true,
             _ => false,
         }

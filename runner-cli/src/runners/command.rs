@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 
-use super::output::{json_value, pointer_value, MetricPoint, OutputParser};
+use super::output::{read_result_files, MetricPoint, OutputParser};
+use super::PluginMetrics;
 use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner};
 use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Segment, Template};
 use crate::exec::{self, ExitInfo, ProcEvent, RunInfo, Shepherd, SpawnRequest};
@@ -25,6 +26,7 @@ pub struct CommandRunner {
     /// `ttl_seconds_for_trials`: a trial running longer fails (and is stopped).
     ttl: Option<Duration>,
     shepherd: Shepherd,
+    plugin_metrics: PluginMetrics,
     /// The program, found along PATH once (when the command names it literally and
     /// `env` does not change PATH), so that each spawn skips the search.
     program: Option<PathBuf>,
@@ -113,8 +115,15 @@ fn last_lines(path: &Path, n: usize) -> String {
 
 impl CommandRunner {
     /// A runner for `spec`, whose trials the shepherd (`exe __shepherd`) starts.
-    pub fn new(spec: &ExperimentSpec, polls: PollSchedule, exe: &Path) -> std::io::Result<Self> {
-        let RunnerSpec::Command(command) = &spec.runner;
+    pub fn new(
+        spec: &ExperimentSpec,
+        polls: PollSchedule,
+        exe: &Path,
+        plugin_metrics: PluginMetrics,
+    ) -> std::io::Result<Self> {
+        let RunnerSpec::Command(command) = &spec.runner else {
+            return Err(std::io::Error::other("not a command runner"));
+        };
         let shepherd = Shepherd::start(exe)?;
         let literal = match command.argv.first().map(|t| t.segments.as_slice()) {
             Some([Segment::Literal(p)]) if !command.shell => Some(p.clone()),
@@ -131,6 +140,7 @@ impl CommandRunner {
             polls,
             ttl: spec.orchestration.ttl_seconds_for_trials.map(Duration::from_secs_f64),
             shepherd,
+            plugin_metrics,
         })
     }
 
@@ -337,40 +347,9 @@ impl CommandRunner {
         let dir = &job.trial_dir;
         let mut finals: BTreeMap<String, MetricPoint> = tail.parser.last.clone();
         let mut problems: Vec<String> = Vec::new();
-        // The result file: final values that win over anything printed.
-        let result_path = dir.join("result.json");
-        if let Ok(text) = std::fs::read_to_string(&result_path) {
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(serde_json::Value::Object(obj)) => {
-                    for name in self.metrics.keys() {
-                        if let Some((mean, sem)) = obj.get(name).and_then(json_value) {
-                            let progression = finals.get(name).and_then(|p| p.progression);
-                            finals.insert(name.clone(), MetricPoint { metric: name.clone(), progression, mean, sem });
-                        }
-                    }
-                }
-                _ => problems.push("the result file (result.json) is not a JSON object".into()),
-            }
-        }
-        for (name, rule) in &self.metrics {
-            if let MetricRule::File { path, pointer } = rule {
-                match std::fs::read_to_string(dir.join(path)) {
-                    Ok(text) => match pointer_value(&text, pointer) {
-                        Ok((mean, sem)) => {
-                            finals.insert(
-                                name.clone(),
-                                MetricPoint { metric: name.clone(), progression: None, mean, sem },
-                            );
-                        }
-                        Err(e) => problems.push(format!("metric `{name}`: {path}: {e}")),
-                    },
-                    Err(_) if self.required.contains(name) => {
-                        problems.push(format!("metric `{name}`: the trial wrote no {path}"))
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
+        read_result_files(dir, &self.metrics, &self.required, &mut finals, &mut problems);
+        let meta = serde_json::json!({ "trial_dir": dir });
+        self.plugin_metrics.fetch(job.index, &meta, &mut finals, &mut Vec::new(), &mut problems);
         let finals_vec: Vec<MetricPoint> = finals.values().cloned().collect();
         let missing: Vec<&String> = self.required.iter().filter(|m| !finals.contains_key(*m)).collect();
         let nonfinite: Vec<String> = finals

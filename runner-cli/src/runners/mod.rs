@@ -6,6 +6,7 @@
 
 mod command;
 pub mod output;
+pub mod plugin;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -14,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use command::CommandRunner;
 pub use output::MetricPoint;
+pub use plugin::{PluginMetrics, PluginRunner};
 
 use crate::domain::Arm;
 
@@ -40,7 +42,14 @@ pub enum Control {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Completed,
-    Failed { reason: String, lost: bool },
+    Failed {
+        reason: String,
+        lost: bool,
+    },
+    /// Given up on by the runner for a reason outside the trial (ABANDONED).
+    Abandoned {
+        reason: String,
+    },
 }
 
 /// How a trial ended, with every final value that could be read.

@@ -26,6 +26,46 @@ pub struct OutputParser {
     pub last: BTreeMap<String, MetricPoint>,
 }
 
+/// Read what a trial left in its dir: `result.json` (final values that win over anything
+/// printed) and the `file` + `pointer` rules.
+pub fn read_result_files(
+    dir: &std::path::Path,
+    metrics: &BTreeMap<String, MetricRule>,
+    required: &[String],
+    finals: &mut BTreeMap<String, MetricPoint>,
+    problems: &mut Vec<String>,
+) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("result.json")) {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(obj)) => {
+                for name in metrics.keys() {
+                    if let Some((mean, sem)) = obj.get(name).and_then(json_value) {
+                        let progression = finals.get(name).and_then(|p| p.progression);
+                        finals.insert(name.clone(), MetricPoint { metric: name.clone(), progression, mean, sem });
+                    }
+                }
+            }
+            _ => problems.push("the result file (result.json) is not a JSON object".into()),
+        }
+    }
+    for (name, rule) in metrics {
+        if let MetricRule::File { path, pointer } = rule {
+            match std::fs::read_to_string(dir.join(path)) {
+                Ok(text) => match pointer_value(&text, pointer) {
+                    Ok((mean, sem)) => {
+                        finals.insert(name.clone(), MetricPoint { metric: name.clone(), progression: None, mean, sem });
+                    }
+                    Err(e) => problems.push(format!("metric `{name}`: {path}: {e}")),
+                },
+                Err(_) if required.contains(name) => {
+                    problems.push(format!("metric `{name}`: the trial wrote no {path}"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// Read a reported value: a number, `[mean, sem]`, `{"mean": m, "sem": s}`, or a string
 /// such as "nan" (kept, so that a non-finite value fails the trial with that reason).
 pub fn json_value(v: &serde_json::Value) -> Option<(f64, Option<f64>)> {
@@ -78,7 +118,7 @@ impl OutputParser {
             match rule {
                 MetricRule::Default => default_metrics.push(name.clone()),
                 MetricRule::Regex(r) => regex_metrics.push((name.clone(), r.clone())),
-                MetricRule::File { .. } => {}
+                MetricRule::File { .. } | MetricRule::Plugin(_) => {}
             }
         }
         OutputParser { default_metrics, regex_metrics, progression: progression.to_string(), last: BTreeMap::new() }

@@ -12,7 +12,7 @@ use super::{drive, EventSink, RunEnd, RunEvent};
 use crate::domain::{ExperimentSpec, RunnerSpec};
 use crate::exec;
 use crate::generate::Generator;
-use crate::runners::{CommandRunner, PollSchedule, TrialRunner};
+use crate::runners::{CommandRunner, PluginMetrics, PluginRunner, PollSchedule, TrialRunner};
 use crate::store::{Owner, Store, StoreError};
 
 /// What `optx run` / `optx resume` start with.
@@ -172,11 +172,14 @@ fn run_owned(l: &Launch, store: &mut Store, sink: &mut dyn EventSink) -> Result<
         factor: o.seconds_between_polls_backoff_factor,
         max: Duration::from_secs_f64(o.max_seconds_between_polls.max(o.initial_seconds_between_polls)),
     };
+    // Plugins are loaded and opened before any trial runs: a bad one is bad input (exit 2).
+    let metrics = PluginMetrics::open(spec).map_err(RunError::Usage)?;
     let runner: Arc<dyn TrialRunner> = match &spec.runner {
         RunnerSpec::Command(_) => Arc::new(
-            CommandRunner::new(spec, polls, &l.exe)
+            CommandRunner::new(spec, polls, &l.exe, metrics)
                 .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
         ),
+        RunnerSpec::Plugin(_) => Arc::new(PluginRunner::new(spec, polls, metrics).map_err(RunError::Usage)?),
     };
     std::fs::create_dir_all(spec.trials_root())
         .map_err(|e| RunError::Runtime(format!("cannot create {}: {e}", spec.trials_root().display())))?;

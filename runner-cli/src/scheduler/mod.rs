@@ -286,6 +286,7 @@ impl<'a> State<'a> {
                 (TrialStatus::Completed, result.note.clone(), false, Some(feasible(spec, &result.finals)))
             }
             Outcome::Failed { reason, lost } => (TrialStatus::Failed, Some(reason.clone()), *lost, None),
+            Outcome::Abandoned { reason } => (TrialStatus::Abandoned, Some(reason.clone()), false, None),
         };
         let data = TransitionData {
             reason: reason.as_deref(),
@@ -347,9 +348,11 @@ impl<'a> State<'a> {
                     }
                 }
             }
-            Outcome::Failed { reason, lost } => {
+            Outcome::Failed { reason, .. } | Outcome::Abandoned { reason } => {
+                let lost = &lost;
                 self.release_arm(&t.arm_key);
-                let retry = !lost && t.attempt <= spec.orchestration.retries_per_failed_arm;
+                let abandoned = matches!(result.outcome, Outcome::Abandoned { .. });
+                let retry = !lost && !abandoned && t.attempt <= spec.orchestration.retries_per_failed_arm;
                 if let Some(arm) = Arm::from_json(&spec.space, &t.parameters) {
                     if *lost {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt, label: "rerun" });
@@ -357,7 +360,8 @@ impl<'a> State<'a> {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt + 1, label: "retry" });
                     }
                 }
-                self.print(RunEvent::Failed { index, reason: reason.clone(), lost: *lost, will_retry: retry });
+                let reason = if abandoned { format!("abandoned: {reason}") } else { reason.clone() };
+                self.print(RunEvent::Failed { index, reason, lost: *lost, will_retry: retry });
                 self.effects.push(Effect::Cleanup { index, failed: true });
                 if !lost && t.session == self.session {
                     self.failed_now += 1;
