@@ -311,12 +311,22 @@ impl RunnerClient {
         object(self.inst.call(OP_RUN_TRIAL, ctx, "run_trial")?, "run_trial")
     }
 
+    /// The answer may name its trial (`"trial_index"`); it must then be the one asked about.
     pub fn poll_trial(&self, trial_index: u64, metadata: &Value) -> Result<Poll, CallError> {
-        self.inst.call(
-            OP_POLL_TRIAL,
-            &serde_json::json!({"trial_index": trial_index, "metadata": metadata}),
-            "poll_trial",
-        )
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            trial_index: Option<u64>,
+            #[serde(flatten)]
+            poll: Poll,
+        }
+        let req = serde_json::json!({"trial_index": trial_index, "metadata": metadata});
+        let a: Answer = self.inst.call(OP_POLL_TRIAL, &req, "poll_trial")?;
+        match a.trial_index {
+            Some(other) if other != trial_index => Err(CallError::Protocol(format!(
+                "poll_trial was asked about trial {trial_index} and answered about trial {other}"
+            ))),
+            _ => Ok(a.poll),
+        }
     }
 
     pub fn stop_trial(&self, trial_index: u64, metadata: &Value, reason: &str) -> Result<Value, CallError> {

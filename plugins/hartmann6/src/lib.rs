@@ -49,7 +49,9 @@ impl Runner for Hartmann6Runner {
     fn open(req: &OpenRequest) -> Result<Self, Error> {
         let delay = match req.config.get("delay_seconds") {
             None => 5.0,
-            Some(v) => v.as_f64().filter(|d| *d >= 0.0).ok_or("`delay_seconds` must be a number of seconds (0 or more)")?,
+            Some(v) => {
+                v.as_f64().filter(|d| *d >= 0.0).ok_or("`delay_seconds` must be a number of seconds (0 or more)")?
+            }
         };
         Ok(Hartmann6Runner { delay })
     }
@@ -93,9 +95,11 @@ impl Metric for FileMetric {
     fn fetch(&self, _trial_index: u64, metadata: &Value) -> Result<Vec<Observation>, Error> {
         let dir = metadata["trial_dir"].as_str().ok_or("the run metadata has no `trial_dir`")?;
         let path = std::path::Path::new(dir).join(FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        let mean = v[&self.key].as_f64().ok_or_else(|| Error::new(format!("{} has no `{}`", path.display(), self.key)))?;
+        let mean =
+            v[&self.key].as_f64().ok_or_else(|| Error::new(format!("{} has no `{}`", path.display(), self.key)))?;
         Ok(vec![Observation::new(mean)])
     }
 }

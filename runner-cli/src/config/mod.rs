@@ -777,12 +777,12 @@ fn misplaced_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
         ("plugin", &PLUGIN_KEYS),
     ];
     for (k, span, _) in &t.entries {
-        let own = groups.iter().any(|(g, keys)| *g == kind && keys.contains(&k.as_ref()));
+        let own = groups.iter().any(|(g, keys)| *g == kind && keys.contains(k));
         // `keep_trial_dirs` is shared by the local kinds.
         if own || *k == "kind" || (*k == "keep_trial_dirs" && matches!(kind, "command" | "plugin")) {
             continue;
         }
-        if let Some((g, _)) = groups.iter().find(|(_, keys)| keys.contains(&k.as_ref())) {
+        if let Some((g, _)) = groups.iter().find(|(_, keys)| keys.contains(k)) {
             ctx.err(span.clone(), format!("`runner.{k}`: it belongs to `kind = \"{g}\"`, not `kind = \"{kind}\"`"));
         }
     }

@@ -372,7 +372,8 @@ impl PluginRunner {
     }
 
     /// Wait until the runner has room for one more trial (when it says how much it has).
-    fn wait_for_capacity(&self, control: &Receiver<Control>) -> Result<(), TrialResult> {
+    /// `Err((reason, lost))`: the trial ends without being deployed.
+    fn wait_for_capacity(&self, control: &Receiver<Control>) -> Result<(), (String, bool)> {
         if self.capacity.no() {
             return Ok(());
         }
@@ -386,7 +387,7 @@ impl PluginRunner {
                     self.capacity.set_no();
                     return Ok(());
                 }
-                Err(e) => return Err(failed(format!("the plugin's available_capacity failed: {e}"), false)),
+                Err(e) => return Err((format!("the plugin's available_capacity failed: {e}"), false)),
             }
             select! {
                 recv(control) -> c => {
@@ -394,7 +395,7 @@ impl PluginRunner {
                         Ok(Control::Stop { reason, lost }) => (reason, lost),
                         Err(_) => ("optx stopped".into(), true),
                     };
-                    return Err(failed(format!("{reason} (before it was deployed)"), lost));
+                    return Err((format!("{reason} (before it was deployed)"), lost));
                 },
                 recv(after(wait)) -> _ => {},
             }
@@ -402,9 +403,9 @@ impl PluginRunner {
         }
     }
 
-    fn deploy(&self, job: &TrialJob, control: &Receiver<Control>) -> Result<Value, TrialResult> {
+    fn deploy(&self, job: &TrialJob, control: &Receiver<Control>) -> Result<Value, (String, bool)> {
         std::fs::create_dir_all(&job.trial_dir)
-            .map_err(|e| failed(format!("cannot create the trial dir {}: {e}", job.trial_dir.display()), false))?;
+            .map_err(|e| (format!("cannot create the trial dir {}: {e}", job.trial_dir.display()), false))?;
         let ctx = TrialContext {
             trial_index: job.index,
             parameters: match job.arm.to_json() {
@@ -419,7 +420,7 @@ impl PluginRunner {
         let _one_at_a_time = (!self.capacity.no()).then(|| self.deploying.lock().unwrap_or_else(|e| e.into_inner()));
         self.wait_for_capacity(control)?;
         self.call("run_trial", move |c| c.run_trial(&ctx))
-            .map_err(|e| failed(format!("the plugin's run_trial failed: {e}"), false))
+            .map_err(|e| (format!("the plugin's run_trial failed: {e}"), false))
     }
 
     /// Poll one trial: through the batch poll when the plugin has one.
@@ -457,6 +458,7 @@ impl PluginRunner {
         let asked: Vec<TrialRef> =
             st.running.iter().map(|(i, m)| TrialRef { trial_index: *i, metadata: m.clone() }).collect();
         drop(st);
+        tracing::debug!(plugin = %self.plugin, trials = asked.len(), "poll_trials: one call for every running trial");
         let result = self.call("poll_trials", move |c| c.poll_trials(&asked));
         let mut st = b.state.lock().unwrap_or_else(|e| e.into_inner());
         st.polling = false;
@@ -622,7 +624,7 @@ impl TrialRunner for PluginRunner {
                     let _ = events.send(RunnerEvent::Deployed { index, run_metadata: m.clone() });
                     m
                 }
-                Err(r) => return finished(r),
+                Err((reason, lost)) => return finished(failed(reason, lost)),
             },
         };
         {

@@ -6,5 +6,6 @@ mod config_errors;
 mod failures;
 mod interrupts;
 mod options;
+mod plugins;
 mod resume;
 mod run;
