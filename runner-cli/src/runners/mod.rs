@@ -107,4 +107,10 @@ pub trait TrialRunner: Send + Sync {
 
     /// No more trials will be deployed in this process.
     fn close(&self);
+
+    /// Workers blocked for good in a call that will not return (a plugin call past its
+    /// `call_timeout`): the scheduler starts as many new ones.
+    fn stuck(&self) -> usize {
+        0
+    }
 }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -190,6 +190,98 @@ fn call<T: Send + 'static>(
     })
 }
 
+/// Plugin runner calls in progress, watched for their `call_timeout`. A runner's calls run
+/// on the worker's own thread (no hand-off: most calls take microseconds); when one
+/// overruns, the watchdog ends its trial as FAILED and counts the worker as stuck, and the
+/// scheduler starts a new worker in its place. If the call returns after all, its answer
+/// is dropped.
+#[derive(Default)]
+struct Watchdog {
+    state: Mutex<WatchState>,
+    wake: Condvar,
+    stuck: AtomicUsize,
+}
+
+#[derive(Default)]
+struct WatchState {
+    next: u64,
+    calls: BTreeMap<u64, Watched>,
+    started: bool,
+}
+
+struct Watched {
+    deadline: Instant,
+    message: String,
+    index: u64,
+    events: Sender<RunnerEvent>,
+    timed_out: bool,
+}
+
+fn watchdog() -> &'static Watchdog {
+    static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+    WATCHDOG.get_or_init(Watchdog::default)
+}
+
+impl Watchdog {
+    /// Run `f` for trial `index` under `timeout`. `None`: it overran, and its trial was
+    /// already ended through `events`; the caller sends nothing more about it.
+    fn call<T>(
+        &'static self,
+        timeout: Duration,
+        what: &str,
+        index: u64,
+        events: &Sender<RunnerEvent>,
+        f: impl FnOnce() -> Result<T, CallError>,
+    ) -> Option<Result<T, CallError>> {
+        let id = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.started {
+                st.started =
+                    std::thread::Builder::new().name("optx-plugin-watchdog".into()).spawn(move || self.watch()).is_ok();
+            }
+            let id = st.next;
+            st.next += 1;
+            let was_empty = st.calls.is_empty();
+            let message = format!(
+                "the plugin's {what} did not return within call_timeout ({}); its thread is left behind",
+                secs(timeout)
+            );
+            let deadline = Instant::now() + timeout;
+            st.calls.insert(id, Watched { deadline, message, index, events: events.clone(), timed_out: false });
+            if was_empty {
+                self.wake.notify_one();
+            }
+            id
+        };
+        let r = f();
+        let w = self.state.lock().unwrap_or_else(|e| e.into_inner()).calls.remove(&id);
+        if w.is_some_and(|w| w.timed_out) {
+            self.stuck.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(r)
+    }
+
+    fn watch(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            match st.calls.values().filter(|c| !c.timed_out).map(|c| c.deadline).min() {
+                None => st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) if d > now => st = self.wake.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0,
+                Some(_) => {
+                    for c in st.calls.values_mut().filter(|c| !c.timed_out && c.deadline <= now) {
+                        c.timed_out = true;
+                        self.stuck.fetch_add(1, Ordering::SeqCst);
+                        let result = failed(c.message.clone(), false);
+                        let _ = c.events.send(RunnerEvent::Finished { index: c.index, result });
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The `[metrics.X] plugin = ...` metrics of an experiment, opened.
 #[derive(Clone, Default)]
 pub struct PluginMetrics {
@@ -302,6 +394,9 @@ struct BatchState {
     polling: bool,
 }
 
+/// A call overran its `call_timeout`: the watchdog ended its trial.
+struct Abandoned;
+
 pub struct PluginRunner {
     client: RunnerClient,
     plugin: String,
@@ -362,6 +457,8 @@ impl PluginRunner {
         })
     }
 
+    /// A call on a call thread of this worker: for calls whose overrun must not block
+    /// other trials (the batch poll, the capacity check that deployments wait for).
     fn call<T: Send + 'static>(
         &self,
         what: &str,
@@ -369,6 +466,17 @@ impl PluginRunner {
     ) -> Result<T, CallError> {
         let c = self.client.clone();
         call(self.call_timeout, what, move || f(c))
+    }
+
+    /// A call about one trial, on this thread, under the watchdog.
+    fn direct<T>(
+        &self,
+        what: &str,
+        index: u64,
+        events: &Sender<RunnerEvent>,
+        f: impl FnOnce(&RunnerClient) -> Result<T, CallError>,
+    ) -> Result<Result<T, CallError>, Abandoned> {
+        watchdog().call(self.call_timeout, what, index, events, || f(&self.client)).ok_or(Abandoned)
     }
 
     /// Wait until the runner has room for one more trial (when it says how much it has).
@@ -403,9 +511,15 @@ impl PluginRunner {
         }
     }
 
-    fn deploy(&self, job: &TrialJob, control: &Receiver<Control>) -> Result<Value, (String, bool)> {
-        std::fs::create_dir_all(&job.trial_dir)
-            .map_err(|e| (format!("cannot create the trial dir {}: {e}", job.trial_dir.display()), false))?;
+    fn deploy(
+        &self,
+        job: &TrialJob,
+        control: &Receiver<Control>,
+        events: &Sender<RunnerEvent>,
+    ) -> Result<Result<Value, (String, bool)>, Abandoned> {
+        if let Err(e) = std::fs::create_dir_all(&job.trial_dir) {
+            return Ok(Err((format!("cannot create the trial dir {}: {e}", job.trial_dir.display()), false)));
+        }
         let ctx = TrialContext {
             trial_index: job.index,
             parameters: match job.arm.to_json() {
@@ -418,21 +532,27 @@ impl PluginRunner {
             config: self.config.clone(),
         };
         let _one_at_a_time = (!self.capacity.no()).then(|| self.deploying.lock().unwrap_or_else(|e| e.into_inner()));
-        self.wait_for_capacity(control)?;
-        self.call("run_trial", move |c| c.run_trial(&ctx))
-            .map_err(|e| (format!("the plugin's run_trial failed: {e}"), false))
+        if let Err(e) = self.wait_for_capacity(control) {
+            return Ok(Err(e));
+        }
+        let r = self.direct("run_trial", job.index, events, |c| c.run_trial(&ctx))?;
+        Ok(r.map_err(|e| (format!("the plugin's run_trial failed: {e}"), false)))
     }
 
     /// Poll one trial: through the batch poll when the plugin has one.
-    fn poll(&self, index: u64, meta: &Value, seen: &mut u64) -> Result<Option<Poll>, CallError> {
+    fn poll(
+        &self,
+        index: u64,
+        meta: &Value,
+        seen: &mut u64,
+        events: &Sender<RunnerEvent>,
+    ) -> Result<Result<Option<Poll>, CallError>, Abandoned> {
         if !self.batch_poll.no() {
             if let Some(answer) = self.poll_batched(index, seen) {
-                return answer;
+                return Ok(answer);
             }
         }
-        let m = meta.clone();
-        let p = self.call("poll_trial", move |c| c.poll_trial(index, &m))?;
-        Ok(Some(p))
+        Ok(self.direct("poll_trial", index, events, |c| c.poll_trial(index, meta))?.map(Some))
     }
 
     /// `None`: the plugin has no batch poll (learned now); poll this trial alone.
@@ -502,19 +622,34 @@ impl PluginRunner {
         Some(st.answers.get(&index).map_or(Ok(None), |a| a.1.clone()))
     }
 
-    fn stop(&self, index: u64, meta: &Value, reason: &str) -> Option<Value> {
-        let (m, r) = (meta.clone(), reason.to_string());
-        match self.call("stop_trial", move |c| c.stop_trial(index, &m, &r)) {
+    fn stop(
+        &self,
+        index: u64,
+        meta: &Value,
+        reason: &str,
+        events: &Sender<RunnerEvent>,
+    ) -> Result<Option<Value>, Abandoned> {
+        Ok(match self.direct("stop_trial", index, events, |c| c.stop_trial(index, meta, reason))? {
             Ok(v) => Some(v),
             Err(CallError::Unsupported) => {
                 Some(serde_json::json!({"note": "the plugin cannot stop trials (no stop_trial): it may still run"}))
             }
             Err(e) => Some(serde_json::json!({"error": format!("stop_trial failed: {e}")})),
-        }
+        })
     }
 
     /// Follow a deployed trial to its end.
-    fn follow(&self, job: &TrialJob, meta: &Value, control: &Receiver<Control>) -> TrialResult {
+    ///
+    /// `report` sends the deployment (once) before the first wait: a trial that ends at its
+    /// first poll reports its deployment and its end together (one commit, not two).
+    fn follow(
+        &self,
+        job: &TrialJob,
+        meta: &Value,
+        control: &Receiver<Control>,
+        events: &Sender<RunnerEvent>,
+        report: &mut dyn FnMut(),
+    ) -> Result<TrialResult, Abandoned> {
         let started = job.started_at.unwrap_or_else(SystemTime::now);
         let ttl_at = self.ttl.map(|t| {
             let elapsed = started.elapsed().unwrap_or_default();
@@ -528,23 +663,24 @@ impl PluginRunner {
             let stop = if wait.is_zero() {
                 control.try_recv().ok()
             } else {
+                report();
                 select! {
                     recv(control) -> c => Some(c.unwrap_or(Control::Stop { reason: "optx stopped".into(), lost: true })),
                     recv(after(wait)) -> _ => None,
                 }
             };
             if let Some(Control::Stop { reason, lost }) = stop {
-                let stop_metadata = self.stop(job.index, meta, &reason);
-                return TrialResult { stop_metadata, ..failed(reason, lost) };
+                let stop_metadata = self.stop(job.index, meta, &reason, events)?;
+                return Ok(TrialResult { stop_metadata, ..failed(reason, lost) });
             }
             if let Some(at) = ttl_at.filter(|at| Instant::now() >= *at) {
                 let _ = at;
                 let reason =
                     format!("ran longer than ttl_seconds_for_trials ({}s)", self.ttl.map_or(0.0, |t| t.as_secs_f64()));
-                let stop_metadata = self.stop(job.index, meta, &reason);
-                return TrialResult { stop_metadata, ..failed(reason, false) };
+                let stop_metadata = self.stop(job.index, meta, &reason, events)?;
+                return Ok(TrialResult { stop_metadata, ..failed(reason, false) });
             }
-            match self.poll(job.index, meta, &mut seen) {
+            match self.poll(job.index, meta, &mut seen, events)? {
                 Ok(Some(p)) => {
                     errors = 0;
                     match p.status {
@@ -552,17 +688,17 @@ impl PluginRunner {
                             wait = if p.status == last { self.polls.next(wait) } else { self.polls.initial };
                             last = p.status;
                         }
-                        Status::Completed => return self.complete(job, meta),
+                        Status::Completed => return Ok(self.complete(job, meta)),
                         Status::Failed => {
                             let reason = p.reason.unwrap_or_else(|| "the plugin's runner reported it failed".into());
-                            return failed(reason, false);
+                            return Ok(failed(reason, false));
                         }
                         Status::Abandoned => {
                             let reason = p.reason.unwrap_or_else(|| "the plugin's runner abandoned it".into());
-                            return TrialResult {
+                            return Ok(TrialResult {
                                 outcome: Outcome::Abandoned { reason },
                                 ..failed(String::new(), false)
-                            };
+                            });
                         }
                     }
                 }
@@ -572,7 +708,7 @@ impl PluginRunner {
                     tracing::warn!(trial = job.index, error = %e, "poll failed; will retry");
                     wait = self.polls.next(wait).max(Duration::from_millis(100));
                 }
-                Err(e) => return failed(format!("the plugin's poll_trial failed: {e}"), false),
+                Err(e) => return Ok(failed(format!("the plugin's poll_trial failed: {e}"), false)),
             }
             if !wait.is_zero() || last == Status::Staged {
                 wait = wait.max(Duration::from_millis(1));
@@ -615,29 +751,40 @@ impl TrialRunner for PluginRunner {
         let finished = |result| {
             let _ = events.send(RunnerEvent::Finished { index, result });
         };
+        let mut pending = None;
         let meta = match job.attach.take() {
             // Running when optx stopped: the plugin finds it again by its run metadata.
             Some(m) => m,
-            None => match self.deploy(&job, control) {
-                Ok(m) => {
+            None => match self.deploy(&job, control, events) {
+                Err(Abandoned) => return,
+                Ok(Ok(m)) => {
                     job.started_at = Some(SystemTime::now());
-                    let _ = events.send(RunnerEvent::Deployed { index, run_metadata: m.clone() });
+                    pending = Some(m.clone());
                     m
                 }
-                Err((reason, lost)) => return finished(failed(reason, lost)),
+                Ok(Err((reason, lost))) => return finished(failed(reason, lost)),
             },
+        };
+        let mut report = || {
+            if let Some(run_metadata) = pending.take() {
+                let _ = events.send(RunnerEvent::Deployed { index, run_metadata });
+            }
         };
         {
             let mut st = self.batch.state.lock().unwrap_or_else(|e| e.into_inner());
             st.running.insert(index, meta.clone());
         }
-        let result = self.follow(&job, &meta, control);
+        let result = self.follow(&job, &meta, control, events, &mut report);
         {
             let mut st = self.batch.state.lock().unwrap_or_else(|e| e.into_inner());
             st.running.remove(&index);
             st.answers.remove(&index);
         }
-        finished(result)
+        // Abandoned: the watchdog already ended the trial; nothing more is said about it.
+        if let Ok(result) = result {
+            report();
+            finished(result)
+        }
     }
 
     fn cleanup(&self, dir: &Path, failed: bool) {
@@ -652,4 +799,8 @@ impl TrialRunner for PluginRunner {
     }
 
     fn close(&self) {}
+
+    fn stuck(&self) -> usize {
+        watchdog().stuck.load(Ordering::SeqCst)
+    }
 }

@@ -458,6 +458,33 @@ impl<'a> State<'a> {
     }
 }
 
+/// The worker threads. Only the scheduler starts threads that run trials.
+struct Pool {
+    jobs: Receiver<(TrialJob, Receiver<Control>)>,
+    events: Sender<RunnerEvent>,
+    runner: Arc<dyn TrialRunner>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Start workers until there are `n`.
+    fn grow_to(&mut self, n: usize) -> Result<(), String> {
+        while self.workers.len() < n {
+            let (jobs, events, runner) = (self.jobs.clone(), self.events.clone(), Arc::clone(&self.runner));
+            let h = std::thread::Builder::new()
+                .name(format!("optx-worker-{}", self.workers.len()))
+                .spawn(move || {
+                    for (job, control) in jobs {
+                        runner.execute(job, &control, &events);
+                    }
+                })
+                .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            self.workers.push(h);
+        }
+        Ok(())
+    }
+}
+
 struct Dispatcher<'a> {
     store: &'a mut Store,
     st: State<'a>,
@@ -466,6 +493,8 @@ struct Dispatcher<'a> {
     jobs: Sender<(TrialJob, Receiver<Control>)>,
     events: Receiver<RunnerEvent>,
     signals: u32,
+    pool: Pool,
+    parallelism: usize,
 }
 
 impl Dispatcher<'_> {
@@ -475,6 +504,12 @@ impl Dispatcher<'_> {
             match e {
                 Effect::Print(ev) => self.sink.event(&ev),
                 Effect::Dispatch(job, ctl) => {
+                    // Workers stuck for good in a runner's call are replaced, so that
+                    // `parallelism` trials still run.
+                    let want = self.parallelism + self.runner.stuck();
+                    if let Err(e) = self.pool.grow_to(want) {
+                        tracing::warn!("{e}");
+                    }
                     let _ = self.jobs.send((job, ctl));
                 }
                 Effect::Cleanup { index, failed } => self.runner.cleanup(&self.st.trial_dir(index), failed),
@@ -599,22 +634,8 @@ pub(crate) fn drive(
     let attach = trials.iter().filter(|t| !t.status.is_terminal()).count();
     let (jobs_tx, jobs_rx) = unbounded::<(TrialJob, Receiver<Control>)>();
     let (events_tx, events_rx) = unbounded();
-    let mut workers = Vec::new();
-    for i in 0..parallelism.max(attach).max(1) {
-        let jobs = jobs_rx.clone();
-        let events = events_tx.clone();
-        let runner = Arc::clone(&runner);
-        let h = std::thread::Builder::new()
-            .name(format!("optx-worker-{i}"))
-            .spawn(move || {
-                for (job, control) in jobs {
-                    runner.execute(job, &control, &events);
-                }
-            })
-            .map_err(|e| store::StoreError::Other(format!("cannot start a worker thread: {e}")))?;
-        workers.push(h);
-    }
-    drop(events_tx);
+    let mut pool = Pool { jobs: jobs_rx, events: events_tx, runner: Arc::clone(&runner), workers: Vec::new() };
+    pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;
     let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
     let reruns = pending_reruns(spec, &trials);
     let mut trials = trials;
@@ -642,15 +663,28 @@ pub(crate) fn drive(
         trials_root: spec.trials_root(),
         lost_now: 0,
     };
-    let mut d =
-        Dispatcher { store, st, runner: Arc::clone(&runner), sink, jobs: jobs_tx, events: events_rx, signals: 0 };
+    let mut d = Dispatcher {
+        store,
+        st,
+        runner: Arc::clone(&runner),
+        sink,
+        jobs: jobs_tx,
+        events: events_rx,
+        signals: 0,
+        pool,
+        parallelism: parallelism.max(1),
+    };
     let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let end = d.run(deadline, signals);
+    let workers = std::mem::take(&mut d.pool.workers);
     drop(d);
-    if end.is_ok() {
+    // A worker stuck in a call that never returns (a plugin's) cannot be joined: leave it.
+    if end.is_ok() && runner.stuck() == 0 {
         for w in workers {
             let _ = w.join();
         }
+        runner.close();
+    } else if end.is_ok() {
         runner.close();
     }
     // On an error optx exits without waiting: running trials go on under the shepherd,

@@ -162,8 +162,9 @@ fn each_misbehaviour_fails_its_trial_with_a_reason_and_optx_goes_on() {
         "[metrics.f]\nplugin = {{ library = \"{}\", name = \"value\" }}\n\n[generation]\nmethod = \"grid\"",
         so.display()
     );
+    // One trial at a time: the worker stuck in the hung call must be replaced for the run to go on.
     let orch =
-        "max_trials = 7\nparallelism = 7\ninitial_seconds_between_polls = 0.05\ntolerated_trial_failure_rate = 1.0";
+        "max_trials = 7\nparallelism = 1\ninitial_seconds_between_polls = 0.05\ntolerated_trial_failure_rate = 1.0";
     let e = Exp::new("bad", &toml("bad", &params, &runner, orch, &metrics));
     let start = std::time::Instant::now();
     let out = e.run_ok(&["run", "experiment.toml"]);
