@@ -5,7 +5,7 @@
 //! ```text
 //! L4  cli        argv, terminal, exit codes
 //! L3  scheduler  the closed loop: dispatcher thread, worker pool, channels, signals
-//! L2  runners    adapters behind TrialRunner: command (local process)
+//! L2  runners    adapters behind TrialRunner: command (local process), plugin (cdylib)
 //! L1  config, generate, store, exec, report
 //! L0  domain     pure types and rules
 //! ```

@@ -207,6 +207,8 @@ struct WatchState {
     next: u64,
     calls: BTreeMap<u64, Watched>,
     started: bool,
+    /// The watchdog waits without a deadline (no call was running): wake it for a new call.
+    idle: bool,
 }
 
 struct Watched {
@@ -241,14 +243,16 @@ impl Watchdog {
             }
             let id = st.next;
             st.next += 1;
-            let was_empty = st.calls.is_empty();
             let message = format!(
                 "the plugin's {what} did not return within call_timeout ({}); its thread is left behind",
                 secs(timeout)
             );
             let deadline = Instant::now() + timeout;
             st.calls.insert(id, Watched { deadline, message, index, events: events.clone(), timed_out: false });
-            if was_empty {
+            // A running watchdog wakes by itself by the earliest deadline, which is never
+            // later than this call's (one timeout for all calls).
+            if st.idle {
+                st.idle = false;
                 self.wake.notify_one();
             }
             id
@@ -267,7 +271,10 @@ impl Watchdog {
         loop {
             let now = Instant::now();
             match st.calls.values().filter(|c| !c.timed_out).map(|c| c.deadline).min() {
-                None => st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+                None => {
+                    st.idle = true;
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
                 Some(d) if d > now => st = self.wake.wait_timeout(st, d - now).unwrap_or_else(|e| e.into_inner()).0,
                 Some(_) => {
                     for c in st.calls.values_mut().filter(|c| !c.timed_out && c.deadline <= now) {
@@ -323,12 +330,34 @@ impl PluginMetrics {
         curve: &mut Vec<MetricPoint>,
         problems: &mut Vec<String>,
     ) {
+        let _ = self.fetch_watched(index, metadata, None, finals, curve, problems);
+    }
+
+    /// `fetch`; with `watch`, each call runs on this thread under the watchdog, which ends
+    /// the trial through the sender if the call overruns (then `Err(Abandoned)`).
+    fn fetch_watched(
+        &self,
+        index: u64,
+        metadata: &Value,
+        watch: Option<&Sender<RunnerEvent>>,
+        finals: &mut BTreeMap<String, MetricPoint>,
+        curve: &mut Vec<MetricPoint>,
+        problems: &mut Vec<String>,
+    ) -> Result<(), Abandoned> {
         for (name, client) in &self.metrics {
             let mut wait = FETCH_FIRST_WAIT;
             let mut attempt = 1;
             let result = loop {
-                let (c, meta) = (client.clone(), metadata.clone());
-                match call(self.call_timeout, "fetch", move || c.fetch(index, &meta)) {
+                let r = match watch {
+                    Some(events) => watchdog()
+                        .call(self.call_timeout, "fetch", index, events, || client.fetch(index, metadata))
+                        .ok_or(Abandoned)?,
+                    None => {
+                        let (c, meta) = (client.clone(), metadata.clone());
+                        call(self.call_timeout, "fetch", move || c.fetch(index, &meta))
+                    }
+                };
+                match r {
                     Err(e) if e.retry() && attempt < FETCH_ATTEMPTS => {
                         std::thread::sleep(wait);
                         wait *= 2;
@@ -357,6 +386,7 @@ impl PluginMetrics {
                 Err(e) => problems.push(format!("metric `{name}`: fetch failed: {e}")),
             }
         }
+        Ok(())
     }
 }
 
@@ -688,7 +718,7 @@ impl PluginRunner {
                             wait = if p.status == last { self.polls.next(wait) } else { self.polls.initial };
                             last = p.status;
                         }
-                        Status::Completed => return Ok(self.complete(job, meta)),
+                        Status::Completed => return self.complete(job, meta, events),
                         Status::Failed => {
                             let reason = p.reason.unwrap_or_else(|| "the plugin's runner reported it failed".into());
                             return Ok(failed(reason, false));
@@ -717,12 +747,12 @@ impl PluginRunner {
     }
 
     /// The trial completed: read its metrics.
-    fn complete(&self, job: &TrialJob, meta: &Value) -> TrialResult {
+    fn complete(&self, job: &TrialJob, meta: &Value, events: &Sender<RunnerEvent>) -> Result<TrialResult, Abandoned> {
         let mut finals = BTreeMap::new();
         let mut curve = Vec::new();
         let mut problems = Vec::new();
         read_result_files(&job.trial_dir, &self.metrics, &self.required, &mut finals, &mut problems);
-        self.plugin_metrics.fetch(job.index, meta, &mut finals, &mut curve, &mut problems);
+        self.plugin_metrics.fetch_watched(job.index, meta, Some(events), &mut finals, &mut curve, &mut problems)?;
         let missing: Vec<&String> = self.required.iter().filter(|m| !finals.contains_key(*m)).collect();
         let nonfinite = finals
             .values()
@@ -741,7 +771,7 @@ impl PluginRunner {
         } else {
             (Outcome::Completed, problems.first().cloned())
         };
-        TrialResult { outcome, finals: finals.into_values().collect(), curve, stop_metadata: None, note }
+        Ok(TrialResult { outcome, finals: finals.into_values().collect(), curve, stop_metadata: None, note })
     }
 }
 
