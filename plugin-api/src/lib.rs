@@ -26,7 +26,7 @@
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! optx-plugin-api = "0.1"
+//! optx-plugin-api = { path = "../optx/plugin-api" }   # where your optx checkout is
 //! serde_json = "1"
 //! ```
 //!
