@@ -83,15 +83,6 @@ pub enum RunnerSpec {
     Plugin(PluginSpec),
 }
 
-impl RunnerSpec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RunnerSpec::Command(_) => "command",
-            RunnerSpec::Plugin(_) => "plugin",
-        }
-    }
-}
-
 /// `[metrics.NAME]`: how to read a metric when the default protocol won't do.
 #[derive(Debug, Clone)]
 pub enum MetricRule {

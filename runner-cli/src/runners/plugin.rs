@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -390,21 +390,16 @@ impl PluginMetrics {
     }
 }
 
-/// What a plugin runner turned out to support (learned from the first call).
+/// An optional operation the plugin turned out not to implement (learned at its first call).
 #[derive(Default)]
-struct Support(AtomicU8);
+struct Support(AtomicBool);
 
 impl Support {
-    const YES: u8 = 1;
-    const NO: u8 = 2;
     fn no(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::NO
+        self.0.load(Ordering::Relaxed)
     }
     fn set_no(&self) {
-        self.0.store(Self::NO, Ordering::Relaxed);
-    }
-    fn set_yes(&self) {
-        self.0.store(Self::YES, Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -622,7 +617,6 @@ impl PluginRunner {
                 return None;
             }
             Ok(list) => {
-                self.batch_poll.set_yes();
                 for t in list {
                     if st.running.contains_key(&t.trial_index) {
                         st.answers.insert(t.trial_index, (round, Ok(Some(t.poll))));
