@@ -3,7 +3,8 @@
 //! Trials become jobs with an id in an in-process queue; on every poll a running job stays
 //! running or completes at random (seeded by `seed` in the config, so runs repeat); the
 //! outcome of a completed job is Branin at its parameters. The runner polls all jobs in
-//! one `poll_trials` call, and says how many more jobs fit (`max_jobs`, optional).
+//! one `poll_trials` call, schedules many in one `run_trials` call, and says how many more
+//! jobs fit (`max_jobs`, optional).
 //!
 //! The queue stands for a service outside optx: when optx restarts, a job that it no
 //! longer knows is adopted again from the run metadata.
@@ -119,6 +120,10 @@ impl Runner for JobQueueRunner {
 
     fn poll_trial(&self, _trial_index: u64, metadata: &Value) -> Result<Poll, Error> {
         self.status(metadata)
+    }
+
+    fn run_trials(&self, contexts: &[TrialContext]) -> Result<Vec<Value>, Error> {
+        contexts.iter().map(|c| self.run_trial(c)).collect()
     }
 
     fn poll_trials(&self, trials: &[TrialRef]) -> Result<Vec<TrialPoll>, Error> {

@@ -205,7 +205,8 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         }
     }
     let runner = runner.as_ref().and_then(|t| read_runner(ctx, t, &space, base));
-    let orchestration = orchestration.as_ref().and_then(|t| read_orchestration(ctx, t));
+    let is_command = matches!(runner, Some(RunnerSpec::Command(_)));
+    let orchestration = orchestration.as_ref().and_then(|t| read_orchestration(ctx, t, is_command));
     let generation = read_generation(ctx, generation.as_ref(), &space);
     let name = header.as_ref().map(|h| h.0.clone()).unwrap_or_default();
     let (store_path, durability) = read_storage(ctx, storage.as_ref(), base, &name);
@@ -856,7 +857,7 @@ fn read_plugin_runner(ctx: &mut Ctx, t: &Table, base: &Path) -> Option<RunnerSpe
     Some(RunnerSpec::Plugin(PluginSpec { plugin: plugin?, call_timeout, keep_trial_dirs }))
 }
 
-fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
+fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Option<Orchestration> {
     t.check_keys(
         ctx,
         &[
@@ -872,11 +873,9 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
             "retries_per_failed_arm",
             "max_pending_trials",
             "max_cost",
-        ],
-        &[(
             "run_trials_in_batches",
-            "the scheduler deploys one trial per runner call (a plugin's batch `run_trials` is in the ABI, not used yet)",
-        )],
+        ],
+        &[],
     );
     let d = Orchestration::default();
     let max_trials =
@@ -916,7 +915,14 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table) -> Option<Orchestration> {
             .i64_where(ctx, "max_pending_trials", "a positive integer", |x| x >= 1)
             .map(|x| x as usize),
         max_cost: t.f64_where(ctx, "max_cost", "a positive number", |x| x > 0.0),
+        run_trials_in_batches: t.bool(ctx, "run_trials_in_batches").unwrap_or(false),
     };
+    if o.run_trials_in_batches && runner_is_command {
+        ctx.err(
+            t.key_span("run_trials_in_batches"),
+            "`orchestration.run_trials_in_batches` needs a runner that deploys in batches (`kind = \"plugin\"`); the command runner starts one process per trial",
+        );
+    }
     max_trials?;
     Some(o)
 }

@@ -122,6 +122,8 @@ pub struct Orchestration {
     pub retries_per_failed_arm: u32,
     pub max_pending_trials: Option<usize>,
     pub max_cost: Option<f64>,
+    /// Deploy the candidates of one decision in one runner call (plugin runners).
+    pub run_trials_in_batches: bool,
 }
 
 impl Default for Orchestration {
@@ -139,6 +141,7 @@ impl Default for Orchestration {
             retries_per_failed_arm: 0,
             max_pending_trials: None,
             max_cost: None,
+            run_trials_in_batches: false,
         }
     }
 }

@@ -105,6 +105,22 @@ pub trait TrialRunner: Send + Sync {
     /// Called after a trial's end is committed: keep or remove what it left.
     fn cleanup(&self, job_dir: &std::path::Path, failed: bool);
 
+    /// Deploy `jobs` in one call (`run_trials_in_batches`): for each, send `Deployed` (the
+    /// scheduler then hands it back to `execute` to follow, with its run metadata) or a
+    /// `Finished` that says why it was not deployed.
+    fn deploy_batch(&self, jobs: Vec<TrialJob>, events: &Sender<RunnerEvent>) {
+        for job in jobs {
+            let result = TrialResult {
+                outcome: Outcome::Failed { reason: "this runner does not deploy in batches".into(), lost: false },
+                finals: Vec::new(),
+                curve: Vec::new(),
+                stop_metadata: None,
+                note: None,
+            };
+            let _ = events.send(RunnerEvent::Finished { index: job.index, result });
+        }
+    }
+
     /// No more trials will be deployed in this process.
     fn close(&self);
 

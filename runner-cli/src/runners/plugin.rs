@@ -545,7 +545,17 @@ impl PluginRunner {
         if let Err(e) = std::fs::create_dir_all(&job.trial_dir) {
             return Ok(Err((format!("cannot create the trial dir {}: {e}", job.trial_dir.display()), false)));
         }
-        let ctx = TrialContext {
+        let ctx = self.context(job);
+        let _one_at_a_time = (!self.capacity.no()).then(|| self.deploying.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Err(e) = self.wait_for_capacity(control) {
+            return Ok(Err(e));
+        }
+        let r = self.direct("run_trial", job.index, events, |c| c.run_trial(&ctx))?;
+        Ok(r.map_err(|e| (format!("the plugin's run_trial failed: {e}"), false)))
+    }
+
+    fn context(&self, job: &TrialJob) -> TrialContext {
+        TrialContext {
             trial_index: job.index,
             parameters: match job.arm.to_json() {
                 Value::Object(m) => m,
@@ -555,13 +565,7 @@ impl PluginRunner {
             experiment: self.experiment.clone(),
             slot: job.slot,
             config: self.config.clone(),
-        };
-        let _one_at_a_time = (!self.capacity.no()).then(|| self.deploying.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Err(e) = self.wait_for_capacity(control) {
-            return Ok(Err(e));
         }
-        let r = self.direct("run_trial", job.index, events, |c| c.run_trial(&ctx))?;
-        Ok(r.map_err(|e| (format!("the plugin's run_trial failed: {e}"), false)))
     }
 
     /// Poll one trial: through the batch poll when the plugin has one.
@@ -819,6 +823,59 @@ impl TrialRunner for PluginRunner {
         };
         if remove {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    fn deploy_batch(&self, jobs: Vec<TrialJob>, events: &Sender<RunnerEvent>) {
+        let fail = |job: &TrialJob, reason: String| {
+            let _ = events.send(RunnerEvent::Finished { index: job.index, result: failed(reason, false) });
+        };
+        let mut ready = Vec::new();
+        for job in jobs {
+            match std::fs::create_dir_all(&job.trial_dir) {
+                Ok(()) => ready.push(job),
+                Err(e) => fail(&job, format!("cannot create the trial dir {}: {e}", job.trial_dir.display())),
+            }
+        }
+        let never = crossbeam_channel::never();
+        let mut rest = ready.as_slice();
+        while !rest.is_empty() {
+            // As many as the runner has room for (all, when it does not say).
+            if let Err((reason, _)) = self.wait_for_capacity(&never) {
+                return rest.iter().for_each(|j| fail(j, reason.clone()));
+            }
+            let room = match self.capacity.no() {
+                true => rest.len(),
+                false => match self.call("available_capacity", |c| c.available_capacity()) {
+                    Ok(Some(n)) => n.max(1),
+                    _ => rest.len(),
+                },
+            };
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            rest = later;
+            let contexts: Vec<TrialContext> = now.iter().map(|j| self.context(j)).collect();
+            tracing::debug!(plugin = %self.plugin, trials = now.len(), "run_trials: one call deploys them all");
+            match self.call("run_trials", move |c| c.run_trials(&contexts)) {
+                Ok(metas) => {
+                    for (job, run_metadata) in now.iter().zip(metas) {
+                        let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata });
+                    }
+                }
+                Err(CallError::Unsupported) => {
+                    // No batch call: one run_trial each.
+                    for job in now {
+                        let ctx = self.context(job);
+                        match self.direct("run_trial", job.index, events, |c| c.run_trial(&ctx)) {
+                            Err(Abandoned) => {}
+                            Ok(Ok(run_metadata)) => {
+                                let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata });
+                            }
+                            Ok(Err(e)) => fail(job, format!("the plugin's run_trial failed: {e}")),
+                        }
+                    }
+                }
+                Err(e) => now.iter().for_each(|j| fail(j, format!("the plugin's run_trials failed: {e}"))),
+            }
         }
     }
 

@@ -56,6 +56,8 @@ pub enum RunEnd {
 struct Running {
     control: Sender<Control>,
     slot: usize,
+    /// A trial deployed in a batch: the job that follows it once its deployment is committed.
+    follow: Option<(TrialJob, Receiver<Control>)>,
 }
 
 /// An arm to run again as a new trial: a retry of a failed arm or a re-run of a lost one.
@@ -70,7 +72,13 @@ struct Rerun {
 enum Effect {
     Print(RunEvent),
     Dispatch(TrialJob, Receiver<Control>),
-    Cleanup { index: u64, failed: bool },
+    /// Deploy with the other `Deploy`s of this wake-up in one runner call
+    /// (`run_trials_in_batches`).
+    Deploy(TrialJob),
+    Cleanup {
+        index: u64,
+        failed: bool,
+    },
 }
 
 /// The run state. It changes only inside a store transaction, which also records the
@@ -148,8 +156,13 @@ impl<'a> State<'a> {
         let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
         let (ctl_tx, ctl_rx) = unbounded();
         let job = TrialJob { index, arm, slot, trial_dir: self.trial_dir(index), attach, started_at };
-        self.running.insert(index, Running { control: ctl_tx, slot });
-        self.effects.push(Effect::Dispatch(job, ctl_rx));
+        if self.spec.orchestration.run_trials_in_batches && job.attach.is_none() {
+            self.running.insert(index, Running { control: ctl_tx, slot, follow: Some((job.clone(), ctl_rx)) });
+            self.effects.push(Effect::Deploy(job));
+        } else {
+            self.running.insert(index, Running { control: ctl_tx, slot, follow: None });
+            self.effects.push(Effect::Dispatch(job, ctl_rx));
+        }
     }
 
     /// Create new trials while there is room, budget and no reason to stop.
@@ -253,6 +266,13 @@ impl<'a> State<'a> {
             match ev {
                 RunnerEvent::Deployed { index, run_metadata } => {
                     let slot = self.running.get(&index).map(|r| r.slot);
+                    let follow = self.running.get_mut(&index).and_then(|r| r.follow.take());
+                    if let Some((mut job, ctl)) = follow {
+                        // Deployed in a batch: a worker follows it from here, as after a resume.
+                        job.attach = Some(run_metadata.clone());
+                        job.started_at = Some(std::time::SystemTime::now());
+                        self.effects.push(Effect::Dispatch(job, ctl));
+                    }
                     self.mark_running(tx, index, run_metadata, slot)?;
                 }
                 RunnerEvent::Progress { index, points } => {
@@ -458,9 +478,15 @@ impl<'a> State<'a> {
     }
 }
 
+/// What a worker is given: one trial to run (or follow), or trials to deploy in one call.
+enum Work {
+    One(TrialJob, Receiver<Control>),
+    Batch(Vec<TrialJob>),
+}
+
 /// The worker threads. Only the scheduler starts threads that run trials.
 struct Pool {
-    jobs: Receiver<(TrialJob, Receiver<Control>)>,
+    jobs: Receiver<Work>,
     events: Sender<RunnerEvent>,
     runner: Arc<dyn TrialRunner>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -474,8 +500,11 @@ impl Pool {
             let h = std::thread::Builder::new()
                 .name(format!("optx-worker-{}", self.workers.len()))
                 .spawn(move || {
-                    for (job, control) in jobs {
-                        runner.execute(job, &control, &events);
+                    for work in jobs {
+                        match work {
+                            Work::One(job, control) => runner.execute(job, &control, &events),
+                            Work::Batch(batch) => runner.deploy_batch(batch, &events),
+                        }
                     }
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))?;
@@ -490,7 +519,7 @@ struct Dispatcher<'a> {
     st: State<'a>,
     runner: Arc<dyn TrialRunner>,
     sink: &'a mut dyn EventSink,
-    jobs: Sender<(TrialJob, Receiver<Control>)>,
+    jobs: Sender<Work>,
     events: Receiver<RunnerEvent>,
     signals: u32,
     pool: Pool,
@@ -500,9 +529,11 @@ struct Dispatcher<'a> {
 impl Dispatcher<'_> {
     /// Carry out what the committed transaction decided.
     fn act(&mut self) {
+        let mut batch = Vec::new();
         for e in std::mem::take(&mut self.st.effects) {
             match e {
                 Effect::Print(ev) => self.sink.event(&ev),
+                Effect::Deploy(job) => batch.push(job),
                 Effect::Dispatch(job, ctl) => {
                     // Workers stuck for good in a runner's call are replaced, so that
                     // `parallelism` trials still run.
@@ -510,10 +541,13 @@ impl Dispatcher<'_> {
                     if let Err(e) = self.pool.grow_to(want) {
                         tracing::warn!("{e}");
                     }
-                    let _ = self.jobs.send((job, ctl));
+                    let _ = self.jobs.send(Work::One(job, ctl));
                 }
                 Effect::Cleanup { index, failed } => self.runner.cleanup(&self.st.trial_dir(index), failed),
             }
+        }
+        if !batch.is_empty() {
+            let _ = self.jobs.send(Work::Batch(batch));
         }
     }
 
@@ -632,7 +666,7 @@ pub(crate) fn drive(
         .sum();
     let parallelism = spec.orchestration.parallelism;
     let attach = trials.iter().filter(|t| !t.status.is_terminal()).count();
-    let (jobs_tx, jobs_rx) = unbounded::<(TrialJob, Receiver<Control>)>();
+    let (jobs_tx, jobs_rx) = unbounded::<Work>();
     let (events_tx, events_rx) = unbounded();
     let mut pool = Pool { jobs: jobs_rx, events: events_tx, runner: Arc::clone(&runner), workers: Vec::new() };
     pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;

@@ -123,6 +123,46 @@ fn the_job_queue_example_polls_every_job_in_one_call() {
     assert_eq!(jobs, 20);
 }
 
+#[test]
+fn run_trials_in_batches_deploys_the_ready_trials_in_one_call() {
+    let e = example("branin_queue.toml", |t| {
+        t.replace(
+            "initial_seconds_between_polls = 0.2",
+            "initial_seconds_between_polls = 0.02\nrun_trials_in_batches = true",
+        )
+        .replace("max_jobs = 10", "max_jobs = 3")
+    });
+    let out = e.cmd(&["run", "experiment.toml"]).env("RUST_LOG", "optx=debug").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let trials = e.trials();
+    assert_eq!(trials.len(), 20);
+    assert!(trials.iter().all(|t| status(t) == "COMPLETED"), "{trials:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let sizes: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("run_trials: one call deploys them all"))
+        .filter_map(|l| l.split("trials=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert!(!sizes.is_empty(), "{log}");
+    assert_eq!(sizes.iter().sum::<usize>(), 20, "every trial deployed through run_trials: {sizes:?}");
+    assert_eq!(sizes[0], 3, "the first batch: as many as the queue had room for (max_jobs = 3), not parallelism 4");
+    assert!(sizes.iter().all(|n| *n <= 3), "{sizes:?}");
+}
+
+#[test]
+fn run_trials_in_batches_is_refused_for_the_command_runner() {
+    let e = Exp::new("b", &toml("b", XY, "command = \"true\"", "max_trials = 2\nrun_trials_in_batches = true", ""));
+    let out = e.optx(&["validate", "experiment.toml"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out).contains(
+            "experiment.toml:17:1: `orchestration.run_trials_in_batches` needs a runner that deploys in batches"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
 const XY: &str = r#"x = { type = "float", bounds = [-1.0, 1.0] }
 y = { type = "float", bounds = [-1.0, 1.0] }"#;
 
