@@ -345,3 +345,48 @@ fn plugin_trials_over_their_ttl_are_stopped_and_a_plugin_metric_serves_a_command
         assert_eq!(metric(&t, "f"), t["parameters"]["y"].as_f64());
     }
 }
+
+#[test]
+fn a_second_interrupt_stops_plugin_trials_through_stop_trial_and_they_run_again() {
+    let runner = |delay: u32| {
+        format!(
+            "kind = \"plugin\"\nlibrary = \"{}\"\nname = \"hartmann6\"\nconfig = {{ delay_seconds = {delay} }}",
+            lib("hartmann6").display()
+        )
+    };
+    let params = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}")).collect::<Vec<_>>();
+    let orch = "max_trials = 4\nparallelism = 2\ninitial_seconds_between_polls = 0.1";
+    let metrics = format!(
+        "[metrics.hartmann6]\nplugin = {{ library = \"{}\", name = \"hartmann6\" }}",
+        lib("hartmann6").display()
+    );
+    let text_ = |delay| {
+        toml("stop", &params.join("\n"), &runner(delay), orch, &metrics)
+            .replace("minimize = \"f\"", "minimize = \"hartmann6\"")
+    };
+    let e = Exp::new("stop", &text_(60));
+    let mut optx = e.spawn(&["run", "experiment.toml"], "run");
+    e.wait_for(60, "2 running trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 2);
+    signal(optx.id(), "INT");
+    e.wait_for(10, "the first interrupt to be seen", |e| e.log("run").contains("interrupted"));
+    signal(optx.id(), "INT");
+    assert_eq!(optx.wait().unwrap().code(), Some(130), "{}", e.log("run"));
+    let conn = rusqlite::Connection::open(e.store()).unwrap();
+    let rows: Vec<(String, bool, String)> = conn
+        .prepare("SELECT status, lost, stop_metadata FROM trials")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (status, lost, stop) in &rows {
+        assert_eq!((status.as_str(), *lost), ("FAILED", true));
+        assert!(stop.contains("stopped by a second interrupt"), "the plugin's stop metadata: {stop}");
+    }
+    e.file("experiment.toml", &text_(0));
+    e.run_ok(&["resume", "experiment.toml", "--allow-changes", "-q"]);
+    let trials = e.trials();
+    assert_eq!(trials.iter().filter(|t| t["lost"] == false && status(t) == "COMPLETED").count(), 4);
+    assert_eq!(trials.iter().filter(|t| t["generation"] == "rerun").count(), 2);
+}
