@@ -343,13 +343,13 @@ impl CommandRunner {
         tail: &mut Tail,
         stop_metadata: Option<serde_json::Value>,
     ) -> TrialResult {
-        let curve: Vec<MetricPoint> = tail.read(true).into_iter().filter(|p| p.progression.is_some()).collect();
+        let mut curve: Vec<MetricPoint> = tail.read(true).into_iter().filter(|p| p.progression.is_some()).collect();
         let dir = &job.trial_dir;
         let mut finals: BTreeMap<String, MetricPoint> = tail.parser.last.clone();
         let mut problems: Vec<String> = Vec::new();
         read_result_files(dir, &self.metrics, &self.required, &mut finals, &mut problems);
         let meta = serde_json::json!({ "trial_dir": dir });
-        self.plugin_metrics.fetch(job.index, &meta, &mut finals, &mut Vec::new(), &mut problems);
+        self.plugin_metrics.fetch(job.index, &meta, &mut finals, &mut curve, &mut problems);
         let finals_vec: Vec<MetricPoint> = finals.values().cloned().collect();
         let missing: Vec<&String> = self.required.iter().filter(|m| !finals.contains_key(*m)).collect();
         let nonfinite: Vec<String> = finals
@@ -404,21 +404,11 @@ impl CommandRunner {
 
     /// An outcome unknowable through no fault of the trial: it runs again.
     fn lost(reason: String) -> TrialResult {
-        let mut r = Self::failed(reason);
-        if let Outcome::Failed { lost, .. } = &mut r.outcome {
-            *lost = true;
-        }
-        r
+        TrialResult::failed(reason, true)
     }
 
     fn failed(reason: String) -> TrialResult {
-        TrialResult {
-            outcome: Outcome::Failed { reason, lost: false },
-            finals: Vec::new(),
-            curve: Vec::new(),
-            stop_metadata: None,
-            note: None,
-        }
+        TrialResult::failed(reason, false)
     }
 }
 

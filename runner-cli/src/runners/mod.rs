@@ -64,6 +64,19 @@ pub struct TrialResult {
     pub note: Option<String>,
 }
 
+impl TrialResult {
+    /// A trial that ended without results; `lost` if that is not the trial's fault.
+    pub fn failed(reason: String, lost: bool) -> Self {
+        TrialResult {
+            outcome: Outcome::Failed { reason, lost },
+            finals: Vec::new(),
+            curve: Vec::new(),
+            stop_metadata: None,
+            note: None,
+        }
+    }
+}
+
 /// Events from workers to the dispatcher.
 #[derive(Debug, Clone)]
 pub enum RunnerEvent {
@@ -110,13 +123,7 @@ pub trait TrialRunner: Send + Sync {
     /// `Finished` that says why it was not deployed.
     fn deploy_batch(&self, jobs: Vec<TrialJob>, events: &Sender<RunnerEvent>) {
         for job in jobs {
-            let result = TrialResult {
-                outcome: Outcome::Failed { reason: "this runner does not deploy in batches".into(), lost: false },
-                finals: Vec::new(),
-                curve: Vec::new(),
-                stop_metadata: None,
-                note: None,
-            };
+            let result = TrialResult::failed("this runner does not deploy in batches".into(), false);
             let _ = events.send(RunnerEvent::Finished { index: job.index, result });
         }
     }

@@ -128,15 +128,14 @@ fn spawn_call_thread() -> Option<Sender<CallJob>> {
     Some(tx)
 }
 
-/// Why a call gave no answer.
-#[derive(Debug)]
-enum Timed {
-    /// It did not return in time; its thread is left behind.
-    TimedOut,
-}
-
-/// Run `f` on this worker's call thread and wait at most `timeout` for it.
-fn timed<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Timed> {
+/// A call through the ABI on this worker's call thread, waited for at most `timeout`. A
+/// call that overruns becomes an error, and its thread is abandoned (the next call starts
+/// a new one).
+fn call<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+) -> Result<T, CallError> {
     let (rtx, rrx) = crossbeam_channel::bounded(1);
     let mut job: CallJob = Box::new(move || {
         let _ = rtx.send(f());
@@ -163,31 +162,22 @@ fn timed<T: Send + 'static>(timeout: Duration, f: impl FnOnce() -> T + Send + 's
         job();
     }
     match rrx.recv_timeout(timeout) {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            // Abandon the stuck call thread; the next call starts a new one.
+        Ok(v) => v,
+        Err(e) => {
             CALL_THREAD.with(|c| *c.borrow_mut() = None);
-            Err(Timed::TimedOut)
+            Err(CallError::Protocol(match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => format!(
+                    "the plugin's {what} did not return within call_timeout ({}); its thread is left behind",
+                    secs(timeout)
+                ),
+                crossbeam_channel::RecvTimeoutError::Disconnected => format!("the plugin's {what} ended abnormally"),
+            }))
         }
     }
 }
 
 fn secs(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
-}
-
-/// A call through the ABI with the timeout; a timeout becomes a (non-retryable) error.
-fn call<T: Send + 'static>(
-    timeout: Duration,
-    what: &str,
-    f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
-) -> Result<T, CallError> {
-    timed(timeout, f).unwrap_or_else(|Timed::TimedOut| {
-        Err(CallError::Protocol(format!(
-            "the plugin's {what} did not return within call_timeout ({}); its thread is left behind",
-            secs(timeout)
-        )))
-    })
 }
 
 /// Plugin runner calls in progress, watched for their `call_timeout`. A runner's calls run
@@ -445,13 +435,7 @@ pub struct PluginRunner {
 const POLL_RETRIES: u32 = 10;
 
 fn failed(reason: String, lost: bool) -> TrialResult {
-    TrialResult {
-        outcome: Outcome::Failed { reason, lost },
-        finals: Vec::new(),
-        curve: Vec::new(),
-        stop_metadata: None,
-        note: None,
-    }
+    TrialResult::failed(reason, lost)
 }
 
 impl PluginRunner {
