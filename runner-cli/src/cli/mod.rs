@@ -539,8 +539,8 @@ fn cmd_validate(file: &Path) -> i32 {
             let _ = writeln!(out, "runner:      plugin `{}` in {}", p.plugin.name, p.plugin.library.display());
         }
     }
-    for (what, p) in &plugins {
-        let _ = writeln!(out, "plugin:      {what}: {} {} (ABI {}.{})", p.name, p.version, p.abi.0, p.abi.1);
+    for line in &plugins {
+        let _ = writeln!(out, "plugin:      {line}");
     }
     let o = &spec.orchestration;
     let _ = writeln!(out, "trials:      {} (parallelism {})", o.max_trials, o.parallelism);

@@ -83,22 +83,24 @@ pub fn check(r: &PluginRef, kind: &str) -> Result<Plugin, String> {
     Ok(p)
 }
 
-/// Every plugin library an experiment names, loaded and checked: `(what, plugin)`.
-pub fn check_all(spec: &ExperimentSpec) -> Result<Vec<(String, Plugin)>, Vec<String>> {
+/// Every plugin library an experiment names, loaded and checked: one line per runner or
+/// metric (what it is, the plugin's name, version and ABI), or every error.
+pub fn check_all(spec: &ExperimentSpec) -> Result<Vec<String>, Vec<String>> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
+    let mut wanted = Vec::new();
     if let RunnerSpec::Plugin(p) = &spec.runner {
-        match check(&p.plugin, "runner") {
-            Ok(pl) => found.push((format!("runner `{}`", p.plugin.name), pl)),
-            Err(e) => errors.push(e),
-        }
+        wanted.push((format!("runner `{}`", p.plugin.name), &p.plugin, "runner"));
     }
     for (name, rule) in &spec.metrics {
         if let MetricRule::Plugin(r) = rule {
-            match check(r, "metric") {
-                Ok(pl) => found.push((format!("metric `{name}` = `{}`", r.name), pl)),
-                Err(e) => errors.push(e),
-            }
+            wanted.push((format!("metric `{name}` = `{}`", r.name), r, "metric"));
+        }
+    }
+    for (what, r, kind) in wanted {
+        match check(r, kind) {
+            Ok(p) => found.push(format!("{what}: {} {} (ABI {}.{})", p.name, p.version, p.abi.0, p.abi.1)),
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
