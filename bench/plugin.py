@@ -14,10 +14,10 @@ Usage: bench/plugin.py path/to/optx path/to/liboptx_hartmann6.so [--trials N] [-
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+from orchestration import run_optx
 
 EXPERIMENT = """[experiment]
 name = "plugin_bench"
@@ -54,19 +54,8 @@ initial_seconds_between_polls = 0
 
 
 def run(optx, lib, trials, workdir):
-    with open(os.path.join(workdir, "experiment.toml"), "w") as f:
-        f.write(EXPERIMENT.format(lib=lib, trials=trials))
-    start = time.perf_counter()
-    proc = subprocess.Popen([optx, "run", "experiment.toml", "--quiet"], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"optx failed ({status}): {proc.stderr.read().decode()}")
-    out = subprocess.run([optx, "status", "experiment.toml"], cwd=workdir, capture_output=True, text=True)
-    if f"{trials} of {trials} trials: {trials} completed" not in out.stdout:
-        sys.exit(f"not every trial completed:\n{out.stdout}{out.stderr}")
-    return trials / elapsed, usage.ru_maxrss / 1024
+    elapsed, rss = run_optx(optx, trials, workdir, EXPERIMENT.format(lib=lib, trials=trials))
+    return trials / elapsed, rss
 
 
 def fs_floor(workdir, trials):

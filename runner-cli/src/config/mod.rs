@@ -635,15 +635,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
             return None;
         }
     }
-    misplaced_runner_keys(ctx, t, "command");
-    let known: Vec<&str> = COMMAND_KEYS
-        .iter()
-        .chain(EXTERNAL_KEYS.iter())
-        .chain(SLURM_KEYS.iter())
-        .chain(PLUGIN_KEYS.iter())
-        .copied()
-        .collect();
-    t.check_keys(ctx, &known, &[]);
+    check_runner_keys(ctx, t, "command");
 
     let names: Vec<&str> = space.parameters.iter().map(|p| p.name.as_str()).collect();
     let placeholders: Vec<&str> = names.iter().copied().chain(RESERVED_PLACEHOLDERS).collect();
@@ -769,6 +761,20 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
     }))
 }
 
+/// Keys of a `[runner]` of kind `kind`: a key of another kind is misplaced, any other
+/// unknown key gets a suggestion.
+fn check_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
+    misplaced_runner_keys(ctx, t, kind);
+    let known: Vec<&str> = COMMAND_KEYS
+        .iter()
+        .chain(EXTERNAL_KEYS.iter())
+        .chain(SLURM_KEYS.iter())
+        .chain(PLUGIN_KEYS.iter())
+        .copied()
+        .collect();
+    t.check_keys(ctx, &known, &[]);
+}
+
 /// Keys of the other kinds found in a `[runner]` of kind `kind`: each is misplaced.
 fn misplaced_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
     let groups: [(&str, &[&str]); 4] = [
@@ -835,15 +841,7 @@ fn to_json(v: &DeValue) -> serde_json::Value {
 }
 
 fn read_plugin_runner(ctx: &mut Ctx, t: &Table, base: &Path) -> Option<RunnerSpec> {
-    misplaced_runner_keys(ctx, t, "plugin");
-    let known: Vec<&str> = COMMAND_KEYS
-        .iter()
-        .chain(EXTERNAL_KEYS.iter())
-        .chain(SLURM_KEYS.iter())
-        .chain(PLUGIN_KEYS.iter())
-        .copied()
-        .collect();
-    t.check_keys(ctx, &known, &[]);
+    check_runner_keys(ctx, t, "plugin");
     let plugin = read_plugin_ref(ctx, t, "runner", base);
     let call_timeout = t
         .get("call_timeout")
