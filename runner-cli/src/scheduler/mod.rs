@@ -369,19 +369,18 @@ impl<'a> State<'a> {
                 }
             }
             Outcome::Failed { reason, .. } | Outcome::Abandoned { reason } => {
-                let lost = &lost;
                 self.release_arm(&t.arm_key);
                 let abandoned = matches!(result.outcome, Outcome::Abandoned { .. });
                 let retry = !lost && !abandoned && t.attempt <= spec.orchestration.retries_per_failed_arm;
                 if let Some(arm) = Arm::from_json(&spec.space, &t.parameters) {
-                    if *lost {
+                    if lost {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt, label: "rerun" });
                     } else if retry {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt + 1, label: "retry" });
                     }
                 }
                 let reason = if abandoned { format!("abandoned: {reason}") } else { reason.clone() };
-                self.print(RunEvent::Failed { index, reason, lost: *lost, will_retry: retry });
+                self.print(RunEvent::Failed { index, reason, lost, will_retry: retry });
                 self.effects.push(Effect::Cleanup { index, failed: true });
                 if !lost && t.session == self.session {
                     self.failed_now += 1;
