@@ -48,6 +48,33 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// An experiment on the hartmann6 plugin: its runner, each trial taking `delay` seconds,
+/// and with `metric` its `hartmann6` metric.
+fn h6_plugin(name: &str, delay: f64, orchestration: &str, metric: bool) -> String {
+    let so = lib("hartmann6");
+    let runner = format!(
+        "kind = \"plugin\"\nlibrary = \"{}\"\nname = \"hartmann6\"\nconfig = {{ delay_seconds = {delay} }}",
+        so.display()
+    );
+    let params: Vec<String> = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}")).collect();
+    let metrics = match metric {
+        true => format!("[metrics.hartmann6]\nplugin = {{ library = \"{}\", name = \"hartmann6\" }}", so.display()),
+        false => String::new(),
+    };
+    toml(name, &params.join("\n"), &runner, orchestration, &metrics)
+        .replace("minimize = \"f\"", "minimize = \"hartmann6\"")
+}
+
+/// `(status, lost, stop metadata)` of every trial, from the store.
+fn stops(e: &Exp) -> Vec<(String, bool, String)> {
+    let conn = rusqlite::Connection::open(e.store()).unwrap();
+    let mut q = conn.prepare("SELECT status, lost, stop_metadata FROM trials ORDER BY idx").unwrap();
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// Build the C plugin into `dir` with `cc`, with extra `-D` definitions.
 fn c_plugin(dir: &Path, out: &str, defines: &[&str]) -> PathBuf {
     let so = dir.join(out);
@@ -264,24 +291,10 @@ fn a_library_that_cannot_be_a_plugin_is_refused_with_exit_2_before_any_trial() {
 
 #[test]
 fn plugin_trials_running_at_a_kill_9_are_re_attached_on_resume() {
-    let runner = format!(
-        "kind = \"plugin\"\nlibrary = \"{}\"\nname = \"hartmann6\"\nconfig = {{ delay_seconds = 1.5 }}",
-        lib("hartmann6").display()
-    );
-    let params = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}")).collect::<Vec<_>>();
-    let text_ = toml(
+    let e = Exp::new(
         "h6",
-        &params.join("\n"),
-        &runner,
-        "max_trials = 9\nparallelism = 3\ninitial_seconds_between_polls = 0.1",
-        "",
-    )
-    .replace("minimize = \"f\"", "minimize = \"hartmann6\"");
-    let metrics = format!(
-        "[metrics.hartmann6]\nplugin = {{ library = \"{}\", name = \"hartmann6\" }}",
-        lib("hartmann6").display()
+        &h6_plugin("h6", 1.5, "max_trials = 9\nparallelism = 3\ninitial_seconds_between_polls = 0.1", true),
     );
-    let e = Exp::new("h6", &format!("{text_}\n{metrics}\n"));
     let mut optx = e.spawn(&["run", "experiment.toml"], "run");
     e.wait_for(60, "3 completed trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'COMPLETED'") >= 3);
     e.wait_for(60, "running trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") >= 1);
@@ -306,26 +319,12 @@ fn plugin_trials_running_at_a_kill_9_are_re_attached_on_resume() {
 #[test]
 fn plugin_trials_over_their_ttl_are_stopped_and_a_plugin_metric_serves_a_command_runner() {
     // ttl: the runner's stop_trial is called and its stop metadata kept.
-    let runner = format!(
-        "kind = \"plugin\"\nlibrary = \"{}\"\nname = \"hartmann6\"\nconfig = {{ delay_seconds = 60 }}",
-        lib("hartmann6").display()
-    );
-    let params = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}")).collect::<Vec<_>>();
     let orch = "max_trials = 2\nparallelism = 2\ninitial_seconds_between_polls = 0.1\nttl_seconds_for_trials = 0.5\ntolerated_trial_failure_rate = 1.0";
-    let text_ =
-        toml("ttl", &params.join("\n"), &runner, orch, "").replace("minimize = \"f\"", "minimize = \"hartmann6\"");
-    let e = Exp::new("ttl", &text_);
+    let e = Exp::new("ttl", &h6_plugin("ttl", 60.0, orch, false));
     e.run_ok(&["run", "experiment.toml"]);
-    let conn = rusqlite::Connection::open(e.store()).unwrap();
-    let stops: Vec<(String, String)> = conn
-        .prepare("SELECT status, stop_metadata FROM trials")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let stops = stops(&e);
     assert_eq!(stops.len(), 2);
-    for (s, meta) in stops {
+    for (s, _, meta) in stops {
         assert_eq!(s, "FAILED");
         assert!(meta.contains("ran longer than ttl_seconds_for_trials"), "{meta}");
     }
@@ -348,43 +347,22 @@ fn plugin_trials_over_their_ttl_are_stopped_and_a_plugin_metric_serves_a_command
 
 #[test]
 fn a_second_interrupt_stops_plugin_trials_through_stop_trial_and_they_run_again() {
-    let runner = |delay: u32| {
-        format!(
-            "kind = \"plugin\"\nlibrary = \"{}\"\nname = \"hartmann6\"\nconfig = {{ delay_seconds = {delay} }}",
-            lib("hartmann6").display()
-        )
-    };
-    let params = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}")).collect::<Vec<_>>();
     let orch = "max_trials = 4\nparallelism = 2\ninitial_seconds_between_polls = 0.1";
-    let metrics = format!(
-        "[metrics.hartmann6]\nplugin = {{ library = \"{}\", name = \"hartmann6\" }}",
-        lib("hartmann6").display()
-    );
-    let text_ = |delay| {
-        toml("stop", &params.join("\n"), &runner(delay), orch, &metrics)
-            .replace("minimize = \"f\"", "minimize = \"hartmann6\"")
-    };
-    let e = Exp::new("stop", &text_(60));
+    let text_ = |delay| h6_plugin("stop", delay, orch, true);
+    let e = Exp::new("stop", &text_(60.0));
     let mut optx = e.spawn(&["run", "experiment.toml"], "run");
     e.wait_for(60, "2 running trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 2);
     signal(optx.id(), "INT");
     e.wait_for(10, "the first interrupt to be seen", |e| e.log("run").contains("interrupted"));
     signal(optx.id(), "INT");
     assert_eq!(optx.wait().unwrap().code(), Some(130), "{}", e.log("run"));
-    let conn = rusqlite::Connection::open(e.store()).unwrap();
-    let rows: Vec<(String, bool, String)> = conn
-        .prepare("SELECT status, lost, stop_metadata FROM trials")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default())))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = stops(&e);
     assert_eq!(rows.len(), 2);
     for (status, lost, stop) in &rows {
         assert_eq!((status.as_str(), *lost), ("FAILED", true));
         assert!(stop.contains("stopped by a second interrupt"), "the plugin's stop metadata: {stop}");
     }
-    e.file("experiment.toml", &text_(0));
+    e.file("experiment.toml", &text_(0.0));
     e.run_ok(&["resume", "experiment.toml", "--allow-changes", "-q"]);
     let trials = e.trials();
     assert_eq!(trials.iter().filter(|t| t["lost"] == false && status(t) == "COMPLETED").count(), 4);
