@@ -65,6 +65,44 @@ impl Parameter {
         }
     }
 
+    /// Where a value sits in `[0, 1]`: the inverse of [`Parameter::from_unit`], at the
+    /// centre of a discrete value's cell so that `from_unit(to_unit(v)) == v`. Unordered
+    /// choices get their index cell too; models encode them otherwise.
+    pub fn to_unit(&self, v: &Value) -> Option<f64> {
+        let cell = |k: f64, cells: f64| ((k + 0.5) / cells).clamp(0.0, 1.0);
+        match &self.domain {
+            Domain::Float { lo, hi, log, step } => {
+                let x = v.as_f64()?;
+                if let Some(step) = step {
+                    let k_max = ((hi - lo) / step).round();
+                    Some(cell(((x - lo) / step).round().clamp(0.0, k_max), k_max + 1.0))
+                } else if *log {
+                    Some(((x.max(*lo).ln() - lo.ln()) / (hi.ln() - lo.ln())).clamp(0.0, 1.0))
+                } else {
+                    Some(((x - lo) / (hi - lo)).clamp(0.0, 1.0))
+                }
+            }
+            Domain::Int { lo, hi, log, step } => {
+                let x = v.as_f64()?;
+                let step = step.unwrap_or(1);
+                if *log && step == 1 {
+                    let (a, b) = ((*lo as f64 - 0.5).max(0.5).ln(), (*hi as f64 + 0.5).ln());
+                    // The middle of the value's cell in log space.
+                    let (c0, c1) = ((x - 0.5).max(0.5).max(*lo as f64 - 0.5).ln(), (x + 0.5).ln());
+                    Some((((c0 + c1) / 2.0 - a) / (b - a)).clamp(0.0, 1.0))
+                } else {
+                    let k_max = ((hi - lo) / step) as f64;
+                    Some(cell(((x - *lo as f64) / step as f64).round().clamp(0.0, k_max), k_max + 1.0))
+                }
+            }
+            Domain::Choice { values, .. } => {
+                let k = values.iter().position(|c| c == v || (c.as_f64().is_some() && c.as_f64() == v.as_f64()))?;
+                Some(cell(k as f64, values.len() as f64))
+            }
+            Domain::Fixed { .. } => None,
+        }
+    }
+
     /// The middle of the range (in log space for log scaling), the first value of an
     /// unordered choice, the middle one of an ordered choice.
     pub fn center(&self) -> Value {
@@ -170,8 +208,12 @@ pub struct LinearConstraint {
 
 impl LinearConstraint {
     pub fn satisfied(&self, arm: &Arm) -> bool {
-        let lhs: f64 = self.terms.iter().map(|(n, c)| c * arm.get(n).and_then(Value::as_f64).unwrap_or(f64::NAN)).sum();
-        lhs <= self.bound + 1e-9 * self.bound.abs().max(1.0)
+        self.lhs(arm) <= self.bound + 1e-9 * self.bound.abs().max(1.0)
+    }
+
+    /// The left-hand side at `arm` (NaN when a term's value is not a number).
+    pub fn lhs(&self, arm: &Arm) -> f64 {
+        self.terms.iter().map(|(n, c)| c * arm.get(n).and_then(Value::as_f64).unwrap_or(f64::NAN)).sum()
     }
 }
 
@@ -243,6 +285,12 @@ impl SearchSpace {
 
     pub fn satisfies_constraints(&self, arm: &Arm) -> bool {
         self.constraints.iter().all(|c| c.satisfied(arm))
+    }
+
+    /// Every constraint holds without the rounding tolerance of [`Self::satisfies_constraints`]:
+    /// what a model's candidate on a constraint's boundary is held to.
+    pub fn satisfies_constraints_exactly(&self, arm: &Arm) -> bool {
+        self.constraints.iter().all(|c| c.lhs(arm) <= c.bound)
     }
 
     /// The number of distinct arms when every parameter is discrete, saturating.
@@ -414,6 +462,33 @@ mod tests {
         assert_eq!(d.from_unit(0.0), Value::Float(1e-5));
         assert!(matches!(d.from_unit(1.0), Value::Float(x) if (x - 0.1).abs() < 1e-12));
         assert!(matches!(d.center(), Value::Float(x) if (x - 1e-3).abs() < 1e-12));
+    }
+
+    #[test]
+    fn to_unit_inverts_from_unit_for_every_kind() {
+        let params = [
+            p("f", Domain::Float { lo: -2.0, hi: 3.0, log: false, step: None }),
+            p("l", Domain::Float { lo: 1e-4, hi: 1.0, log: true, step: None }),
+            p("s", Domain::Float { lo: 0.0, hi: 0.5, log: false, step: Some(0.05) }),
+            p("i", Domain::Int { lo: 1, hi: 9, log: false, step: None }),
+            p("j", Domain::Int { lo: 1, hi: 1000, log: true, step: None }),
+            p("k", Domain::Int { lo: 0, hi: 20, log: false, step: Some(4) }),
+            p("c", Domain::Choice { values: vec![Value::Str("a".into()), Value::Str("b".into())], ordered: false }),
+        ];
+        for par in &params {
+            for i in 0..=200 {
+                let v = par.from_unit(i as f64 / 200.0);
+                let u = par.to_unit(&v).unwrap();
+                assert!((0.0..=1.0).contains(&u), "{}: {u}", par.name);
+                let back = par.from_unit(u);
+                match (&v, &back) {
+                    (Value::Float(a), Value::Float(b)) => {
+                        assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{}", par.name)
+                    }
+                    _ => assert_eq!(v, back, "{} at u={u}", par.name),
+                }
+            }
+        }
     }
 
     #[test]

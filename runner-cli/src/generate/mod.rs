@@ -6,6 +6,8 @@
 //! as the candidate they produced, so a resumed run continues it exactly.
 //! Uses only `domain`.
 
+pub mod bayes;
+
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,382 @@
+//! Bayesian optimization: a GP per modelled outcome, log expected improvement weighted by
+//! the probability of feasibility, maximized over the search space from Sobol raw samples
+//! by L-BFGS-B. Pure: the same history, seed and draw number give the same candidate.
+//!
+//! Inputs: every searched parameter is one coordinate in `[0, 1]` (log-scaled ones in log
+//! space; int, step and ordered-choice parameters relaxed over their cells and rounded when
+//! decoded), except unordered choices, which are one-hot and searched by trying each
+//! category around the best relaxed point.
+
+pub mod acq;
+pub mod gp;
+pub mod optim;
+
+use std::collections::BTreeMap;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::domain::{Arm, Direction, Domain, Objective, OutcomeConstraint, SearchSpace};
+use acq::{Acquisition, ConstraintModel};
+use gp::{Data, Gp, Hyper, Noise};
+
+/// Sobol points scored before the local searches.
+const RAW_SAMPLES: u64 = 1024;
+/// Local searches, from the best raw samples.
+const RESTARTS: usize = 10;
+/// Beyond this many observations the model is fitted to a subset of them.
+pub const MAX_MODEL_POINTS: usize = 2000;
+/// Hyperparameters are fitted on at most this many of the modelled points; the model is then
+/// conditioned on all of them.
+const MAX_FIT_POINTS: usize = 400;
+
+/// One completed trial as the model sees it.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub x: Vec<f64>,
+    /// Mean and SEM of each modelled metric.
+    pub values: BTreeMap<String, (f64, Option<f64>)>,
+}
+
+/// What the model learns from: completed trials and the trials still running.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub completed: Vec<Observed>,
+    pub pending: BTreeMap<u64, Vec<f64>>,
+}
+
+/// How arms become model inputs and back.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    cols: Vec<Col>,
+    width: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Col {
+    Unit { param: usize, at: usize },
+    OneHot { param: usize, at: usize, k: usize },
+}
+
+impl Encoder {
+    pub fn new(space: &SearchSpace) -> Encoder {
+        let mut cols = Vec::new();
+        let mut at = 0;
+        for (param, p) in space.parameters.iter().enumerate() {
+            match &p.domain {
+                Domain::Fixed { .. } => {}
+                Domain::Choice { values, ordered: false } if values.len() > 1 => {
+                    cols.push(Col::OneHot { param, at, k: values.len() });
+                    at += values.len();
+                }
+                _ => {
+                    cols.push(Col::Unit { param, at });
+                    at += 1;
+                }
+            }
+        }
+        Encoder { cols, width: at }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn encode(&self, space: &SearchSpace, arm: &Arm) -> Option<Vec<f64>> {
+        let mut x = vec![0.0; self.width];
+        for c in &self.cols {
+            match *c {
+                Col::Unit { param, at } => {
+                    let p = &space.parameters[param];
+                    x[at] = p.to_unit(arm.get(&p.name)?)?;
+                }
+                Col::OneHot { param, at, k } => {
+                    let p = &space.parameters[param];
+                    let u = p.to_unit(arm.get(&p.name)?)?;
+                    x[at + ((u * k as f64) as usize).min(k - 1)] = 1.0;
+                }
+            }
+        }
+        Some(x)
+    }
+
+    /// The arm at `x`, every value rounded onto its parameter.
+    pub fn decode(&self, space: &SearchSpace, x: &[f64]) -> Arm {
+        let mut u = Vec::with_capacity(space.dims());
+        for c in &self.cols {
+            match *c {
+                Col::Unit { at, .. } => u.push(x[at]),
+                Col::OneHot { at, k, .. } => {
+                    let best = (0..k).fold(0, |b, i| if x[at + i] > x[at + b] { i } else { b });
+                    u.push((best as f64 + 0.5) / k as f64);
+                }
+            }
+        }
+        // One column group per searched parameter, in order.
+        space.arm_from_unit(&u)
+    }
+
+    /// The columns a local search moves (everything but one-hot ones).
+    fn continuous(&self) -> Vec<usize> {
+        self.cols.iter().filter_map(|c| if let Col::Unit { at, .. } = c { Some(*at) } else { None }).collect()
+    }
+}
+
+/// Everything a proposal depends on besides the history.
+pub struct Context<'a> {
+    pub space: &'a SearchSpace,
+    pub objective: &'a Objective,
+    pub constraints: &'a [OutcomeConstraint],
+    pub seed: u64,
+    /// How many Bayesian proposals came before this one.
+    pub draw: u64,
+    /// The hyperparameters of the previous fit of each model, to start from.
+    pub warm: &'a BTreeMap<String, Hyper>,
+}
+
+/// A candidate and the fits that found it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub arm: Arm,
+    /// The hyperparameters of each model, for the next fit to start from.
+    pub hypers: BTreeMap<String, Hyper>,
+    /// The acquisition value (log EI plus log probability of feasibility).
+    pub acquisition: f64,
+}
+
+/// Too little data for a model: fewer than two completed trials with the objective.
+pub fn enough_data(ctx: &Context, history: &History) -> bool {
+    history.completed.iter().filter(|o| o.values.get(&ctx.objective.metric).is_some_and(|v| v.0.is_finite())).count()
+        >= 2
+}
+
+/// The training data of one metric, oriented for minimization when `flip`.
+fn data_for(points: &[&Observed], metric: &str, flip: bool) -> Option<Data> {
+    let rows: Vec<(&Observed, f64, Option<f64>)> = points
+        .iter()
+        .filter_map(|o| o.values.get(metric).filter(|v| v.0.is_finite()).map(|v| (*o, v.0, v.1)))
+        .collect();
+    if rows.len() < 2 {
+        return None;
+    }
+    let sign = if flip { -1.0 } else { 1.0 };
+    let all_sem = rows.iter().all(|r| r.2.is_some_and(|s| s.is_finite() && s >= 0.0));
+    let noise =
+        if all_sem { Noise::Fixed(rows.iter().map(|r| r.2.unwrap_or(0.0).powi(2)).collect()) } else { Noise::Inferred };
+    Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| sign * r.1).collect(), noise })
+}
+
+/// Fit a GP: from the previous fit, the prior's mode, and two seeded perturbations of it;
+/// hyperparameters from a subset when there are many points, then conditioned on all.
+fn fit(data: &Data, warm: Option<&Hyper>, rng: &mut ChaCha8Rng) -> Option<Gp> {
+    let d = data.x.first()?.len();
+    let inferred = matches!(data.noise, Noise::Inferred);
+    let base = Gp::default_hyper(d, inferred);
+    let mut starts: Vec<Hyper> = warm.filter(|w| w.len() == base.len()).cloned().into_iter().collect();
+    let n = data.y.len();
+    let (extra, iters) = if starts.is_empty() || n <= 100 { (2, 200) } else { (0, 100) };
+    starts.push(base.clone());
+    for _ in 0..extra {
+        starts.push(
+            base.iter().enumerate().map(|(i, h)| if i < d { h + rng.random_range(-1.0..1.0) } else { *h }).collect(),
+        );
+    }
+    if n <= MAX_FIT_POINTS {
+        return Gp::fit(data, &starts, iters);
+    }
+    let idx = subset(&data.y, MAX_FIT_POINTS, rng);
+    let sub = Data {
+        x: idx.iter().map(|&i| data.x[i].clone()).collect(),
+        y: idx.iter().map(|&i| data.y[i]).collect(),
+        noise: match &data.noise {
+            Noise::Inferred => Noise::Inferred,
+            Noise::Fixed(v) => Noise::Fixed(idx.iter().map(|&i| v[i]).collect()),
+        },
+    };
+    let h = Gp::fit(&sub, &starts, iters)?.hyper;
+    Gp::fit(data, &[h], 0)
+}
+
+/// `k` indices of `y`: the best (lowest) half, then a seeded random choice of the rest.
+fn subset(y: &[f64], k: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..y.len()).collect();
+    order.sort_by(|a, b| y[*a].total_cmp(&y[*b]));
+    let (best, rest) = order.split_at(k / 2);
+    let mut rest = rest.to_vec();
+    let mut out = best.to_vec();
+    while out.len() < k && !rest.is_empty() {
+        let i = rng.random_range(0..rest.len());
+        out.push(rest.swap_remove(i));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The next candidate, or `None` when there is too little data or no arm left to try.
+pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -> Option<Candidate> {
+    let enc = Encoder::new(ctx.space);
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xB0_5E_ED);
+    rng.set_stream(ctx.draw);
+    let mut hypers = BTreeMap::new();
+
+    // The modelled points: all, or a bounded subset of them.
+    let all: Vec<&Observed> = history.completed.iter().collect();
+    let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {
+        let flip = ctx.objective.direction == Direction::Maximize;
+        let y: Vec<f64> = all
+            .iter()
+            .map(|o| o.values.get(&ctx.objective.metric).map_or(f64::INFINITY, |v| if flip { -v.0 } else { v.0 }))
+            .collect();
+        subset(&y, MAX_MODEL_POINTS, &mut rng).into_iter().map(|i| all[i]).collect()
+    } else {
+        all
+    };
+
+    let flip = ctx.objective.direction == Direction::Maximize;
+    let data = data_for(&points, &ctx.objective.metric, flip)?;
+    let objective = fit(&data, ctx.warm.get("objective"), &mut rng)?;
+    hypers.insert("objective".to_string(), objective.hyper.clone());
+
+    let mut constraints = Vec::new();
+    for c in ctx.constraints {
+        let upper = c.relation == crate::domain::Relation::AtMost;
+        let Some(data) = data_for(&points, &c.metric, false) else { continue };
+        let key = format!("constraint:{}", c.metric);
+        let Some(gp) = fit(&data, ctx.warm.get(&key), &mut rng) else { continue };
+        hypers.insert(key, gp.hyper.clone());
+        let bound = (c.bound - gp.shift) / gp.scale;
+        constraints.push(ConstraintModel { gp, bound, upper });
+    }
+
+    // The incumbent: the best posterior mean among observed feasible points.
+    let best = points
+        .iter()
+        .filter(|o| {
+            o.values.get(&ctx.objective.metric).is_some_and(|v| v.0.is_finite())
+                && ctx.constraints.iter().all(|c| o.values.get(&c.metric).is_some_and(|v| c.satisfied(v.0)))
+        })
+        .map(|o| objective.predict(&o.x).0)
+        .min_by(f64::total_cmp);
+
+    let pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();
+    let objective = objective.with_fantasies(&pending)?;
+    let acq = Acquisition { objective, best, constraints };
+    let (arm, value) = maximize(ctx, &enc, &acq, taken, &mut rng)?;
+    Some(Candidate { arm, hypers, acquisition: value })
+}
+
+struct Negated<'a> {
+    acq: &'a Acquisition,
+    base: &'a [f64],
+    cols: &'a [usize],
+}
+
+impl optim::Objective for Negated<'_> {
+    fn value_grad(&self, z: &[f64]) -> (f64, Vec<f64>) {
+        let mut x = self.base.to_vec();
+        for (c, v) in self.cols.iter().zip(z) {
+            x[*c] = *v;
+        }
+        let (a, g) = self.acq.eval(&x, true);
+        (-a, self.cols.iter().map(|c| -g[*c]).collect())
+    }
+}
+
+/// The feasible, untaken arm with the highest acquisition value found.
+fn maximize(
+    ctx: &Context,
+    enc: &Encoder,
+    acq: &Acquisition,
+    taken: &dyn Fn(&str) -> bool,
+    rng: &mut ChaCha8Rng,
+) -> Option<(Arm, f64)> {
+    let space = ctx.space;
+    let allowed = |arm: &Arm| space.satisfies_constraints(arm) && !taken(&arm.key());
+    let scramble = rng.random::<u64>();
+    let mut raw: Vec<(f64, Vec<f64>, Arm)> = Vec::new();
+    for i in 0..RAW_SAMPLES {
+        let arm = space.arm_from_unit(&super::sobol_point(i, space.dims(), scramble));
+        if !allowed(&arm) {
+            continue;
+        }
+        let Some(x) = enc.encode(space, &arm) else { continue };
+        raw.push((acq.eval(&x, false).0, x, arm));
+    }
+    raw.sort_by(|a, b| b.0.total_cmp(&a.0));
+    raw.dedup_by(|a, b| a.2 == b.2);
+    let cols = enc.continuous();
+    let mut best: Option<(f64, Arm, Vec<f64>)> = raw.first().map(|r| (r.0, r.2.clone(), r.1.clone()));
+    if !cols.is_empty() {
+        for (_, x0, _) in raw.iter().take(RESTARTS) {
+            let f = Negated { acq, base: x0, cols: &cols };
+            let z0: Vec<f64> = cols.iter().map(|c| x0[*c]).collect();
+            let (z, _) = optim::minimize_box(&f, &z0, &vec![0.0; cols.len()], &vec![1.0; cols.len()], 200);
+            let mut x1 = x0.clone();
+            for (c, v) in cols.iter().zip(&z) {
+                x1[*c] = *v;
+            }
+            let Some(arm) = feasible_towards(space, enc, x0, &x1) else { continue };
+            if taken(&arm.key()) {
+                continue;
+            }
+            let Some(x) = enc.encode(space, &arm) else { continue };
+            let v = acq.eval(&x, false).0;
+            if best.as_ref().is_none_or(|b| v > b.0) {
+                best = Some((v, arm, x));
+            }
+        }
+    }
+    let (mut value, mut arm, _) = best?;
+    // Unordered choices: try each other category of each, while that improves.
+    for _ in 0..3 {
+        let mut improved = false;
+        for p in &space.parameters {
+            let Domain::Choice { values, ordered: false } = &p.domain else { continue };
+            for v in values {
+                let mut a = arm.clone();
+                if let Some(slot) = a.values.iter_mut().find(|(n, _)| *n == p.name) {
+                    slot.1 = v.clone();
+                }
+                if a == arm || !allowed(&a) {
+                    continue;
+                }
+                let Some(x) = enc.encode(space, &a) else { continue };
+                let s = acq.eval(&x, false).0;
+                if s > value {
+                    (value, arm, improved) = (s, a, true);
+                }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    Some((arm, value))
+}
+
+/// The arm at `x1` if it satisfies the linear parameter constraints, else the last one that
+/// does on the segment from `x0` (whose arm does) to `x1`.
+fn feasible_towards(space: &SearchSpace, enc: &Encoder, x0: &[f64], x1: &[f64]) -> Option<Arm> {
+    let at = |t: f64| {
+        let x: Vec<f64> = x0.iter().zip(x1).map(|(a, b)| a + t * (b - a)).collect();
+        enc.decode(space, &x)
+    };
+    let end = at(1.0);
+    if space.satisfies_constraints_exactly(&end) {
+        return Some(end);
+    }
+    let (mut lo, mut hi) = (0.0, 1.0);
+    for _ in 0..30 {
+        let mid = (lo + hi) / 2.0;
+        if space.satisfies_constraints_exactly(&at(mid)) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let arm = at(lo);
+    space.satisfies_constraints_exactly(&arm).then_some(arm)
+}
+
+#[cfg(test)]
+mod tests;
