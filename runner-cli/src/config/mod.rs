@@ -941,10 +941,7 @@ fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Opt
             "sobol" => GenerationMethod::Sobol,
             "random" => GenerationMethod::Random,
             "grid" => GenerationMethod::Grid,
-            "bayesian" => {
-                ctx.err(v.span(), "`generation.method = \"bayesian\"` is not supported yet: Bayesian optimization arrives in a later version of optx (`auto` runs the center point, then Sobol)");
-                return None;
-            }
+            "bayesian" => GenerationMethod::Bayesian,
             other => {
                 let opts = ["auto", "bayesian", "sobol", "random", "grid"];
                 ctx.err(v.span(), format!("`generation.method` must be one of \"auto\", \"bayesian\", \"sobol\", \"random\", \"grid\", not \"{other}\"{}", did_you_mean(other, opts)));

@@ -149,6 +149,7 @@ impl Default for Orchestration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationMethod {
     Auto,
+    Bayesian,
     Sobol,
     Random,
     Grid,
@@ -158,6 +159,7 @@ impl GenerationMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             GenerationMethod::Auto => "auto",
+            GenerationMethod::Bayesian => "bayesian",
             GenerationMethod::Sobol => "sobol",
             GenerationMethod::Random => "random",
             GenerationMethod::Grid => "grid",

@@ -1,12 +1,15 @@
 //! L1: history -> candidates.
 //!
-//! Initial points first, then (for `auto`) the center point, then the method's sequence:
-//! scrambled Sobol, seeded random or grid. The sequence is a pure function of the seed
-//! and a few counters ([`GenState`]), which the scheduler stores in the same transaction
-//! as the candidate they produced, so a resumed run continues it exactly.
-//! Uses only `domain`.
+//! Initial points first, then (for `auto` and `bayesian`) the center point and scrambled
+//! Sobol up to `initial_trials`, then Bayesian optimization ([`bayes`]); or the method's
+//! sequence: scrambled Sobol, seeded random or grid. The sequence is a pure function of the
+//! seed, the observations, and a few counters and the last model fits ([`GenState`]), which
+//! the scheduler stores in the same transaction as the candidate they produced, so a resumed
+//! run continues it exactly. Uses only `domain`.
 
 pub mod bayes;
+
+use std::collections::BTreeMap;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,6 +25,15 @@ pub struct GenState {
     pub sobol_draws: u64,
     pub random_draws: u64,
     pub grid_pos: u64,
+    /// Proposals of the initial phase (initial points, center, Sobol) of `auto`/`bayesian`.
+    #[serde(default)]
+    pub initial_made: u64,
+    /// Bayesian proposals so far: each one's random stream is its number.
+    #[serde(default)]
+    pub bayes_draws: u64,
+    /// The hyperparameters of the last fit of each model, where the next fit starts.
+    #[serde(default)]
+    pub hypers: BTreeMap<String, Vec<f64>>,
 }
 
 /// A proposed arm and the name of what proposed it (stored as the trial's generation).
@@ -68,6 +80,9 @@ pub struct Generator<'a> {
     spec: &'a ExperimentSpec,
     seed: u64,
     pub state: GenState,
+    /// What the model learns from; kept only when the method uses one.
+    history: bayes::History,
+    encoder: bayes::Encoder,
 }
 
 /// The i-th point of the scrambled Sobol sequence of `seed` in `dims` dimensions.
@@ -93,7 +108,50 @@ pub fn random_point(i: u64, dims: usize, seed: u64) -> Vec<f64> {
 
 impl<'a> Generator<'a> {
     pub fn new(spec: &'a ExperimentSpec, seed: u64, state: GenState) -> Self {
-        Generator { spec, seed, state }
+        let encoder = bayes::Encoder::new(&spec.space);
+        Generator { spec, seed, state, history: bayes::History::default(), encoder }
+    }
+
+    /// Whether the sequence ends in Bayesian optimization.
+    pub fn uses_model(spec: &ExperimentSpec) -> bool {
+        match spec.generation.method {
+            GenerationMethod::Bayesian => true,
+            // A finite space no larger than the budget is simply enumerated by Sobol draws.
+            GenerationMethod::Auto => {
+                spec.space.dims() > 0
+                    && spec.space.cardinality().is_none_or(|c| c > spec.orchestration.max_trials)
+            }
+            _ => false,
+        }
+    }
+
+    /// A trial was created (or found running on resume): the model fantasizes it.
+    pub fn pending(&mut self, index: u64, arm: &Arm) {
+        if Self::uses_model(self.spec) {
+            if let Some(x) = self.encoder.encode(&self.spec.space, arm) {
+                self.history.pending.insert(index, x);
+            }
+        }
+    }
+
+    /// A trial completed with these final values (mean, SEM) of the metrics it reported.
+    pub fn observe(&mut self, index: u64, arm: &Arm, values: BTreeMap<String, (f64, Option<f64>)>) {
+        self.history.pending.remove(&index);
+        if !Self::uses_model(self.spec) {
+            return;
+        }
+        let mut keep: Vec<&str> = vec![self.spec.objective.metric.as_str()];
+        keep.extend(self.spec.outcome_constraints.iter().map(|c| c.metric.as_str()));
+        let values: BTreeMap<String, (f64, Option<f64>)> =
+            values.into_iter().filter(|(k, v)| keep.contains(&k.as_str()) && v.0.is_finite()).collect();
+        if let (Some(x), false) = (self.encoder.encode(&self.spec.space, arm), values.is_empty()) {
+            self.history.completed.push(bayes::Observed { x, values });
+        }
+    }
+
+    /// A trial ended without data (failed, abandoned, lost).
+    pub fn forget(&mut self, index: u64) {
+        self.history.pending.remove(&index);
     }
 
     /// What `optx validate` says will run.
@@ -104,9 +162,13 @@ impl<'a> Generator<'a> {
             format!("{} initial point(s), then ", spec.generation.initial_points.len())
         };
         match spec.generation.method {
-            GenerationMethod::Auto => format!(
-                "{init}the center point, then scrambled Sobol (auto; Bayesian optimization after {} initial trials arrives in a later version of optx, so Sobol continues)",
-                spec.initial_trials()
+            GenerationMethod::Auto if !Self::uses_model(spec) => format!(
+                "{init}the center point, then scrambled Sobol (auto: the space has at most max_trials arms, so no model)"
+            ),
+            GenerationMethod::Auto | GenerationMethod::Bayesian => format!(
+                "{init}the center point, then scrambled Sobol up to {} trials, then Bayesian optimization (GP, log expected improvement{})",
+                spec.initial_trials(),
+                if spec.outcome_constraints.is_empty() { "" } else { " x probability of feasibility" }
             ),
             GenerationMethod::Sobol => format!("{init}scrambled Sobol"),
             GenerationMethod::Random => format!("{init}uniform random"),
@@ -128,18 +190,53 @@ impl<'a> Generator<'a> {
                 return Ok(Proposal { arm, method: "initial_point" });
             }
         }
-        if self.spec.generation.method == GenerationMethod::Auto && !self.state.center_done {
+        let staged = matches!(self.spec.generation.method, GenerationMethod::Auto | GenerationMethod::Bayesian);
+        if staged && !self.state.center_done {
             self.state.center_done = true;
             let arm = space.center();
             if space.satisfies_constraints(&arm) && !taken(&arm.key()) {
+                self.state.initial_made += 1;
                 return Ok(Proposal { arm, method: "center" });
             }
         }
-        match self.spec.generation.method {
+        let initial = (self.state.initial_points_used as u64 + self.state.initial_made) < self.spec.initial_trials();
+        if staged && !initial && Self::uses_model(self.spec) {
+            if let Some(p) = self.next_bayes(taken) {
+                return Ok(p);
+            }
+        }
+        let p = match self.spec.generation.method {
             GenerationMethod::Grid => self.next_grid(taken),
             GenerationMethod::Random => self.next_drawn(taken, "random"),
-            GenerationMethod::Auto | GenerationMethod::Sobol => self.next_drawn(taken, "sobol"),
+            GenerationMethod::Auto | GenerationMethod::Bayesian | GenerationMethod::Sobol => {
+                self.next_drawn(taken, "sobol")
+            }
+        };
+        if staged && initial && p.is_ok() {
+            self.state.initial_made += 1;
         }
+        p
+    }
+
+    /// A model's candidate, or `None` (too little data yet, or nothing left to try there):
+    /// then a Sobol draw comes instead.
+    fn next_bayes(&mut self, taken: &dyn Fn(&str) -> bool) -> Option<Proposal> {
+        let ctx = bayes::Context {
+            space: &self.spec.space,
+            objective: &self.spec.objective,
+            constraints: &self.spec.outcome_constraints,
+            seed: self.seed,
+            draw: self.state.bayes_draws,
+            warm: &self.state.hypers,
+        };
+        if !bayes::enough_data(&ctx, &self.history) {
+            return None;
+        }
+        let c = bayes::propose(&ctx, &self.history, taken)?;
+        self.state.bayes_draws += 1;
+        self.state.hypers = c.hypers;
+        tracing::debug!(acquisition = c.acquisition, "bayesian candidate");
+        Some(Proposal { arm: c.arm, method: "bayesian" })
     }
 
     fn next_grid(&mut self, taken: &dyn Fn(&str) -> bool) -> Result<Proposal, Exhausted> {

@@ -231,6 +231,7 @@ impl<'a> State<'a> {
             self.deployed_now += 1;
             tracing::debug!(trial = index, %generation, "new trial");
             self.print(RunEvent::Deployed { index, params, generation });
+            self.generator.pending(index, &arm);
             self.dispatch(index, arm, None, None);
         }
         Ok(())
@@ -330,6 +331,13 @@ impl<'a> State<'a> {
         t.feasible = feas;
         t.completed_at = Some(tx.time().to_string());
         let t = t.clone();
+        match (&result.outcome, Arm::from_json(&spec.space, &t.parameters)) {
+            (Outcome::Completed, Some(arm)) => {
+                let values = result.finals.iter().map(|p| (p.metric.clone(), (p.mean, p.sem))).collect();
+                self.generator.observe(index, &arm, values);
+            }
+            _ => self.generator.forget(index),
+        }
         // What an ended trial keeps in memory: enough for accounting (the store has the rest),
         // so that a long run's memory does not grow with each trial's parameters and metadata.
         self.trials[index as usize].shrink();
@@ -671,13 +679,23 @@ pub(crate) fn drive(
     pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;
     let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
     let reruns = pending_reruns(spec, &trials);
+    let mut generator = Generator::new(spec, seed, state);
+    for t in &trials {
+        let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
+        if t.status == TrialStatus::Completed {
+            let values = finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());
+            generator.observe(t.index, &arm, values.unwrap_or_default());
+        } else if !t.status.is_terminal() {
+            generator.pending(t.index, &arm);
+        }
+    }
     let mut trials = trials;
     for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
         t.shrink();
     }
     let st = State {
         spec,
-        generator: Generator::new(spec, seed, state),
+        generator,
         session,
         reruns,
         trials,

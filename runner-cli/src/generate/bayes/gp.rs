@@ -45,8 +45,8 @@ pub struct Gp {
     inv_ls2: Vec<f64>,
     mean: f64,
     alpha: Vec<f64>,
-    /// The inverse of the covariance of the observations, row-major.
-    kinv: Vec<f64>,
+    /// The inverse of the covariance of the observations.
+    kinv: Mat<f64>,
     noise: Vec<f64>,
     y_std: Vec<f64>,
     pub hyper: Hyper,
@@ -91,26 +91,39 @@ fn kernel_matrix(x: &[f64], n: usize, d: usize, inv_ls2: &[f64]) -> Vec<f64> {
 }
 
 /// Cholesky of `k` (+ jitter if needed); the inverse, `alpha = K^-1 r` and `log|K|`.
-fn factor(k: Vec<f64>, n: usize, r: &[f64]) -> Option<(Vec<f64>, Vec<f64>, f64)> {
+fn factor(k: &[f64], n: usize, r: &[f64]) -> Option<(Mat<f64>, Vec<f64>, f64)> {
     let mut jitter = 0.0;
     for _ in 0..6 {
-        let m = Mat::<f64>::from_fn(n, n, |i, j| k[i * n + j] + if i == j { jitter } else { 0.0 });
+        let m = Mat::<f64>::from_fn(n, n, |i, j| k[j * n + i] + if i == j { jitter } else { 0.0 });
         if let Ok(llt) = m.llt(Side::Lower) {
             let l = llt.L();
             let logdet: f64 = (0..n).map(|i| 2.0 * l[(i, i)].ln()).sum();
             let inv = llt.inverse();
-            let kinv: Vec<f64> = (0..n * n).map(|t| inv[(t / n, t % n)]).collect();
-            let alpha = symv(&kinv, n, r);
-            return Some((kinv, alpha, logdet));
+            let alpha = symv(&inv, r);
+            return Some((inv, alpha, logdet));
         }
         jitter = if jitter == 0.0 { 1e-8 } else { jitter * 10.0 };
     }
     None
 }
 
-/// `a * v` for a symmetric row-major `a`.
-fn symv(a: &[f64], n: usize, v: &[f64]) -> Vec<f64> {
-    (0..n).map(|i| a[i * n..(i + 1) * n].iter().zip(v).map(|(p, q)| p * q).sum()).collect()
+/// `a . b` with independent partial sums, so that it vectorizes.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for t in 0..4 {
+            acc[t] += x[t] * y[t];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `a * v` for a symmetric `a` (its columns are its rows).
+fn symv(a: &Mat<f64>, v: &[f64]) -> Vec<f64> {
+    (0..a.ncols()).map(|i| dot(a.col_as_slice(i), v)).collect()
 }
 
 impl Problem<'_> {
@@ -138,15 +151,16 @@ impl Problem<'_> {
             };
         }
         let r: Vec<f64> = self.y.iter().map(|y| y - mean).collect();
-        let (kinv, alpha, logdet) = factor(k, n, &r)?;
-        let fit: f64 = r.iter().zip(&alpha).map(|(a, b)| a * b).sum();
+        let (kinv, alpha, logdet) = factor(&k, n, &r)?;
+        let fit = dot(&r, &alpha);
         let mut nlp = 0.5 * fit + 0.5 * logdet + 0.5 * n as f64 * LOG_2PI;
         // W = K^-1 - alpha alpha^T; d nll / d p = 0.5 tr(W dK/dp).
         let mut g = vec![0.0; h.len()];
         for i in 0..n {
             let xi = &self.x[i * d..(i + 1) * d];
+            let col = kinv.col_as_slice(i);
             for j in 0..i {
-                let w = kinv[i * n + j] - alpha[i] * alpha[j];
+                let w = col[j] - alpha[i] * alpha[j];
                 let wk = w * kr[i * n + j];
                 if wk == 0.0 {
                     continue;
@@ -160,7 +174,7 @@ impl Problem<'_> {
             }
         }
         if let Some(e) = noise_grad_scale {
-            let trw: f64 = (0..n).map(|i| kinv[i * n + i] - alpha[i] * alpha[i]).sum();
+            let trw: f64 = (0..n).map(|i| kinv[(i, i)] - alpha[i] * alpha[i]).sum();
             g[d] = 0.5 * trw * e;
         }
         let gm = h.len() - 1;
@@ -280,7 +294,7 @@ impl Gp {
             k[i * n + i] += noise[i];
         }
         let r: Vec<f64> = y_std.iter().map(|y| y - mean).collect();
-        let (kinv, alpha, _) = factor(k, n, &r)?;
+        let (kinv, alpha, _) = factor(&k, n, &r)?;
         Some(Gp { d, x, n, inv_ls2, mean, alpha, kinv, noise, y_std, hyper, shift, scale })
     }
 
@@ -319,19 +333,36 @@ impl Gp {
     /// Posterior mean and variance of the latent function at `x` (standardized units).
     pub fn predict(&self, x: &[f64]) -> (f64, f64) {
         let k = self.cross(x);
-        let mu = self.mean + k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
-        let v = symv(&self.kinv, self.n, &k);
-        let var = 1.0 - k.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+        let mu = self.mean + dot(&k, &self.alpha);
+        let v = symv(&self.kinv, &k);
+        let var = 1.0 - dot(&k, &v);
         (mu, var.max(1e-12))
+    }
+
+    /// [`Gp::predict`] at many points at once (one matrix product).
+    pub fn predict_many(&self, xs: &[Vec<f64>]) -> Vec<(f64, f64)> {
+        let n = self.n;
+        let ks = Mat::<f64>::from_fn(n, xs.len(), |j, p| {
+            let xj = &self.x[j * self.d..(j + 1) * self.d];
+            let s: f64 = (0..self.d).map(|t| (xs[p][t] - xj[t]) * (xs[p][t] - xj[t]) * self.inv_ls2[t]).sum();
+            (-0.5 * s).exp()
+        });
+        let v = &self.kinv * &ks;
+        (0..xs.len())
+            .map(|p| {
+                let (k, vp) = (ks.col_as_slice(p), v.col_as_slice(p));
+                (self.mean + dot(k, &self.alpha), (1.0 - dot(k, vp)).max(1e-12))
+            })
+            .collect()
     }
 
     /// Mean, variance and their gradients with respect to `x`.
     pub fn predict_grad(&self, x: &[f64]) -> (f64, f64, Vec<f64>, Vec<f64>) {
         let (n, d) = (self.n, self.d);
         let k = self.cross(x);
-        let mu = self.mean + k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum::<f64>();
-        let v = symv(&self.kinv, n, &k);
-        let raw = 1.0 - k.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+        let mu = self.mean + dot(&k, &self.alpha);
+        let v = symv(&self.kinv, &k);
+        let raw = 1.0 - dot(&k, &v);
         let mut dmu = vec![0.0; d];
         let mut dvar = vec![0.0; d];
         for j in 0..n {

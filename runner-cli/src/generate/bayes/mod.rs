@@ -24,11 +24,12 @@ use gp::{Data, Gp, Hyper, Noise};
 const RAW_SAMPLES: u64 = 1024;
 /// Local searches, from the best raw samples.
 const RESTARTS: usize = 10;
-/// Beyond this many observations the model is fitted to a subset of them.
-pub const MAX_MODEL_POINTS: usize = 2000;
-/// Hyperparameters are fitted on at most this many of the modelled points; the model is then
-/// conditioned on all of them.
-const MAX_FIT_POINTS: usize = 400;
+/// Beyond this many observations the model is conditioned on a subset of them (the best
+/// half and a seeded random choice of the rest), so that time and memory stay bounded.
+pub const MAX_MODEL_POINTS: usize = 1000;
+/// Hyperparameters are fitted on at most this many of the modelled points (chosen the same
+/// way); the model is then conditioned on all the modelled points with them.
+const MAX_FIT_POINTS: usize = 128;
 
 /// One completed trial as the model sees it.
 #[derive(Debug, Clone)]
@@ -166,21 +167,24 @@ fn data_for(points: &[&Observed], metric: &str, flip: bool) -> Option<Data> {
     Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| sign * r.1).collect(), noise })
 }
 
-/// Fit a GP: from the previous fit, the prior's mode, and two seeded perturbations of it;
-/// hyperparameters from a subset when there are many points, then conditioned on all.
-fn fit(data: &Data, warm: Option<&Hyper>, rng: &mut ChaCha8Rng) -> Option<Gp> {
+/// Fit a GP. Cold: from the prior's mode and seeded perturbations of it. Warm: from the
+/// previous fit, and from the prior's mode too on small data or when `explore` (every fifth
+/// proposal), so that a fit cannot stay stuck in the basin it started in. Hyperparameters
+/// come from a subset when there are many points; the model is then conditioned on all.
+fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -> Option<Gp> {
     let d = data.x.first()?.len();
     let inferred = matches!(data.noise, Noise::Inferred);
     let base = Gp::default_hyper(d, inferred);
-    let mut starts: Vec<Hyper> = warm.filter(|w| w.len() == base.len()).cloned().into_iter().collect();
     let n = data.y.len();
-    let (extra, iters) = if starts.is_empty() || n <= 100 { (2, 200) } else { (0, 100) };
-    starts.push(base.clone());
-    for _ in 0..extra {
-        starts.push(
-            base.iter().enumerate().map(|(i, h)| if i < d { h + rng.random_range(-1.0..1.0) } else { *h }).collect(),
-        );
+    let mut starts: Vec<Hyper> = warm.filter(|w| w.len() == base.len()).cloned().into_iter().collect();
+    let perturbed = if starts.is_empty() && n <= 50 { 2 } else { 0 };
+    if starts.is_empty() || n <= 50 || explore {
+        starts.push(base.clone());
     }
+    for _ in 0..perturbed {
+        starts.push(base.iter().enumerate().map(|(i, h)| if i < d { h + rng.random_range(-1.0..1.0) } else { *h }).collect());
+    }
+    let iters = 100;
     if n <= MAX_FIT_POINTS {
         return Gp::fit(data, &starts, iters);
     }
@@ -234,7 +238,8 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
 
     let flip = ctx.objective.direction == Direction::Maximize;
     let data = data_for(&points, &ctx.objective.metric, flip)?;
-    let objective = fit(&data, ctx.warm.get("objective"), &mut rng)?;
+    let explore = ctx.draw % 5 == 0;
+    let objective = fit(&data, ctx.warm.get("objective"), explore, &mut rng)?;
     hypers.insert("objective".to_string(), objective.hyper.clone());
 
     let mut constraints = Vec::new();
@@ -242,7 +247,7 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
         let upper = c.relation == crate::domain::Relation::AtMost;
         let Some(data) = data_for(&points, &c.metric, false) else { continue };
         let key = format!("constraint:{}", c.metric);
-        let Some(gp) = fit(&data, ctx.warm.get(&key), &mut rng) else { continue };
+        let Some(gp) = fit(&data, ctx.warm.get(&key), explore, &mut rng) else { continue };
         hypers.insert(key, gp.hyper.clone());
         let bound = (c.bound - gp.shift) / gp.scale;
         constraints.push(ConstraintModel { gp, bound, upper });
@@ -293,15 +298,19 @@ fn maximize(
     let space = ctx.space;
     let allowed = |arm: &Arm| space.satisfies_constraints(arm) && !taken(&arm.key());
     let scramble = rng.random::<u64>();
-    let mut raw: Vec<(f64, Vec<f64>, Arm)> = Vec::new();
+    let mut arms = Vec::new();
+    let mut xs = Vec::new();
     for i in 0..RAW_SAMPLES {
         let arm = space.arm_from_unit(&super::sobol_point(i, space.dims(), scramble));
         if !allowed(&arm) {
             continue;
         }
         let Some(x) = enc.encode(space, &arm) else { continue };
-        raw.push((acq.eval(&x, false).0, x, arm));
+        arms.push(arm);
+        xs.push(x);
     }
+    let values = acq.eval_many(&xs);
+    let mut raw: Vec<(f64, Vec<f64>, Arm)> = values.into_iter().zip(xs).zip(arms).map(|((v, x), a)| (v, x, a)).collect();
     raw.sort_by(|a, b| b.0.total_cmp(&a.0));
     raw.dedup_by(|a, b| a.2 == b.2);
     let cols = enc.continuous();

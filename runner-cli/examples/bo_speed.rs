@@ -1,0 +1,92 @@
+//! Time to propose one Bayesian candidate with n completed observations of Hartmann6 in six
+//! dimensions (Sobol points), on one thread: the model fits, the acquisition is maximized.
+//!
+//! - cold: the first proposal of a run resumed with n observations (fits from the prior);
+//! - warm: a proposal inside a run, whose fits start from the previous proposal's.
+//!
+//! Usage: bo_speed [n ...]   (bench/bo.py runs it; default n = 10 50 100 200 500 1000 3000)
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use optx::domain::{Arm, Direction, Domain, Objective, Parameter, SearchSpace};
+use optx::generate::bayes::{propose, Context, Encoder, History, Observed};
+use optx::generate::sobol_point;
+
+fn hartmann6(x: &[f64]) -> f64 {
+    const A: [[f64; 6]; 4] = [
+        [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
+        [0.05, 10.0, 17.0, 0.1, 8.0, 14.0],
+        [3.0, 3.5, 1.7, 10.0, 17.0, 8.0],
+        [17.0, 8.0, 0.05, 10.0, 0.1, 14.0],
+    ];
+    const P: [[f64; 6]; 4] = [
+        [0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886],
+        [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
+        [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650],
+        [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381],
+    ];
+    const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
+    -(0..4)
+        .map(|i| ALPHA[i] * (-(0..6).map(|j| A[i][j] * (x[j] - P[i][j]).powi(2)).sum::<f64>()).exp())
+        .sum::<f64>()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if args.is_empty() { vec![10, 50, 100, 200, 500, 1000, 3000] } else { args };
+    let space = SearchSpace {
+        parameters: (1..=6)
+            .map(|i| Parameter {
+                name: format!("x{i}"),
+                domain: Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None },
+            })
+            .collect(),
+        constraints: vec![],
+    };
+    let objective = Objective { metric: "hartmann6".into(), direction: Direction::Minimize };
+    let enc = Encoder::new(&space);
+    println!("time to propose one candidate, 6 dimensions, one thread (median of repeats):");
+    println!("{:>6}  {:>10}  {:>10}  {:>7}", "n", "cold", "warm", "repeats");
+    for n in sizes {
+        let mut history = History::default();
+        for i in 0..n as u64 {
+            let arm: Arm = space.arm_from_unit(&sobol_point(i, 6, 1));
+            let x = enc.encode(&space, &arm).expect("encodable");
+            let y = hartmann6(&x);
+            history.completed.push(Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) });
+        }
+        let repeats = if n <= 200 {
+            7
+        } else if n <= 1000 {
+            3
+        } else {
+            1
+        };
+        let none = BTreeMap::new();
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for r in 0..repeats {
+            let ctx = Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 0, warm: &none };
+            let t = Instant::now();
+            let c = propose(&ctx, &history, &|_| false).expect("a candidate");
+            cold.push(t.elapsed().as_secs_f64());
+            // The next proposal of the same run: one more observation, warm fits.
+            let mut h2 = history.clone();
+            let x = enc.encode(&space, &c.arm).expect("encodable");
+            let y = hartmann6(&x);
+            h2.completed.push(Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) });
+            let ctx = Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 1, warm: &c.hypers };
+            let t = Instant::now();
+            propose(&ctx, &h2, &|_| false).expect("a candidate");
+            warm.push(t.elapsed().as_secs_f64());
+        }
+        let fmt = |s: f64| if s < 1.0 { format!("{:.1} ms", s * 1e3) } else { format!("{s:.2} s") };
+        println!("{n:>6}  {:>10}  {:>10}  {repeats:>7}", fmt(median(cold)), fmt(median(warm)));
+    }
+}
