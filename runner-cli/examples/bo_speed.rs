@@ -27,9 +27,7 @@ fn hartmann6(x: &[f64]) -> f64 {
         [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381],
     ];
     const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
-    -(0..4)
-        .map(|i| ALPHA[i] * (-(0..6).map(|j| A[i][j] * (x[j] - P[i][j]).powi(2)).sum::<f64>()).exp())
-        .sum::<f64>()
+    -(0..4).map(|i| ALPHA[i] * (-(0..6).map(|j| A[i][j] * (x[j] - P[i][j]).powi(2)).sum::<f64>()).exp()).sum::<f64>()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -81,7 +79,8 @@ fn main() {
             let x = enc.encode(&space, &c.arm).expect("encodable");
             let y = hartmann6(&x);
             h2.completed.push(Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) });
-            let ctx = Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 1, warm: &c.hypers };
+            let ctx =
+                Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 1, warm: &c.hypers };
             let t = Instant::now();
             propose(&ctx, &h2, &|_| false).expect("a candidate");
             warm.push(t.elapsed().as_secs_f64());

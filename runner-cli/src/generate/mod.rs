@@ -118,8 +118,7 @@ impl<'a> Generator<'a> {
             GenerationMethod::Bayesian => true,
             // A finite space no larger than the budget is simply enumerated by Sobol draws.
             GenerationMethod::Auto => {
-                spec.space.dims() > 0
-                    && spec.space.cardinality().is_none_or(|c| c > spec.orchestration.max_trials)
+                spec.space.dims() > 0 && spec.space.cardinality().is_none_or(|c| c > spec.orchestration.max_trials)
             }
             _ => false,
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real optx binary, real processes, real signals, real SQLite.
 //! Build first (`cargo build --workspace`); `OPTX_BIN` overrides the binary's path.
 
+mod bayes;
 mod common;
 mod config_errors;
 mod failures;

@@ -182,7 +182,9 @@ fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -
         starts.push(base.clone());
     }
     for _ in 0..perturbed {
-        starts.push(base.iter().enumerate().map(|(i, h)| if i < d { h + rng.random_range(-1.0..1.0) } else { *h }).collect());
+        starts.push(
+            base.iter().enumerate().map(|(i, h)| if i < d { h + rng.random_range(-1.0..1.0) } else { *h }).collect(),
+        );
     }
     let iters = 100;
     if n <= MAX_FIT_POINTS {
@@ -310,7 +312,8 @@ fn maximize(
         xs.push(x);
     }
     let values = acq.eval_many(&xs);
-    let mut raw: Vec<(f64, Vec<f64>, Arm)> = values.into_iter().zip(xs).zip(arms).map(|((v, x), a)| (v, x, a)).collect();
+    let mut raw: Vec<(f64, Vec<f64>, Arm)> =
+        values.into_iter().zip(xs).zip(arms).map(|((v, x), a)| (v, x, a)).collect();
     raw.sort_by(|a, b| b.0.total_cmp(&a.0));
     raw.dedup_by(|a, b| a.2 == b.2);
     let cols = enc.continuous();
