@@ -13,7 +13,7 @@ better than TPE's. `--method sobol` gives the baseline without a model.
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
 Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-speed]
-(Builds nothing: run `cargo build --release --workspace --examples` first; bench/bo.sh does.)
+(Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
 import argparse
 import concurrent.futures

@@ -3,5 +3,5 @@
 # optimization benchmark (quality over seeds, then proposal speed; see bo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --examples
+cargo build --release --workspace --lib --bins --examples
 python3 bench/bo.py "$@"
