@@ -27,24 +27,24 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 
-H6 = """[experiment]
-name = "h6"
+EXPERIMENT = """[experiment]
+name = "{metric}"
 seed = {seed}
 
 [parameters]
 {params}
 
 [objective]
-minimize = "hartmann6"
+minimize = "{metric}"
 
 [runner]
 kind = "plugin"
-library = "{lib}/liboptx_hartmann6.so"
-name = "hartmann6"
-config = {{ delay_seconds = 0 }}
+library = "{lib}/liboptx_{library}.so"
+name = "{runner}"
+config = {{ {config} }}
 
-[metrics.hartmann6]
-plugin = {{ library = "{lib}/liboptx_hartmann6.so", name = "hartmann6" }}
+[metrics.{metric}]
+plugin = {{ library = "{lib}/liboptx_{library}.so", name = "{metric}" }}
 
 [orchestration]
 max_trials = {budget}
@@ -55,36 +55,15 @@ initial_seconds_between_polls = 0
 method = "{method}"
 """
 
-BRANIN = """[experiment]
-name = "branin"
-seed = {seed}
+# Hartmann6 through the hartmann6 plugin (no delay); Branin through the job-queue plugin,
+# whose jobs complete at their first poll.
+H6 = dict(metric="hartmann6", library="hartmann6", runner="hartmann6", config="delay_seconds = 0",
+          params="\n".join(f'x{i} = {{ type = "float", bounds = [0.0, 1.0] }}' for i in range(1, 7)))
+BRANIN = dict(metric="branin", library="job_queue", runner="job-queue",
+              config="seed = {seed}, completion_probability = 1.0",
+              params='x1 = { type = "float", bounds = [-5.0, 10.0] }\nx2 = { type = "float", bounds = [0.0, 15.0] }')
 
-[parameters]
-x1 = {{ type = "float", bounds = [-5.0, 10.0] }}
-x2 = {{ type = "float", bounds = [0.0, 15.0] }}
-
-[objective]
-minimize = "branin"
-
-[runner]
-kind = "plugin"
-library = "{lib}/liboptx_job_queue.so"
-name = "job-queue"
-config = {{ seed = {seed}, completion_probability = 1.0 }}
-
-[metrics.branin]
-plugin = {{ library = "{lib}/liboptx_job_queue.so", name = "branin" }}
-
-[orchestration]
-max_trials = {budget}
-parallelism = {parallelism}
-initial_seconds_between_polls = 0
-
-[generation]
-method = "{method}"
-"""
-
-# name: (title, template, budget, parallelism, optimum, Ax 1.3.1 median, Optuna TPE median)
+# name: (title, problem, budget, parallelism, optimum, Ax 1.3.1 median, Optuna TPE median)
 ROWS = {
     "h6p3": ("Hartmann6", H6, 30, 3, -3.3224, -3.110, -2.486),
     "h6p1": ("Hartmann6", H6, 30, 1, -3.3224, -3.257, -2.737),
@@ -93,13 +72,13 @@ ROWS = {
 }
 
 
-def one_run(optx, template, budget, parallelism, seed, method):
-    params = "\n".join(f'x{i} = {{ type = "float", bounds = [0.0, 1.0] }}' for i in range(1, 7))
+def one_run(optx, problem, budget, parallelism, seed, method):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "experiment.toml")
+        fields = dict(problem, config=problem["config"].format(seed=seed))
         with open(path, "w") as f:
-            f.write(template.format(seed=seed, params=params, lib=RELEASE, budget=budget,
-                                    parallelism=parallelism, method=method))
+            f.write(EXPERIMENT.format(seed=seed, lib=RELEASE, budget=budget, parallelism=parallelism,
+                                      method=method, **fields))
         run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
@@ -129,9 +108,9 @@ def main():
     print(header)
     all_ok = True
     for key in a.rows.split(","):
-        title, template, budget, par, _opt, ax, tpe = ROWS[key]
+        title, problem, budget, par, _opt, ax, tpe = ROWS[key]
         with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-            values = list(pool.map(lambda s: one_run(optx, template, budget, par, s, a.method), range(a.seeds)))
+            values = list(pool.map(lambda s: one_run(optx, problem, budget, par, s, a.method), range(a.seeds)))
         q1, med, q3 = quartiles(values)
         ok_ax, ok_tpe = med <= ax, med < tpe
         all_ok &= ok_ax and ok_tpe

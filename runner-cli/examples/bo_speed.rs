@@ -36,15 +36,18 @@ fn main() {
     };
     let objective = Objective { metric: "hartmann6".into(), direction: Direction::Minimize };
     let enc = Encoder::new(&space);
+    let observed = |arm: &Arm| {
+        let x = enc.encode(&space, arm).expect("encodable");
+        let y = hartmann6(&x);
+        Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) }
+    };
     println!("time to propose one candidate, 6 dimensions, one thread (median of repeats):");
     println!("{:>6}  {:>10}  {:>10}  {:>7}", "n", "cold", "warm", "repeats");
     for n in sizes {
         let mut history = History::default();
         for i in 0..n as u64 {
             let arm: Arm = space.arm_from_unit(&sobol_point(i, 6, 1));
-            let x = enc.encode(&space, &arm).expect("encodable");
-            let y = hartmann6(&x);
-            history.completed.push(Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) });
+            history.completed.push(observed(&arm));
         }
         let repeats = if n <= 200 {
             7
@@ -57,17 +60,22 @@ fn main() {
         let mut cold = Vec::new();
         let mut warm = Vec::new();
         for r in 0..repeats {
-            let ctx = Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 0, warm: &none };
+            let ctx = Context {
+                space: &space,
+                encoder: &enc,
+                objective: &objective,
+                constraints: &[],
+                seed: r,
+                draw: 0,
+                warm: &none,
+            };
             let t = Instant::now();
             let c = propose(&ctx, &history, &|_| false).expect("a candidate");
             cold.push(t.elapsed().as_secs_f64());
             // The next proposal of the same run: one more observation, warm fits.
             let mut h2 = history.clone();
-            let x = enc.encode(&space, &c.arm).expect("encodable");
-            let y = hartmann6(&x);
-            h2.completed.push(Observed { x, values: BTreeMap::from([("hartmann6".to_string(), (y, None))]) });
-            let ctx =
-                Context { space: &space, objective: &objective, constraints: &[], seed: r, draw: 1, warm: &c.hypers };
+            h2.completed.push(observed(&c.arm));
+            let ctx = Context { draw: 1, warm: &c.hypers, ..ctx };
             let t = Instant::now();
             propose(&ctx, &h2, &|_| false).expect("a candidate");
             warm.push(t.elapsed().as_secs_f64());

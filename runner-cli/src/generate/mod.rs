@@ -83,6 +83,8 @@ pub struct Generator<'a> {
     /// What the model learns from; kept only when the method uses one.
     history: bayes::History,
     encoder: bayes::Encoder,
+    /// [`Generator::uses_model`], once.
+    learns: bool,
 }
 
 /// The i-th point of the scrambled Sobol sequence of `seed` in `dims` dimensions.
@@ -109,7 +111,13 @@ pub fn random_point(i: u64, dims: usize, seed: u64) -> Vec<f64> {
 impl<'a> Generator<'a> {
     pub fn new(spec: &'a ExperimentSpec, seed: u64, state: GenState) -> Self {
         let encoder = bayes::Encoder::new(&spec.space);
-        Generator { spec, seed, state, history: bayes::History::default(), encoder }
+        let learns = Self::uses_model(spec);
+        Generator { spec, seed, state, history: bayes::History::default(), encoder, learns }
+    }
+
+    /// Whether this generator learns from trials (else `pending`/`observe` need not be called).
+    pub fn learns(&self) -> bool {
+        self.learns
     }
 
     /// Whether the sequence ends in Bayesian optimization.
@@ -126,7 +134,7 @@ impl<'a> Generator<'a> {
 
     /// A trial was created (or found running on resume): the model fantasizes it.
     pub fn pending(&mut self, index: u64, arm: &Arm) {
-        if Self::uses_model(self.spec) {
+        if self.learns {
             if let Some(x) = self.encoder.encode(&self.spec.space, arm) {
                 self.history.pending.insert(index, x);
             }
@@ -136,7 +144,7 @@ impl<'a> Generator<'a> {
     /// A trial completed with these final values (mean, SEM) of the metrics it reported.
     pub fn observe(&mut self, index: u64, arm: &Arm, values: BTreeMap<String, (f64, Option<f64>)>) {
         self.history.pending.remove(&index);
-        if !Self::uses_model(self.spec) {
+        if !self.learns {
             return;
         }
         let mut keep: Vec<&str> = vec![self.spec.objective.metric.as_str()];
@@ -199,7 +207,7 @@ impl<'a> Generator<'a> {
             }
         }
         let initial = (self.state.initial_points_used as u64 + self.state.initial_made) < self.spec.initial_trials();
-        if staged && !initial && Self::uses_model(self.spec) {
+        if staged && !initial && self.learns {
             if let Some(p) = self.next_bayes(taken) {
                 return Ok(p);
             }
@@ -222,15 +230,13 @@ impl<'a> Generator<'a> {
     fn next_bayes(&mut self, taken: &dyn Fn(&str) -> bool) -> Option<Proposal> {
         let ctx = bayes::Context {
             space: &self.spec.space,
+            encoder: &self.encoder,
             objective: &self.spec.objective,
             constraints: &self.spec.outcome_constraints,
             seed: self.seed,
             draw: self.state.bayes_draws,
             warm: &self.state.hypers,
         };
-        if !bayes::enough_data(&ctx, &self.history) {
-            return None;
-        }
         let c = bayes::propose(&ctx, &self.history, taken)?;
         self.state.bayes_draws += 1;
         self.state.hypers = c.hypers;

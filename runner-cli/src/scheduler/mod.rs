@@ -231,7 +231,9 @@ impl<'a> State<'a> {
             self.deployed_now += 1;
             tracing::debug!(trial = index, %generation, "new trial");
             self.print(RunEvent::Deployed { index, params, generation });
-            self.generator.pending(index, &arm);
+            if self.generator.learns() {
+                self.generator.pending(index, &arm);
+            }
             self.dispatch(index, arm, None, None);
         }
         Ok(())
@@ -331,12 +333,14 @@ impl<'a> State<'a> {
         t.feasible = feas;
         t.completed_at = Some(tx.time().to_string());
         let t = t.clone();
-        match (&result.outcome, Arm::from_json(&spec.space, &t.parameters)) {
-            (Outcome::Completed, Some(arm)) => {
-                let values = result.finals.iter().map(|p| (p.metric.clone(), (p.mean, p.sem))).collect();
-                self.generator.observe(index, &arm, values);
+        if self.generator.learns() {
+            match (&result.outcome, Arm::from_json(&spec.space, &t.parameters)) {
+                (Outcome::Completed, Some(arm)) => {
+                    let values = result.finals.iter().map(|p| (p.metric.clone(), (p.mean, p.sem))).collect();
+                    self.generator.observe(index, &arm, values);
+                }
+                _ => self.generator.forget(index),
             }
-            _ => self.generator.forget(index),
         }
         // What an ended trial keeps in memory: enough for accounting (the store has the rest),
         // so that a long run's memory does not grow with each trial's parameters and metadata.
@@ -680,7 +684,8 @@ pub(crate) fn drive(
     let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
     let reruns = pending_reruns(spec, &trials);
     let mut generator = Generator::new(spec, seed, state);
-    for t in &trials {
+    let learns = generator.learns();
+    for t in trials.iter().filter(|_| learns) {
         let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
         if t.status == TrialStatus::Completed {
             let values = finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());

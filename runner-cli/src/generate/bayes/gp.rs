@@ -253,18 +253,7 @@ impl Gp {
     /// Fit by MAP from each start (the previous fit's hyperparameters first, if they fit
     /// this data's shape) and keep the best. `max_iters` bounds each local search.
     pub fn fit(data: &Data, starts: &[Hyper], max_iters: u64) -> Option<Gp> {
-        let n = data.y.len();
-        let d = data.x.first().map_or(0, Vec::len);
-        if n == 0 {
-            return None;
-        }
-        let (shift, scale) = standardize(&data.y);
-        let y_std: Vec<f64> = data.y.iter().map(|v| (v - shift) / scale).collect();
-        let x: Vec<f64> = data.x.iter().flatten().copied().collect();
-        let fixed: Option<Vec<f64>> = match &data.noise {
-            Noise::Inferred => None,
-            Noise::Fixed(v) => Some(v.iter().map(|s| s / (scale * scale)).collect()),
-        };
+        let (x, d, y_std, fixed, shift, scale) = Self::prepare(data)?;
         let problem = Problem { d, x: &x, y: &y_std, fixed: fixed.as_deref() };
         let len = d + if fixed.is_none() { 2 } else { 1 };
         let mut best: Option<(f64, Hyper)> = None;
@@ -280,6 +269,27 @@ impl Gp {
         }
         let (_, hyper) = best?;
         Gp::with_hyper(x, d, y_std, fixed.unwrap_or_default(), hyper, shift, scale)
+    }
+
+    /// The GP of `data` with hyperparameters already known (fitted on a subset of it).
+    pub fn condition(data: &Data, hyper: Hyper) -> Option<Gp> {
+        let (x, d, y_std, fixed, shift, scale) = Self::prepare(data)?;
+        Gp::with_hyper(x, d, y_std, fixed.unwrap_or_default(), hyper, shift, scale)
+    }
+
+    /// Flattened inputs, their dimension, standardized outcomes, fixed noise in standardized
+    /// units (if any), and the standardization.
+    #[allow(clippy::type_complexity)]
+    fn prepare(data: &Data) -> Option<(Vec<f64>, usize, Vec<f64>, Option<Vec<f64>>, f64, f64)> {
+        let d = data.x.first()?.len();
+        let (shift, scale) = standardize(&data.y);
+        let y_std: Vec<f64> = data.y.iter().map(|v| (v - shift) / scale).collect();
+        let x: Vec<f64> = data.x.iter().flatten().copied().collect();
+        let fixed: Option<Vec<f64>> = match &data.noise {
+            Noise::Inferred => None,
+            Noise::Fixed(v) => Some(v.iter().map(|s| s / (scale * scale)).collect()),
+        };
+        Some((x, d, y_std, fixed, shift, scale))
     }
 
     fn with_hyper(

@@ -126,6 +126,8 @@ impl Encoder {
 /// Everything a proposal depends on besides the history.
 pub struct Context<'a> {
     pub space: &'a SearchSpace,
+    /// How `space`'s arms become model inputs.
+    pub encoder: &'a Encoder,
     pub objective: &'a Objective,
     pub constraints: &'a [OutcomeConstraint],
     pub seed: u64,
@@ -143,12 +145,6 @@ pub struct Candidate {
     pub hypers: BTreeMap<String, Hyper>,
     /// The acquisition value (log EI plus log probability of feasibility).
     pub acquisition: f64,
-}
-
-/// Too little data for a model: fewer than two completed trials with the objective.
-pub fn enough_data(ctx: &Context, history: &History) -> bool {
-    history.completed.iter().filter(|o| o.values.get(&ctx.objective.metric).is_some_and(|v| v.0.is_finite())).count()
-        >= 2
 }
 
 /// The training data of one metric, oriented for minimization when `flip`.
@@ -200,7 +196,7 @@ fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -
         },
     };
     let h = Gp::fit(&sub, &starts, iters)?.hyper;
-    Gp::fit(data, &[h], 0)
+    Gp::condition(data, h)
 }
 
 /// `k` indices of `y`: the best (lowest) half, then a seeded random choice of the rest.
@@ -218,9 +214,11 @@ fn subset(y: &[f64], k: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
     out
 }
 
-/// The next candidate, or `None` when there is too little data or no arm left to try.
+/// The next candidate, or `None` when there is too little data (fewer than two completed
+/// trials with the objective) or no arm left to try.
 pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -> Option<Candidate> {
-    let enc = Encoder::new(ctx.space);
+    let enc = ctx.encoder;
+    let flip = ctx.objective.direction == Direction::Maximize;
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xB0_5E_ED);
     rng.set_stream(ctx.draw);
     let mut hypers = BTreeMap::new();
@@ -228,7 +226,6 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     // The modelled points: all, or a bounded subset of them.
     let all: Vec<&Observed> = history.completed.iter().collect();
     let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {
-        let flip = ctx.objective.direction == Direction::Maximize;
         let y: Vec<f64> = all
             .iter()
             .map(|o| o.values.get(&ctx.objective.metric).map_or(f64::INFINITY, |v| if flip { -v.0 } else { v.0 }))
@@ -238,7 +235,6 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
         all
     };
 
-    let flip = ctx.objective.direction == Direction::Maximize;
     let data = data_for(&points, &ctx.objective.metric, flip)?;
     let explore = ctx.draw % 5 == 0;
     let objective = fit(&data, ctx.warm.get("objective"), explore, &mut rng)?;
@@ -268,7 +264,7 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     let pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();
     let objective = objective.with_fantasies(&pending)?;
     let acq = Acquisition { objective, best, constraints };
-    let (arm, value) = maximize(ctx, &enc, &acq, taken, &mut rng)?;
+    let (arm, value) = maximize(ctx, enc, &acq, taken, &mut rng)?;
     Some(Candidate { arm, hypers, acquisition: value })
 }
 

@@ -23,7 +23,7 @@ impl<F: Objective> Boxed<'_, F> {
         if x.iter().zip(self.lo.iter().zip(&self.hi)).any(|(v, (l, h))| !(v >= l && v <= h)) {
             self.strays.set(self.strays.get() + 1);
         }
-        x.iter().zip(self.lo.iter().zip(&self.hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect()
+        clamp(x, &self.lo, &self.hi)
     }
 }
 
@@ -54,6 +54,10 @@ impl<F: Objective> Gradient for Boxed<'_, F> {
     }
 }
 
+fn clamp(x: &[f64], lo: &[f64], hi: &[f64]) -> Vec<f64> {
+    x.iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect()
+}
+
 fn finite(v: f64) -> f64 {
     if v.is_nan() {
         f64::MAX
@@ -77,7 +81,7 @@ fn minimize_box_counted<F: Objective>(
     hi: &[f64],
     max_iters: u64,
 ) -> (Vec<f64>, f64, u64) {
-    let start: Vec<f64> = x0.iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect();
+    let start = clamp(x0, lo, hi);
     let strays = std::cell::Cell::new(0);
     let problem = Boxed { f, lo: lo.to_vec(), hi: hi.to_vec(), strays: &strays };
     let v0 = finite(f.value_grad(&start).0);
@@ -85,7 +89,7 @@ fn minimize_box_counted<F: Objective>(
     let run = Executor::new(problem, solver, FirstOrderState::new(start.clone())).max_iter(max_iters).run();
     let (x, v) = match &run {
         Ok(r) if r.cost() < v0 => {
-            let x: Vec<f64> = r.param().iter().zip(lo.iter().zip(hi)).map(|(v, (l, h))| v.clamp(*l, *h)).collect();
+            let x = clamp(r.param(), lo, hi);
             let v = finite(f.value_grad(&x).0);
             if v <= v0 {
                 (x, v)

@@ -21,6 +21,14 @@ fn minimize(metric: &str) -> Objective {
     Objective { metric: metric.into(), direction: Direction::Minimize }
 }
 
+/// A completed trial with these values (no SEM).
+fn observed(enc: &Encoder, space: &SearchSpace, arm: &Arm, values: &BTreeMap<String, f64>) -> Observed {
+    Observed {
+        x: enc.encode(space, arm).unwrap(),
+        values: values.iter().map(|(k, v)| (k.clone(), (*v, None))).collect(),
+    }
+}
+
 /// Run `trials` sequential trials: `sobol` Sobol points, then Bayesian proposals.
 fn run(
     space: &SearchSpace,
@@ -39,17 +47,14 @@ fn run(
         let arm = if i < sobol {
             space.arm_from_unit(&super::super::sobol_point(i, space.dims(), seed))
         } else {
-            let ctx = Context { space, objective, constraints, seed, draw: i - sobol, warm: &warm };
+            let ctx = Context { space, encoder: &enc, objective, constraints, seed, draw: i - sobol, warm: &warm };
             let seen: HashSet<String> = out.iter().map(|(a, _): &(Arm, _)| a.key()).collect();
             let c = propose(&ctx, &history, &|k| seen.contains(k)).expect("a candidate");
             warm = c.hypers;
             c.arm
         };
         let values = f(&arm);
-        history.completed.push(Observed {
-            x: enc.encode(space, &arm).unwrap(),
-            values: values.iter().map(|(k, v)| (k.clone(), (*v, None))).collect(),
-        });
+        history.completed.push(observed(&enc, space, &arm, &values));
         out.push((arm, values));
     }
     out
@@ -155,13 +160,11 @@ fn pending_trials_push_the_next_candidate_away() {
     let enc = Encoder::new(&space);
     let mut history = History::default();
     for (arm, v) in &rows {
-        history.completed.push(Observed {
-            x: enc.encode(&space, arm).unwrap(),
-            values: v.iter().map(|(k, v)| (k.clone(), (*v, None))).collect(),
-        });
+        history.completed.push(observed(&enc, &space, arm, v));
     }
     let warm = BTreeMap::new();
-    let ctx = Context { space: &space, objective: &obj, constraints: &[], seed: 2, draw: 0, warm: &warm };
+    let ctx =
+        Context { space: &space, encoder: &enc, objective: &obj, constraints: &[], seed: 2, draw: 0, warm: &warm };
     let first = propose(&ctx, &history, &|_| false).unwrap().arm;
     history.pending.insert(100, enc.encode(&space, &first).unwrap());
     let second = propose(&ctx, &history, &|_| false).unwrap().arm;
