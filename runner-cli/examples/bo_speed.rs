@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use optx::domain::{Arm, Direction, Domain, Objective, Parameter, SearchSpace};
+use optx::domain::{Arm, Direction, Domain, Goal, Objective, Parameter, SearchSpace};
 use optx::generate::bayes::{propose, Context, Encoder, History, Observed};
 use optx::generate::sobol_point;
 
@@ -34,7 +34,7 @@ fn main() {
             .collect(),
         constraints: vec![],
     };
-    let objective = Objective { metric: "hartmann6".into(), direction: Direction::Minimize };
+    let goal = Goal::single(Objective::metric("hartmann6", Direction::Minimize));
     let enc = Encoder::new(&space);
     let observed = |arm: &Arm| {
         let x = enc.encode(&space, arm).expect("encodable");
@@ -60,15 +60,8 @@ fn main() {
         let mut cold = Vec::new();
         let mut warm = Vec::new();
         for r in 0..repeats {
-            let ctx = Context {
-                space: &space,
-                encoder: &enc,
-                objective: &objective,
-                constraints: &[],
-                seed: r,
-                draw: 0,
-                warm: &none,
-            };
+            let ctx =
+                Context { space: &space, encoder: &enc, goal: &goal, constraints: &[], seed: r, draw: 0, warm: &none };
             let t = Instant::now();
             let c = propose(&ctx, &history, &|_| false).expect("a candidate");
             cold.push(t.elapsed().as_secs_f64());

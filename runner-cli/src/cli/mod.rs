@@ -367,9 +367,14 @@ impl EventSink for Printer {
                 RunEvent::Deployed { index, params, generation } => {
                     serde_json::json!({"event": "deployed", "trial": index, "parameters": params, "generation": generation})
                 }
-                RunEvent::Completed { index, metric, value, feasible, best, note } => serde_json::json!({
+                RunEvent::Completed { index, values, feasible, best, note } => {
+                    let objectives: serde_json::Map<String, serde_json::Value> =
+                        values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+                    let (metric, value) = values.first().cloned().unwrap_or_default();
+                    serde_json::json!({
                     "event": "completed", "trial": index, "metric": metric, "value": value,
-                    "feasible": feasible, "best": best, "note": note}),
+                    "objectives": objectives, "feasible": feasible, "best": best, "note": note})
+                }
                 RunEvent::Failed { index, reason, lost, will_retry } => {
                     serde_json::json!({"event": "failed", "trial": index, "reason": reason, "lost": lost, "retry": will_retry})
                 }
@@ -395,9 +400,15 @@ impl EventSink for Printer {
             RunEvent::Deployed { index, params, generation } => {
                 writeln!(out, "[{index:>4}] deployed   {}  ({generation})", report::params_inline(params))
             }
-            RunEvent::Completed { index, metric, value, feasible, best, note } => {
-                let v = value.map(report::num).unwrap_or_else(|| "?".into());
-                let tag = if *best {
+            RunEvent::Completed { index, values, feasible, best, note } => {
+                let v = values
+                    .iter()
+                    .map(|(m, v)| format!("{m} = {}", v.map(report::num).unwrap_or_else(|| "?".into())))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let tag = if *best && values.len() > 1 {
+                    "  * on the Pareto front"
+                } else if *best {
                     "  * best so far"
                 } else if !feasible {
                     "  (infeasible)"
@@ -405,7 +416,7 @@ impl EventSink for Printer {
                     ""
                 };
                 let note = note.as_ref().map(|n| format!("  [{n}]")).unwrap_or_default();
-                writeln!(out, "[{index:>4}] completed  {metric} = {v}{tag}{note}")
+                writeln!(out, "[{index:>4}] completed  {v}{tag}{note}")
             }
             RunEvent::Failed { index, reason, lost, will_retry } => {
                 let mut lines = reason.lines();
@@ -443,17 +454,12 @@ fn start(l: Launch, o: &Overrides) -> i32 {
     };
     // The summary, from the store as committed (aggregates: a long run is not loaded).
     if let Ok(store) = Store::open_existing(&store_path) {
-        let minimize = spec.objective.direction == crate::domain::Direction::Minimize;
         let summary = (|| -> Result<report::Summary, crate::store::StoreError> {
             let mut counts = std::collections::BTreeMap::new();
             for (status, lost, n) in store.status_counts()? {
                 *counts.entry(if lost { "LOST".to_string() } else { status }).or_insert(0) += n;
             }
-            Ok(report::Summary {
-                counts,
-                feasible: store.feasible_count()?,
-                best: store.best_by(&spec.objective.metric, minimize)?,
-            })
+            Ok(report::Summary { counts, feasible: store.feasible_count()?, best: store.best(&spec.goal)? })
         })();
         if let (Ok(summary), false) = (summary, o.events_json) {
             let verb = match end {
@@ -487,7 +493,11 @@ fn cmd_validate(file: &Path) -> i32 {
     use std::fmt::Write as _;
     let _ = writeln!(out, "{}: ok", file.display());
     let _ = writeln!(out, "experiment:  {}", spec.name);
-    let _ = writeln!(out, "objective:   {} {}", spec.objective.verb(), spec.objective.metric);
+    let _ = writeln!(out, "objective:   {}", spec.goal.describe());
+    if !spec.goal.thresholds.is_empty() {
+        let t: Vec<String> = spec.goal.thresholds.iter().map(|t| t.to_string()).collect();
+        let _ = writeln!(out, "thresholds:  {}", t.join(", "));
+    }
     let _ = writeln!(out, "parameters:  {} searched dimension(s)", spec.space.dims());
     let w = spec.space.parameters.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &spec.space.parameters {

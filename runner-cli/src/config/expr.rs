@@ -175,6 +175,26 @@ pub fn linear_constraint(s: &str) -> Result<(Vec<(String, f64)>, f64), String> {
     Ok((terms, bound))
 }
 
+/// Parse a weighted sum of names (`"val_loss + 0.01*latency_ms"`) into its terms, each
+/// name once; a constant term is refused (it does not move the optimum).
+pub fn weighted_sum(s: &str) -> Result<Vec<(String, f64)>, String> {
+    let toks = tokenize(s)?;
+    if toks.iter().any(|t| matches!(t, Tok::Le | Tok::Ge)) {
+        return Err("an objective is an expression, not an inequality".into());
+    }
+    let lin = parse_linear(&toks)?;
+    if lin.constant != 0.0 {
+        return Err("a constant term does not change the optimum: remove it".into());
+    }
+    if let Some((n, _)) = lin.terms.iter().find(|(_, c)| *c == 0.0) {
+        return Err(format!("`{n}` has a weight of 0"));
+    }
+    if lin.terms.is_empty() {
+        return Err("the expression names no metric".into());
+    }
+    Ok(lin.terms)
+}
+
 /// Parse `metric <= bound` or `metric >= bound`.
 pub fn outcome_constraint(s: &str) -> Result<(String, Relation, f64), String> {
     let toks = tokenize(s)?;
@@ -248,6 +268,19 @@ mod tests {
         assert_eq!(linear_constraint("a <= b").unwrap(), (vec![("a".into(), 1.0), ("b".into(), -1.0)], 0.0));
         assert_eq!(linear_constraint("2.5*x >= 1").unwrap(), (vec![("x".into(), -2.5)], -1.0));
         assert_eq!(linear_constraint("a - c*3 + 1 <= 4").unwrap(), (vec![("a".into(), 1.0), ("c".into(), -3.0)], 3.0));
+    }
+
+    #[test]
+    fn weighted_sums_collect_their_terms() {
+        assert_eq!(
+            weighted_sum("val_loss + 0.01*latency_ms").unwrap(),
+            vec![("val_loss".into(), 1.0), ("latency_ms".into(), 0.01)]
+        );
+        assert_eq!(weighted_sum("-a + 2 b - a").unwrap(), vec![("a".into(), -2.0), ("b".into(), 2.0)]);
+        assert!(weighted_sum("a + 1").unwrap_err().contains("constant"));
+        assert!(weighted_sum("a - a + b").unwrap_err().contains("weight of 0"));
+        assert!(weighted_sum("a * b").is_err());
+        assert!(weighted_sum("a <= 2").is_err());
     }
 
     #[test]

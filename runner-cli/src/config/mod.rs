@@ -198,10 +198,15 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         metric_rules.entry(c.metric.clone()).or_insert(MetricRule::Default);
     }
     metric_rules.entry("cost".to_string()).or_insert(MetricRule::Default);
-    if let Some((o, span)) = &objective {
-        metric_rules.entry(o.metric.clone()).or_insert(MetricRule::Default);
-        if outcome_constraints.iter().any(|c| c.metric == o.metric) {
-            ctx.err(span.clone(), format!("`{}` is the objective and cannot also be an outcome constraint", o.metric));
+    if let Some((goal, span)) = &objective {
+        for m in goal.metrics() {
+            metric_rules.entry(m.to_string()).or_insert(MetricRule::Default);
+            if outcome_constraints.iter().any(|c| c.metric == m) {
+                ctx.err(
+                    span.clone(),
+                    format!("`{m}` is optimized and cannot also be an outcome constraint (for a Pareto front, bound it with `objective.thresholds`)"),
+                );
+            }
         }
     }
     let runner = runner.as_ref().and_then(|t| read_runner(ctx, t, &space, base));
@@ -211,7 +216,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let name = header.as_ref().map(|h| h.0.clone()).unwrap_or_default();
     let (store_path, durability) = read_storage(ctx, storage.as_ref(), base, &name);
     let (name, description, owner, seed) = header?;
-    let (objective, _) = objective?;
+    let (goal, _) = objective?;
     let (runner, orchestration) = (runner?, orchestration?);
     Some(ExperimentSpec {
         name,
@@ -219,7 +224,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         owner,
         seed,
         space,
-        objective,
+        goal,
         outcome_constraints,
         metrics: metric_rules,
         runner,
@@ -438,52 +443,122 @@ fn scalar(v: &DeValue) -> Option<Value> {
     }
 }
 
-fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Objective, std::ops::Range<usize>)> {
-    t.check_keys(
-        ctx,
-        &["minimize", "maximize"],
-        &[("thresholds", "multi-objective optimization arrives in a later version of optx")],
-    );
-    let (key, direction) = match (t.get("minimize"), t.get("maximize")) {
-        (Some(_), Some(_)) => {
-            ctx.err(
-                t.key_span("maximize"),
-                "multi-objective optimization (both `minimize` and `maximize`) is not supported yet",
-            );
-            return None;
-        }
-        (Some(_), None) => ("minimize", Direction::Minimize),
-        (None, Some(_)) => ("maximize", Direction::Maximize),
-        (None, None) => {
-            ctx.err(t.span.clone(), "`[objective]` needs `minimize = \"metric\"` or `maximize = \"metric\"`");
-            return None;
-        }
-    };
-    let v = t.get(key)?;
+/// One objective: a metric name or a weighted sum of metrics.
+fn read_one_objective(ctx: &mut Ctx, v: &SV, path: &str, direction: Direction) -> Option<Objective> {
     match v.get_ref() {
-        DeValue::Array(_) => {
+        DeValue::String(s) if is_metric_name(s.trim()) => Some(Objective::metric(s.trim(), direction)),
+        DeValue::String(s) => match expr::weighted_sum(s) {
+            Ok(terms) => {
+                if let Some((bad, _)) = terms.iter().find(|(m, _)| !is_metric_name(m)) {
+                    ctx.err(v.span(), format!("`{path}`: \"{s}\": `{bad}` is not a usable metric name"));
+                    return None;
+                }
+                let name = s.split_whitespace().collect::<Vec<_>>().join(" ");
+                Some(Objective { name, terms, direction })
+            }
+            Err(e) => {
+                ctx.err(
+                    v.span(),
+                    format!("`{path}`: \"{s}\" is neither a metric name nor a weighted sum of metrics: {e}"),
+                );
+                None
+            }
+        },
+        other => {
             ctx.err(
                 v.span(),
-                format!("`objective.{key}`: multi-objective optimization (a list of metrics) is not supported yet"),
+                format!(
+                    "`{path}` must be a metric name, a weighted sum of metrics or a list of them, not {}",
+                    kind(other)
+                ),
             );
-            None
-        }
-        DeValue::String(s) if is_metric_name(s.trim()) => {
-            Some((Objective { metric: s.trim().to_string(), direction }, v.span()))
-        }
-        DeValue::String(s) if s.contains(['+', '*', '-']) => {
-            ctx.err(v.span(), format!("`objective.{key}`: scalarized objectives (\"{s}\") are not supported yet"));
-            None
-        }
-        DeValue::String(s) => {
-            ctx.err(v.span(), format!("`objective.{key}`: \"{s}\" is not a usable metric name"));
-            None
-        }
-        other => {
-            ctx.err(v.span(), format!("`objective.{key}` must be a metric name, not {}", kind(other)));
             None
         }
     }
+}
+
+/// `[objective]`: `minimize` and/or `maximize`, each one objective or a list; with more
+/// than one objective, `thresholds` bound the Pareto front.
+fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Goal, std::ops::Range<usize>)> {
+    t.check_keys(ctx, &["minimize", "maximize", "thresholds"], &[]);
+    let mut objectives = Vec::new();
+    let mut span = None;
+    for (key, direction) in [("minimize", Direction::Minimize), ("maximize", Direction::Maximize)] {
+        let Some(v) = t.get(key) else { continue };
+        span.get_or_insert(v.span());
+        let path = t.path(key);
+        let items: Vec<&SV> = match v.get_ref() {
+            DeValue::Array(a) if a.is_empty() => {
+                ctx.err(v.span(), format!("`{path}` is an empty list: name at least one metric"));
+                continue;
+            }
+            DeValue::Array(a) => a.iter().collect(),
+            _ => vec![v],
+        };
+        for item in items {
+            if let Some(o) = read_one_objective(ctx, item, &path, direction) {
+                objectives.push((o, item.span()));
+            }
+        }
+    }
+    let Some(span) = span else {
+        ctx.err(t.span.clone(), "`[objective]` needs `minimize = \"metric\"` or `maximize = \"metric\"`");
+        return None;
+    };
+    // A metric counts once across every objective.
+    let mut seen: Vec<&str> = Vec::new();
+    for (o, at) in &objectives {
+        for (m, _) in &o.terms {
+            if seen.contains(&m.as_str()) {
+                ctx.err(at.clone(), format!("`{m}` appears in more than one objective: a metric is optimized once"));
+            }
+            seen.push(m);
+        }
+    }
+    let mut thresholds = Vec::new();
+    for (text, at) in string_list(ctx, t, "thresholds") {
+        if objectives.len() < 2 {
+            ctx.err(
+                at,
+                "`objective.thresholds` bound a Pareto front: they need two or more objectives (use `constraints.outcomes` to bound a metric)",
+            );
+            break;
+        }
+        let (metric, relation, bound) = match expr::outcome_constraint(text) {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.err(at, format!("`objective.thresholds`: \"{text}\": {e}"));
+                continue;
+            }
+        };
+        let Some((o, _)) = objectives.iter().find(|(o, _)| o.is_metric() && o.name == metric) else {
+            let names = objectives.iter().filter(|(o, _)| o.is_metric()).map(|(o, _)| o.name.as_str());
+            ctx.err(
+                at,
+                format!(
+                    "`objective.thresholds`: \"{text}\" names `{metric}`, which is not an objective metric{}",
+                    did_you_mean(&metric, names)
+                ),
+            );
+            continue;
+        };
+        let wanted = if o.direction == Direction::Minimize { Relation::AtMost } else { Relation::AtLeast };
+        if relation != wanted {
+            let op = if wanted == Relation::AtMost { "<=" } else { ">=" };
+            ctx.err(
+                at,
+                format!(
+                    "`objective.thresholds`: `{metric}` is {}d, so its threshold reads `{metric} {op} {bound}`",
+                    o.verb()
+                ),
+            );
+            continue;
+        }
+        thresholds.push(OutcomeConstraint { metric, relation, bound });
+    }
+    // With errors recorded, what did parse still takes part in the checks that follow.
+    (!objectives.is_empty())
+        .then(|| (Goal { objectives: objectives.into_iter().map(|(o, _)| o).collect(), thresholds }, span))
 }
 
 fn string_list<'a>(ctx: &mut Ctx, t: &Table<'a, '_>, key: &str) -> Vec<(&'a str, std::ops::Range<usize>)> {

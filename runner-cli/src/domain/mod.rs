@@ -10,11 +10,11 @@ mod spec;
 mod trial;
 mod value;
 
-pub use outcome::{Direction, Objective, OutcomeConstraint, Relation};
+pub use outcome::{Direction, Goal, Objective, OutcomeConstraint, Point, Relation};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
 pub use spec::{
     CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs, MetricRule,
     Orchestration, PluginRef, PluginSpec, RunnerSpec, Segment, Template,
 };
-pub use trial::{best_trial, final_values, Observation, TransitionError, Trial, TrialStatus};
+pub use trial::{best_trials, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

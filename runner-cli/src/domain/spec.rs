@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Objective, OutcomeConstraint, SearchSpace};
+use super::{Goal, OutcomeConstraint, SearchSpace};
 
 /// A string with placeholders, parsed once: `python3 train.py --lr={lr}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +192,8 @@ pub struct ExperimentSpec {
     pub owner: Option<String>,
     pub seed: Option<u64>,
     pub space: SearchSpace,
-    pub objective: Objective,
+    /// What is optimized: one objective or several.
+    pub goal: Goal,
     pub outcome_constraints: Vec<OutcomeConstraint>,
     /// Every metric the experiment keeps: objective, constraints, `[metrics.X]`, `cost`.
     pub metrics: BTreeMap<String, MetricRule>,
@@ -206,9 +207,9 @@ pub struct ExperimentSpec {
 }
 
 impl ExperimentSpec {
-    /// Metrics a trial must report to complete: the objective and constrained ones.
+    /// Metrics a trial must report to complete: the objectives' and constrained ones.
     pub fn required_metrics(&self) -> Vec<&str> {
-        let mut v = vec![self.objective.metric.as_str()];
+        let mut v = self.goal.metrics();
         for c in &self.outcome_constraints {
             if !v.contains(&c.metric.as_str()) {
                 v.push(&c.metric);

@@ -173,20 +173,19 @@ pub fn final_values(
     out
 }
 
-/// The best feasible completed trial and its objective value.
-pub fn best_trial(
-    objective: &super::Objective,
+/// The best feasible completed trials and their objective values: the best one, or for
+/// several objectives the Pareto front (`Goal::best`).
+pub fn best_trials(
+    goal: &super::Goal,
     trials: &[Trial],
     finals: &std::collections::HashMap<u64, std::collections::BTreeMap<String, Observation>>,
-) -> Option<(u64, f64)> {
-    let mut best: Option<(u64, f64)> = None;
-    for t in trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)) {
-        let Some(v) = finals.get(&t.index).and_then(|m| m.get(&objective.metric)).map(|o| o.mean) else { continue };
-        if v.is_finite() && best.is_none_or(|(_, b)| objective.better(v, b)) {
-            best = Some((t.index, v));
-        }
-    }
-    best
+) -> Vec<super::Point> {
+    goal.best(trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)).filter_map(
+        |t| {
+            let m = finals.get(&t.index)?;
+            Some((t.index, goal.values(|k| m.get(k).map(|o| o.mean))?))
+        },
+    ))
 }
 
 #[cfg(test)]

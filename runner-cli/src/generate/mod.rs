@@ -85,6 +85,9 @@ pub struct Generator<'a> {
     encoder: bayes::Encoder,
     /// [`Generator::uses_model`], once.
     learns: bool,
+    /// What the model treats as a probability of feasibility: the outcome constraints and,
+    /// for several objectives, the thresholds.
+    constraints: Vec<crate::domain::OutcomeConstraint>,
 }
 
 /// The i-th point of the scrambled Sobol sequence of `seed` in `dims` dimensions.
@@ -112,7 +115,8 @@ impl<'a> Generator<'a> {
     pub fn new(spec: &'a ExperimentSpec, seed: u64, state: GenState) -> Self {
         let encoder = bayes::Encoder::new(&spec.space);
         let learns = Self::uses_model(spec);
-        Generator { spec, seed, state, history: bayes::History::default(), encoder, learns }
+        let constraints = spec.outcome_constraints.iter().chain(&spec.goal.thresholds).cloned().collect();
+        Generator { spec, seed, state, history: bayes::History::default(), encoder, learns, constraints }
     }
 
     /// Whether this generator learns from trials (else `pending`/`observe` need not be called).
@@ -147,8 +151,7 @@ impl<'a> Generator<'a> {
         if !self.learns {
             return;
         }
-        let mut keep: Vec<&str> = vec![self.spec.objective.metric.as_str()];
-        keep.extend(self.spec.outcome_constraints.iter().map(|c| c.metric.as_str()));
+        let keep = self.spec.required_metrics();
         let values: BTreeMap<String, (f64, Option<f64>)> =
             values.into_iter().filter(|(k, v)| keep.contains(&k.as_str()) && v.0.is_finite()).collect();
         if let (Some(x), false) = (self.encoder.encode(&self.spec.space, arm), values.is_empty()) {
@@ -173,9 +176,14 @@ impl<'a> Generator<'a> {
                 "{init}the center point, then scrambled Sobol (auto: the space has at most max_trials arms, so no model)"
             ),
             GenerationMethod::Auto | GenerationMethod::Bayesian => format!(
-                "{init}the center point, then scrambled Sobol up to {} trials, then Bayesian optimization (GP, log expected improvement{})",
+                "{init}the center point, then scrambled Sobol up to {} trials, then Bayesian optimization (GP, log expected improvement{}{})",
                 spec.initial_trials(),
-                if spec.outcome_constraints.is_empty() { "" } else { " x probability of feasibility" }
+                if spec.goal.is_multi() { " of a random Chebyshev scalarization of the objectives (ParEGO)" } else { "" },
+                if spec.outcome_constraints.is_empty() && spec.goal.thresholds.is_empty() {
+                    ""
+                } else {
+                    " x probability of feasibility"
+                }
             ),
             GenerationMethod::Sobol => format!("{init}scrambled Sobol"),
             GenerationMethod::Random => format!("{init}uniform random"),
@@ -231,8 +239,8 @@ impl<'a> Generator<'a> {
         let ctx = bayes::Context {
             space: &self.spec.space,
             encoder: &self.encoder,
-            objective: &self.spec.objective,
-            constraints: &self.spec.outcome_constraints,
+            goal: &self.spec.goal,
+            constraints: &self.constraints,
             seed: self.seed,
             draw: self.state.bayes_draws,
             warm: &self.state.hypers,
@@ -309,7 +317,7 @@ mod tests {
             owner: None,
             seed: None,
             space: SearchSpace { parameters, constraints },
-            objective: Objective { metric: "f".into(), direction: Direction::Minimize },
+            goal: Goal::single(Objective::metric("f", Direction::Minimize)),
             outcome_constraints: vec![],
             metrics: Default::default(),
             runner: RunnerSpec::Command(CommandSpec {

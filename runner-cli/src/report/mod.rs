@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 
-use crate::domain::{best_trial, final_values, ExperimentSpec, Observation, Trial, TrialStatus};
+use crate::domain::{best_trials, final_values, ExperimentSpec, Goal, Observation, Point, Trial, TrialStatus};
 
 /// Everything a report is made from.
 pub struct Snapshot<'a> {
@@ -20,8 +20,25 @@ impl<'a> Snapshot<'a> {
         Snapshot { spec, trials, finals: final_values(observations) }
     }
 
-    pub fn best(&self) -> Option<(u64, f64)> {
-        best_trial(&self.spec.objective, self.trials, &self.finals)
+    /// The best trial, or the Pareto front.
+    pub fn best(&self) -> Vec<Point> {
+        best_trials(&self.spec.goal, self.trials, &self.finals)
+    }
+
+    /// The value of each scalarized objective of a trial (plain metrics are shown as such).
+    fn scalarized(&self, index: u64) -> Vec<Option<f64>> {
+        let f = self.finals.get(&index);
+        self.spec
+            .goal
+            .objectives
+            .iter()
+            .filter(|o| !o.is_metric())
+            .map(|o| o.value(|m| f.and_then(|f| f.get(m)).map(|x| x.mean)))
+            .collect()
+    }
+
+    fn scalarized_names(&self) -> Vec<String> {
+        self.spec.goal.objectives.iter().filter(|o| !o.is_metric()).map(|o| o.name.clone()).collect()
     }
 
     /// The metric names to show: objective first, then constraints, then the rest seen.
@@ -72,12 +89,13 @@ pub fn params_inline(params: &serde_json::Value) -> String {
 }
 
 /// What the one-line summaries need: counts by status (lost apart), the number of
-/// feasible completed trials, and the best one (index, value, parameters).
+/// feasible completed trials, and the best one or the Pareto front (index, objective
+/// values, parameters).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     pub counts: BTreeMap<String, u64>,
     pub feasible: u64,
-    pub best: Option<(u64, f64, serde_json::Value)>,
+    pub best: Vec<(u64, Vec<f64>, serde_json::Value)>,
 }
 
 impl Snapshot<'_> {
@@ -90,7 +108,7 @@ impl Snapshot<'_> {
         let feasible =
             self.trials.iter().filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)).count()
                 as u64;
-        let best = self.best().map(|(i, v)| (i, v, self.trials[i as usize].parameters.clone()));
+        let best = self.best().into_iter().map(|(i, v)| (i, v, self.trials[i as usize].parameters.clone())).collect();
         Summary { counts, feasible, best }
     }
 }
@@ -115,18 +133,37 @@ pub fn summary_line(spec: &ExperimentSpec, s: &Summary) -> String {
     line
 }
 
+/// `loss = 0.25, latency_ms = 120`.
+fn objectives_inline(goal: &Goal, values: &[f64]) -> String {
+    goal.objectives.iter().zip(values).map(|(o, v)| format!("{} = {}", o.name, num(*v))).collect::<Vec<_>>().join(", ")
+}
+
 pub fn best_line(spec: &ExperimentSpec, s: &Summary) -> String {
-    match &s.best {
-        Some((i, v, params)) => {
-            format!("best: trial {i}, {} = {}  ({})", spec.objective.metric, num(*v), params_inline(params))
+    let goal = &spec.goal;
+    match s.best.as_slice() {
+        [] if goal.is_multi() && !goal.thresholds.is_empty() => {
+            "Pareto front: no feasible completed trial within the thresholds yet".into()
         }
-        None => "best: no feasible completed trial yet".into(),
+        [] => "best: no feasible completed trial yet".into(),
+        [(i, v, params)] if !goal.is_multi() => {
+            format!("best: trial {i}, {}  ({})", objectives_inline(goal, v), params_inline(params))
+        }
+        front => {
+            let shown: Vec<String> = front.iter().take(10).map(|(i, _, _)| i.to_string()).collect();
+            let more = if front.len() > 10 { format!(" and {} more", front.len() - 10) } else { String::new() };
+            format!(
+                "Pareto front: {} trial{}: {}{more} (`optx best` lists them)",
+                front.len(),
+                if front.len() == 1 { "" } else { "s" },
+                shown.join(", ")
+            )
+        }
     }
 }
 
 pub fn status(s: &Snapshot, store: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "experiment: {}  ({} {})", s.spec.name, s.spec.objective.verb(), s.spec.objective.metric);
+    let _ = writeln!(out, "experiment: {}  ({})", s.spec.name, s.spec.goal.describe());
     let _ = writeln!(out, "store:      {store}");
     let summary = s.summary();
     let _ = writeln!(out, "trials:     {}", summary_line(s.spec, &summary));
@@ -144,45 +181,108 @@ pub fn status(s: &Snapshot, store: &str) -> String {
     out
 }
 
-/// The best point as JSON.
+fn objectives_json(goal: &Goal, values: &[f64]) -> serde_json::Value {
+    serde_json::Value::Array(
+        goal.objectives
+            .iter()
+            .zip(values)
+            .map(|(o, v)| serde_json::json!({"name": o.name, "direction": o.verb(), "value": finite(*v)}))
+            .collect(),
+    )
+}
+
+/// The best point as JSON (`null` when there is none); for several objectives
+/// `{"objectives": [...], "pareto_front": [...]}`.
 pub fn best_json(s: &Snapshot) -> serde_json::Value {
-    match s.best() {
-        Some((i, v)) => {
-            let t = &s.trials[i as usize];
-            serde_json::json!({
-                "index": i,
-                "objective": {"metric": s.spec.objective.metric, "direction": s.spec.objective.verb(), "value": v},
-                "parameters": t.parameters,
-                "metrics": metrics_json(s, t),
-            })
+    let goal = &s.spec.goal;
+    let entry = |(i, v): &Point| {
+        let t = &s.trials[*i as usize];
+        serde_json::json!({
+            "index": i,
+            "objectives": objectives_json(goal, v),
+            "parameters": t.parameters,
+            "metrics": metrics_json(s, t),
+        })
+    };
+    let best = s.best();
+    if goal.is_multi() {
+        let objectives: Vec<serde_json::Value> =
+            goal.objectives.iter().map(|o| serde_json::json!({"name": o.name, "direction": o.verb()})).collect();
+        let thresholds: Vec<String> = goal.thresholds.iter().map(|t| t.to_string()).collect();
+        return serde_json::json!({
+            "objectives": objectives,
+            "thresholds": thresholds,
+            "pareto_front": best.iter().map(entry).collect::<Vec<_>>(),
+        });
+    }
+    match best.first() {
+        Some(p) => {
+            let mut e = entry(p);
+            let o = &goal.objectives[0];
+            e["objective"] = serde_json::json!({"metric": o.name, "direction": o.verb(), "value": finite(p.1[0])});
+            e
         }
         None => serde_json::Value::Null,
     }
 }
 
 pub fn best_text(s: &Snapshot) -> String {
-    match s.best() {
-        None => "no feasible completed trial yet\n".into(),
-        Some((i, v)) => {
-            let t = &s.trials[i as usize];
-            let mut out = format!("trial {i}: {} = {}\n", s.spec.objective.metric, num(v));
-            if let Some(obj) = t.parameters.as_object() {
-                let w = obj.keys().map(|k| k.len()).max().unwrap_or(0);
-                for (k, v) in obj {
-                    let _ = writeln!(
-                        out,
-                        "  {k:w$}  {}",
-                        params_inline(&serde_json::json!({ "": v })).trim_start_matches('=')
-                    );
-                }
-            }
-            for (m, o) in s.finals.get(&i).into_iter().flatten() {
-                if *m != s.spec.objective.metric {
-                    let _ = writeln!(out, "  metric {m} = {}", num(o.mean));
-                }
-            }
-            out
+    let goal = &s.spec.goal;
+    let best = s.best();
+    if goal.is_multi() {
+        return front_text(s, &best);
+    }
+    let Some((i, v)) = best.first() else { return "no feasible completed trial yet\n".into() };
+    let t = &s.trials[*i as usize];
+    let mut out = format!("trial {i}: {}\n", objectives_inline(goal, v));
+    if let Some(obj) = t.parameters.as_object() {
+        let w = obj.keys().map(|k| k.len()).max().unwrap_or(0);
+        for (k, v) in obj {
+            let _ = writeln!(out, "  {k:w$}  {}", params_inline(&serde_json::json!({ "": v })).trim_start_matches('='));
         }
+    }
+    for (m, o) in s.finals.get(i).into_iter().flatten() {
+        if *m != goal.objectives[0].name {
+            let _ = writeln!(out, "  metric {m} = {}", num(o.mean));
+        }
+    }
+    out
+}
+
+/// The Pareto front as a table: one row per trial, objectives then parameters.
+fn front_text(s: &Snapshot, front: &[Point]) -> String {
+    let goal = &s.spec.goal;
+    let mut out = format!("Pareto front ({}", goal.describe());
+    if !goal.thresholds.is_empty() {
+        let t: Vec<String> = goal.thresholds.iter().map(|t| t.to_string()).collect();
+        let _ = write!(out, "; thresholds {}", t.join(", "));
+    }
+    if front.is_empty() {
+        return out + "): no feasible completed trial yet\n";
+    }
+    let _ = writeln!(out, "): {} trial{}", front.len(), if front.len() == 1 { "" } else { "s" });
+    let params = param_names(s);
+    let mut t = Table::new();
+    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Disabled);
+    let mut header: Vec<String> = vec!["#".into()];
+    header.extend(goal.objectives.iter().map(|o| o.name.clone()));
+    header.extend(params.iter().cloned());
+    t.set_header(&header);
+    for (i, v) in front {
+        let tr = &s.trials[*i as usize];
+        let mut row = vec![i.to_string()];
+        row.extend(v.iter().map(|x| num(*x)));
+        row.extend(params.iter().map(|p| param_cell(tr.parameters.get(p))));
+        t.add_row(row);
+    }
+    let _ = writeln!(out, "{t}");
+    out
+}
+
+fn param_cell(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_f64().map(num).unwrap_or_default(),
+        v => cell(v),
     }
 }
 
@@ -244,6 +344,7 @@ pub fn trials_csv(s: &Snapshot) -> Result<String, csv::Error> {
     let mut header: Vec<String> = vec!["index".into(), "status".into(), "generation".into()];
     header.extend(params.iter().cloned());
     header.extend(metrics.iter().cloned());
+    header.extend(s.scalarized_names());
     header.extend(["feasible", "lost", "reason", "created_at", "started_at", "completed_at"].map(String::from));
     w.write_record(&header)?;
     for t in s.trials {
@@ -251,6 +352,7 @@ pub fn trials_csv(s: &Snapshot) -> Result<String, csv::Error> {
         row.extend(params.iter().map(|p| cell(t.parameters.get(p))));
         let f = s.finals.get(&t.index);
         row.extend(metrics.iter().map(|m| f.and_then(|f| f.get(m)).map(|o| o.mean.to_string()).unwrap_or_default()));
+        row.extend(s.scalarized(t.index).into_iter().map(|v| v.map(|v| v.to_string()).unwrap_or_default()));
         row.push(t.feasible.map(|b| b.to_string()).unwrap_or_default());
         row.push(t.lost.to_string());
         row.push(t.reason.clone().unwrap_or_default());
@@ -272,9 +374,10 @@ pub fn trials_table(s: &Snapshot) -> String {
     header.extend(params.iter().cloned());
     header
         .extend(metrics.iter().filter(|m| *m != "cost" || s.finals.values().any(|f| f.contains_key("cost"))).cloned());
+    header.extend(s.scalarized_names());
     header.push("note".into());
     t.set_header(&header);
-    let best = s.best().map(|b| b.0);
+    let best: Vec<u64> = s.best().into_iter().map(|b| b.0).collect();
     for tr in s.trials {
         let status = if tr.lost {
             "LOST".to_string()
@@ -284,20 +387,16 @@ pub fn trials_table(s: &Snapshot) -> String {
             tr.status.as_str().to_string()
         };
         let mut row = vec![
-            if Some(tr.index) == best { format!("{}*", tr.index) } else { tr.index.to_string() },
+            if best.contains(&tr.index) { format!("{}*", tr.index) } else { tr.index.to_string() },
             status,
             tr.generation.clone(),
         ];
-        for p in &params {
-            row.push(match tr.parameters.get(p) {
-                Some(serde_json::Value::Number(n)) => n.as_f64().map(num).unwrap_or_default(),
-                v => cell(v),
-            });
-        }
+        row.extend(params.iter().map(|p| param_cell(tr.parameters.get(p))));
         let f = s.finals.get(&tr.index);
         for m in metrics.iter().filter(|m| *m != "cost" || s.finals.values().any(|f| f.contains_key("cost"))) {
             row.push(f.and_then(|f| f.get(m)).map(|o| num(o.mean)).unwrap_or_default());
         }
+        row.extend(s.scalarized(tr.index).into_iter().map(|v| v.map(num).unwrap_or_default()));
         let note = tr.reason.as_deref().unwrap_or("").lines().next().unwrap_or("");
         let note: String = if note.chars().count() > 60 {
             note.chars().take(57).collect::<String>() + "..."

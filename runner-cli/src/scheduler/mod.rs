@@ -29,11 +29,38 @@ use crate::store::{self, NewTrial, Store, TransitionData, Tx};
 /// What the run tells whoever watches it (the CLI prints these).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
-    Started { name: String, store: PathBuf, max_trials: u64, parallelism: usize, method: String, existing: u64 },
-    Reattached { index: u64, pid: Option<u64> },
-    Deployed { index: u64, params: serde_json::Value, generation: String },
-    Completed { index: u64, metric: String, value: Option<f64>, feasible: bool, best: bool, note: Option<String> },
-    Failed { index: u64, reason: String, lost: bool, will_retry: bool },
+    Started {
+        name: String,
+        store: PathBuf,
+        max_trials: u64,
+        parallelism: usize,
+        method: String,
+        existing: u64,
+    },
+    Reattached {
+        index: u64,
+        pid: Option<u64>,
+    },
+    Deployed {
+        index: u64,
+        params: serde_json::Value,
+        generation: String,
+    },
+    /// `values`: each objective's name and value; `best`: the best so far, or on the
+    /// Pareto front for several objectives.
+    Completed {
+        index: u64,
+        values: Vec<(String, Option<f64>)>,
+        feasible: bool,
+        best: bool,
+        note: Option<String>,
+    },
+    Failed {
+        index: u64,
+        reason: String,
+        lost: bool,
+        will_retry: bool,
+    },
     Notice(String),
 }
 
@@ -96,7 +123,8 @@ struct State<'a> {
     /// This session's counts for the failure rate.
     deployed_now: u64,
     failed_now: u64,
-    best: Option<(u64, f64)>,
+    /// The best trial so far, or the Pareto front.
+    best: Vec<crate::domain::Point>,
     cost: f64,
     /// Why deployment stopped, if it did.
     halt: Option<(RunEnd, String)>,
@@ -112,8 +140,10 @@ struct State<'a> {
     lost_now: u64,
 }
 
-fn objective_of(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Option<f64> {
-    finals.iter().find(|p| p.metric == spec.objective.metric).map(|p| p.mean)
+/// Each objective's value from a trial's final metrics.
+fn objective_values(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Vec<Option<f64>> {
+    let metric = |m: &str| finals.iter().find(|p| p.metric == m).map(|p| p.mean);
+    spec.goal.objectives.iter().map(|o| o.value(metric)).collect()
 }
 
 fn feasible(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> bool {
@@ -352,21 +382,18 @@ impl<'a> State<'a> {
         tracing::debug!(trial = index, status = %to, "trial ended");
         match &result.outcome {
             Outcome::Completed => {
-                let value = objective_of(spec, &result.finals);
+                let values = objective_values(spec, &result.finals);
                 let feas = feas.unwrap_or(false);
-                let mut best = false;
-                if let (Some(v), true) = (value, feas) {
-                    if v.is_finite() && self.best.is_none_or(|(_, b)| spec.objective.better(v, b)) {
-                        self.best = Some((index, v));
-                        best = true;
-                    }
-                }
+                let all: Option<Vec<f64>> = values.iter().copied().collect();
+                let best = match all {
+                    Some(v) if feas => spec.goal.admit(&mut self.best, index, v),
+                    _ => false,
+                };
                 self.cost += result.finals.iter().find(|p| p.metric == "cost").map_or(0.0, |p| p.mean);
                 let note = result.note.clone();
                 self.print(RunEvent::Completed {
                     index,
-                    metric: spec.objective.metric.clone(),
-                    value,
+                    values: spec.goal.objectives.iter().map(|o| o.name.clone()).zip(values).collect(),
                     feasible: feas,
                     best,
                     note,
@@ -669,7 +696,7 @@ pub(crate) fn drive(
         *taken.entry(t.arm_key.clone()).or_insert(0) += 1;
     }
     let finals = crate::domain::final_values(&store.final_observations()?);
-    let best = crate::domain::best_trial(&spec.objective, &trials, &finals);
+    let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
     let cost: f64 = trials
         .iter()
         .filter(|t| t.status == TrialStatus::Completed)
@@ -840,9 +867,10 @@ mod tests {
         let trials = store.trials().unwrap();
         assert_eq!(trials.len(), 7);
         assert!(trials.iter().all(|t| t.status == TrialStatus::Completed && t.feasible == Some(true)));
-        let best = store.best_by("f", true).unwrap().unwrap();
+        let best = store.best(&spec.goal).unwrap();
         let min = trials.iter().map(|t| t.parameters["x"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
-        assert_eq!(best.1, min);
+        assert_eq!(best.len(), 1);
+        assert_eq!(best[0].1, vec![min]);
         let announced = events.iter().filter(|e| matches!(e, RunEvent::Completed { best: true, .. })).count();
         assert!(announced >= 1);
     }

@@ -5,13 +5,14 @@
 //! [`Store::tx`], so several transitions share one transaction that commits before the
 //! caller acts. Uses only `domain`. The schema is documented in the README.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::domain::{Durability, Observation, TransitionError, Trial, TrialStatus};
+use crate::domain::{Durability, Goal, Observation, TransitionError, Trial, TrialStatus};
 
 /// The schema this optx writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -447,22 +448,38 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// The feasible completed trial with the lowest (or highest) final `metric`: index,
-    /// value, parameters.
-    pub fn best_by(&self, metric: &str, minimize: bool) -> Result<Option<(u64, f64, serde_json::Value)>> {
-        let order = if minimize { "ASC" } else { "DESC" };
+    /// The best feasible completed trials (the best one, or the Pareto front) with their
+    /// objective values and parameters. Reads only the objectives' final metrics.
+    pub fn best(&self, goal: &Goal) -> Result<Vec<(u64, Vec<f64>, serde_json::Value)>> {
+        let metrics = goal.metrics();
+        let marks = vec!["?"; metrics.len()].join(", ");
         let sql = format!(
-            "SELECT t.idx, o.mean, t.parameters FROM trials t JOIN observations o ON o.trial = t.idx
-             WHERE t.status = 'COMPLETED' AND t.feasible = 1 AND o.metric = ?1 AND o.final = 1
-             ORDER BY o.mean {order}, t.idx LIMIT 1"
+            "SELECT t.idx, o.metric, o.mean FROM trials t JOIN observations o ON o.trial = t.idx
+             WHERE t.status = 'COMPLETED' AND t.feasible = 1 AND o.final = 1 AND o.metric IN ({marks})
+             ORDER BY t.idx, o.rowid"
         );
-        let row = self
-            .conn
-            .query_row(&sql, [metric], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)?, r.get::<_, String>(2)?))
-            })
-            .optional()?;
-        Ok(row.map(|(i, v, p)| (i, v, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null))))
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(&metrics), |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, f64>(2)?))
+        })?;
+        let mut by_trial: Vec<(u64, BTreeMap<String, f64>)> = Vec::new();
+        for row in rows {
+            let (i, m, v) = row?;
+            match by_trial.last_mut() {
+                Some((j, values)) if *j == i => {
+                    values.insert(m, v);
+                }
+                _ => by_trial.push((i, BTreeMap::from([(m, v)]))),
+            }
+        }
+        let best = goal.best(by_trial.iter().filter_map(|(i, m)| Some((*i, goal.values(|k| m.get(k).copied())?))));
+        let mut out = Vec::with_capacity(best.len());
+        for (i, v) in best {
+            let p: String =
+                self.conn.query_row("SELECT parameters FROM trials WHERE idx = ?1", [i as i64], |r| r.get(0))?;
+            out.push((i, v, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)));
+        }
+        Ok(out)
     }
 
     pub fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>> {
@@ -615,6 +632,7 @@ fn fnv1a(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Direction, Objective};
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
@@ -721,8 +739,9 @@ mod tests {
         counts.sort();
         assert_eq!(counts, vec![("COMPLETED".into(), false, 3), ("FAILED".into(), true, 1)]);
         // The infeasible 1.0 is not the best.
-        assert_eq!(s.best_by("f", true).unwrap().map(|b| (b.0, b.1)), Some((2, 2.0)));
-        assert_eq!(s.best_by("f", false).unwrap().map(|b| (b.0, b.1)), Some((0, 3.0)));
+        let best = |d| s.best(&Goal::single(Objective::metric("f", d))).unwrap();
+        assert_eq!(best(Direction::Minimize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(2, vec![2.0])]);
+        assert_eq!(best(Direction::Maximize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(0, vec![3.0])]);
         assert_eq!(s.final_observations().unwrap().len(), 3);
     }
 

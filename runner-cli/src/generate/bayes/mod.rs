@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::domain::{Arm, Direction, Domain, Objective, OutcomeConstraint, SearchSpace};
+use crate::domain::{Arm, Direction, Domain, Goal, OutcomeConstraint, SearchSpace};
 use acq::{Acquisition, ConstraintModel};
 use gp::{Data, Gp, Hyper, Noise};
 
@@ -128,7 +128,9 @@ pub struct Context<'a> {
     pub space: &'a SearchSpace,
     /// How `space`'s arms become model inputs.
     pub encoder: &'a Encoder,
-    pub objective: &'a Objective,
+    pub goal: &'a Goal,
+    /// Outcome constraints, and for several objectives their thresholds too: both are
+    /// modelled as probabilities of feasibility.
     pub constraints: &'a [OutcomeConstraint],
     pub seed: u64,
     /// How many Bayesian proposals came before this one.
@@ -147,20 +149,58 @@ pub struct Candidate {
     pub acquisition: f64,
 }
 
-/// The training data of one metric, oriented for minimization when `flip`.
-fn data_for(points: &[&Observed], metric: &str, flip: bool) -> Option<Data> {
-    let rows: Vec<(&Observed, f64, Option<f64>)> = points
-        .iter()
-        .filter_map(|o| o.values.get(metric).filter(|v| v.0.is_finite()).map(|v| (*o, v.0, v.1)))
-        .collect();
+/// The training data from each point's `(value, SEM)`; points without a value are left out.
+fn data_for(points: &[&Observed], values: &[Option<(f64, Option<f64>)>]) -> Option<Data> {
+    let rows: Vec<(&Observed, f64, Option<f64>)> =
+        points.iter().zip(values).filter_map(|(o, v)| v.filter(|v| v.0.is_finite()).map(|v| (*o, v.0, v.1))).collect();
     if rows.len() < 2 {
         return None;
     }
-    let sign = if flip { -1.0 } else { 1.0 };
     let all_sem = rows.iter().all(|r| r.2.is_some_and(|s| s.is_finite() && s >= 0.0));
     let noise =
         if all_sem { Noise::Fixed(rows.iter().map(|r| r.2.unwrap_or(0.0).powi(2)).collect()) } else { Noise::Inferred };
-    Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| sign * r.1).collect(), noise })
+    Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| r.1).collect(), noise })
+}
+
+/// ParEGO's augmentation: the weighted sum's share in the Chebyshev scalarization.
+const PAREGO_RHO: f64 = 0.05;
+
+/// What the objective model learns, for minimization: the objective's value (and SEM), or
+/// for several objectives ParEGO's random augmented Chebyshev scalarization of them, each
+/// normalized to `[0, 1]` over the observed points, with weights drawn uniformly from the
+/// simplex (a new draw each proposal, so that proposals cover the whole front).
+fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Option<(f64, Option<f64>)>> {
+    let oriented = |i: usize, p: &Observed| {
+        let o = &goal.objectives[i];
+        let sign = if o.direction == Direction::Maximize { -1.0 } else { 1.0 };
+        o.value_sem(|m| p.values.get(m).copied()).map(|(v, s)| (sign * v, s))
+    };
+    if !goal.is_multi() {
+        return points.iter().map(|p| oriented(0, p)).collect();
+    }
+    let k = goal.objectives.len();
+    let rows: Vec<Option<Vec<f64>>> =
+        points.iter().map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0)).collect()).collect();
+    let mut lo = vec![f64::INFINITY; k];
+    let mut hi = vec![f64::NEG_INFINITY; k];
+    for r in rows.iter().flatten() {
+        for i in 0..k {
+            lo[i] = lo[i].min(r[i]);
+            hi[i] = hi[i].max(r[i]);
+        }
+    }
+    let mut w: Vec<f64> = (0..k).map(|_| -(1.0 - rng.random::<f64>()).ln()).collect();
+    let sum: f64 = w.iter().sum();
+    w.iter_mut().for_each(|x| *x /= sum);
+    rows.into_iter()
+        .map(|r| {
+            let r = r?;
+            let g: Vec<f64> =
+                (0..k).map(|i| if hi[i] > lo[i] { (r[i] - lo[i]) / (hi[i] - lo[i]) } else { 0.0 } * w[i]).collect();
+            let max = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            Some((max + PAREGO_RHO * g.iter().sum::<f64>(), None))
+        })
+        .collect()
 }
 
 /// Fit a GP. Cold: from the prior's mode and seeded perturbations of it. Warm: from the
@@ -218,24 +258,23 @@ fn subset(y: &[f64], k: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
 /// trials with the objective) or no arm left to try.
 pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -> Option<Candidate> {
     let enc = ctx.encoder;
-    let flip = ctx.objective.direction == Direction::Maximize;
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0xB0_5E_ED);
     rng.set_stream(ctx.draw);
     let mut hypers = BTreeMap::new();
 
     // The modelled points: all, or a bounded subset of them.
     let all: Vec<&Observed> = history.completed.iter().collect();
+    let mut target = targets(ctx.goal, &all, &mut rng);
     let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {
-        let y: Vec<f64> = all
-            .iter()
-            .map(|o| o.values.get(&ctx.objective.metric).map_or(f64::INFINITY, |v| if flip { -v.0 } else { v.0 }))
-            .collect();
-        subset(&y, MAX_MODEL_POINTS, &mut rng).into_iter().map(|i| all[i]).collect()
+        let y: Vec<f64> = target.iter().map(|v| v.map_or(f64::INFINITY, |v| v.0)).collect();
+        let keep = subset(&y, MAX_MODEL_POINTS, &mut rng);
+        target = keep.iter().map(|&i| target[i]).collect();
+        keep.into_iter().map(|i| all[i]).collect()
     } else {
         all
     };
 
-    let data = data_for(&points, &ctx.objective.metric, flip)?;
+    let data = data_for(&points, &target)?;
     let explore = ctx.draw % 5 == 0;
     let objective = fit(&data, ctx.warm.get("objective"), explore, &mut rng)?;
     hypers.insert("objective".to_string(), objective.hyper.clone());
@@ -243,7 +282,8 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     let mut constraints = Vec::new();
     for c in ctx.constraints {
         let upper = c.relation == crate::domain::Relation::AtMost;
-        let Some(data) = data_for(&points, &c.metric, false) else { continue };
+        let values: Vec<_> = points.iter().map(|o| o.values.get(&c.metric).copied()).collect();
+        let Some(data) = data_for(&points, &values) else { continue };
         let key = format!("constraint:{}", c.metric);
         let Some(gp) = fit(&data, ctx.warm.get(&key), explore, &mut rng) else { continue };
         hypers.insert(key, gp.hyper.clone());
@@ -254,11 +294,12 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     // The incumbent: the best posterior mean among observed feasible points.
     let best = points
         .iter()
-        .filter(|o| {
-            o.values.get(&ctx.objective.metric).is_some_and(|v| v.0.is_finite())
+        .zip(&target)
+        .filter(|(o, t)| {
+            t.is_some_and(|v| v.0.is_finite())
                 && ctx.constraints.iter().all(|c| o.values.get(&c.metric).is_some_and(|v| c.satisfied(v.0)))
         })
-        .map(|o| objective.predict(&o.x).0)
+        .map(|(o, _)| objective.predict(&o.x).0)
         .min_by(f64::total_cmp);
 
     let pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();

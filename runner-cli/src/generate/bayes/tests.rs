@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::{LinearConstraint, Parameter, Relation, Value};
+use crate::domain::{LinearConstraint, Objective, Parameter, Relation, Value};
 use std::collections::HashSet;
 
 fn float(name: &str, lo: f64, hi: f64) -> Parameter {
@@ -17,8 +17,8 @@ fn branin_space() -> SearchSpace {
     SearchSpace { parameters: vec![float("x1", -5.0, 10.0), float("x2", 0.0, 15.0)], constraints: vec![] }
 }
 
-fn minimize(metric: &str) -> Objective {
-    Objective { metric: metric.into(), direction: Direction::Minimize }
+fn minimize(metric: &str) -> Goal {
+    Goal::single(Objective::metric(metric, Direction::Minimize))
 }
 
 /// A completed trial with these values (no SEM).
@@ -32,7 +32,7 @@ fn observed(enc: &Encoder, space: &SearchSpace, arm: &Arm, values: &BTreeMap<Str
 /// Run `trials` sequential trials: `sobol` Sobol points, then Bayesian proposals.
 fn run(
     space: &SearchSpace,
-    objective: &Objective,
+    goal: &Goal,
     constraints: &[OutcomeConstraint],
     seed: u64,
     sobol: u64,
@@ -47,7 +47,7 @@ fn run(
         let arm = if i < sobol {
             space.arm_from_unit(&super::super::sobol_point(i, space.dims(), seed))
         } else {
-            let ctx = Context { space, encoder: &enc, objective, constraints, seed, draw: i - sobol, warm: &warm };
+            let ctx = Context { space, encoder: &enc, goal, constraints, seed, draw: i - sobol, warm: &warm };
             let seen: HashSet<String> = out.iter().map(|(a, _): &(Arm, _)| a.key()).collect();
             let c = propose(&ctx, &history, &|k| seen.contains(k)).expect("a candidate");
             warm = c.hypers;
@@ -163,8 +163,7 @@ fn pending_trials_push_the_next_candidate_away() {
         history.completed.push(observed(&enc, &space, arm, v));
     }
     let warm = BTreeMap::new();
-    let ctx =
-        Context { space: &space, encoder: &enc, objective: &obj, constraints: &[], seed: 2, draw: 0, warm: &warm };
+    let ctx = Context { space: &space, encoder: &enc, goal: &obj, constraints: &[], seed: 2, draw: 0, warm: &warm };
     let first = propose(&ctx, &history, &|_| false).unwrap().arm;
     history.pending.insert(100, enc.encode(&space, &first).unwrap());
     let second = propose(&ctx, &history, &|_| false).unwrap().arm;
@@ -188,7 +187,7 @@ fn maximization_and_unordered_choices() {
         ],
         constraints: vec![],
     };
-    let obj = Objective { metric: "acc".into(), direction: Direction::Maximize };
+    let obj = Goal::single(Objective::metric("acc", Direction::Maximize));
     let f = |a: &Arm| {
         let x = a.get("x").unwrap().as_f64().unwrap();
         let bonus = if a.get("k") == Some(&Value::Str("b".into())) { 1.0 } else { 0.0 };
