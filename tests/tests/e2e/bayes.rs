@@ -78,3 +78,120 @@ fn a_resumed_run_continues_the_same_bayesian_sequence() {
     assert_eq!(a.len(), 14);
     assert_eq!(a, b, "the resumed run proposed other arms");
 }
+
+/// Branin-Currin, both minimized over the unit square (BoTorch's multi-objective test).
+const BRANIN_CURRIN: &str = "import math, sys\n\
+u, v = float(sys.argv[1]), max(float(sys.argv[2]), 1e-9)\n\
+x1, x2 = 15 * u - 5, 15 * v\n\
+b = (x2 - 5.1 / (4 * math.pi ** 2) * x1 ** 2 + 5 / math.pi * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10\n\
+c = (1 - math.exp(-1 / (2 * v))) * (2300 * u ** 3 + 1900 * u ** 2 + 2092 * u + 60) / (100 * u ** 3 + 500 * u ** 2 + 4 * u + 20)\n\
+print(f\"branin={b!r} currin={c!r}\")\n";
+
+/// The reference point: both thresholds.
+const REFERENCE: [f64; 2] = [18.0, 6.0];
+
+fn branin_currin(name: &str, method: &str) -> Exp {
+    let params = "u = { type = \"float\", bounds = [0.0, 1.0] }\nv = { type = \"float\", bounds = [0.0, 1.0] }";
+    let runner = "command = [\"python3\", \"bc.py\", \"{u}\", \"{v}\"]";
+    let orchestration = "max_trials = 24\ninitial_seconds_between_polls = 0";
+    let text = toml(name, params, runner, orchestration, &format!("[generation]\nmethod = \"{method}\"\n")).replace(
+        "minimize = \"f\"",
+        &format!(
+            "minimize = [\"branin\", \"currin\"]\nthresholds = [\"branin <= {}\", \"currin <= {}\"]",
+            REFERENCE[0], REFERENCE[1]
+        ),
+    );
+    let e = Exp::new(name, &text);
+    e.file("bc.py", BRANIN_CURRIN);
+    e
+}
+
+/// The area dominated by `points` (both minimized) and bounded by the reference point.
+fn hypervolume(points: &[[f64; 2]]) -> f64 {
+    let mut inside: Vec<[f64; 2]> =
+        points.iter().copied().filter(|p| p[0] <= REFERENCE[0] && p[1] <= REFERENCE[1]).collect();
+    inside.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let (mut area, mut roof) = (0.0, REFERENCE[1]);
+    for p in inside {
+        if p[1] < roof {
+            area += (REFERENCE[0] - p[0]) * (roof - p[1]);
+            roof = p[1];
+        }
+    }
+    area
+}
+
+fn objective_pairs(trials: &[serde_json::Value]) -> Vec<(u64, [f64; 2])> {
+    trials.iter().filter_map(|t| Some((t["index"].as_u64()?, [metric(t, "branin")?, metric(t, "currin")?]))).collect()
+}
+
+#[test]
+fn several_objectives_give_a_pareto_front_that_beats_sobol() {
+    let e = branin_currin("mo", "auto");
+    let out = e.run_ok(&["validate", "experiment.toml"]);
+    assert!(text(&out).contains("ParEGO"), "{}", text(&out));
+    let run = e.run_ok(&["run", "experiment.toml"]);
+    let log = text(&run);
+    assert!(log.contains("branin = ") && log.contains(", currin = "), "{log}");
+    assert!(log.contains("* on the Pareto front") && log.contains("Pareto front: "), "{log}");
+    let trials = e.trials();
+    assert!(trials[6..].iter().all(|t| t["generation"] == "bayesian"), "{trials:?}");
+    let pairs = objective_pairs(&trials);
+    assert_eq!(pairs.len(), 24);
+
+    // `optx best` lists exactly the undominated trials within the thresholds.
+    let dominated = |p: &[f64; 2]| pairs.iter().any(|(_, q)| q[0] <= p[0] && q[1] <= p[1] && q != p);
+    let mut expected: Vec<u64> = pairs
+        .iter()
+        .filter(|(_, p)| !dominated(p) && p[0] <= REFERENCE[0] && p[1] <= REFERENCE[1])
+        .map(|(i, _)| *i)
+        .collect();
+    expected.sort();
+    let out = e.run_ok(&["best", "experiment.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let front: Vec<u64> = v["pareto_front"].as_array().unwrap().iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    assert!(expected.len() >= 3, "{expected:?}");
+    assert_eq!(front, expected);
+    assert_eq!(v["objectives"][1]["name"], "currin");
+    let table = text(&e.run_ok(&["best", "experiment.toml"]));
+    assert!(
+        table.starts_with(&format!(
+            "Pareto front (minimize branin, currin; thresholds branin <= 18, currin <= 6): {} trials",
+            front.len()
+        )),
+        "{table}"
+    );
+
+    let s = branin_currin("mo_sobol", "sobol");
+    s.run_ok(&["run", "experiment.toml", "--quiet"]);
+    let hv = |pairs: Vec<(u64, [f64; 2])>| hypervolume(&pairs.into_iter().map(|p| p.1).collect::<Vec<_>>());
+    let (bo, sobol) = (hv(pairs), hv(objective_pairs(&s.trials())));
+    // The largest hypervolume is about 59.4.
+    assert!(bo > sobol && bo > 50.0, "hypervolume: bayesian {bo}, sobol {sobol}");
+}
+
+#[test]
+fn a_weighted_sum_of_metrics_is_the_objective() {
+    let e = branin("sum", 16, "auto", "");
+    let text_ = std::fs::read_to_string(e.path().join("experiment.toml")).unwrap();
+    std::fs::write(e.path().join("experiment.toml"), text_.replace("minimize = \"f\"", "minimize = \"f + 0.5*c\""))
+        .unwrap();
+    let run = text(&e.run_ok(&["run", "experiment.toml"]));
+    assert!(run.contains("completed  f + 0.5*c = "), "{run}");
+    let trials = e.trials();
+    let value = |t: &serde_json::Value| metric(t, "f").unwrap() + 0.5 * metric(t, "c").unwrap();
+    let (i, min) = trials.iter().map(|t| (t["index"].as_u64().unwrap(), value(t))).fold((0, f64::INFINITY), |b, x| {
+        if x.1 < b.1 {
+            x
+        } else {
+            b
+        }
+    });
+    let v: serde_json::Value =
+        serde_json::from_slice(&e.run_ok(&["best", "experiment.toml", "--json"]).stdout).unwrap();
+    assert_eq!(v["index"].as_u64(), Some(i), "{v}");
+    assert!((v["objective"]["value"].as_f64().unwrap() - min).abs() < 1e-9, "{v}");
+    assert_eq!(v["objective"]["metric"], "f + 0.5*c");
+    let table = text(&e.run_ok(&["trials", "experiment.toml"]));
+    assert!(table.lines().next().unwrap().contains("f + 0.5*c") || table.contains("f + 0.5*c"), "{table}");
+}

@@ -179,8 +179,20 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
         return points.iter().map(|p| oriented(0, p)).collect();
     }
     let k = goal.objectives.len();
-    let rows: Vec<Option<Vec<f64>>> =
-        points.iter().map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0)).collect()).collect();
+    // A value worse than its threshold counts as the threshold: the model spends itself on
+    // the region of interest, not on how bad the rest is.
+    let reference: Vec<f64> = goal
+        .objectives
+        .iter()
+        .map(|o| {
+            let sign = if o.direction == Direction::Maximize { -1.0 } else { 1.0 };
+            goal.thresholds.iter().find(|t| t.metric == o.name).map_or(f64::INFINITY, |t| sign * t.bound)
+        })
+        .collect();
+    let rows: Vec<Option<Vec<f64>>> = points
+        .iter()
+        .map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0.min(reference[i]))).collect())
+        .collect();
     let mut lo = vec![f64::INFINITY; k];
     let mut hi = vec![f64::NEG_INFINITY; k];
     for r in rows.iter().flatten() {
