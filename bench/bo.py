@@ -10,9 +10,13 @@ medians that Ax 1.3.1 and Optuna TPE reach on the same rows (measured on this ma
 the issue that set the targets), and whether optx's median is at least as good as Ax's and
 better than TPE's. `--method sobol` gives the baseline without a model.
 
+Then several objectives: Branin-Currin (both minimized, thresholds 18 and 6: BoTorch's
+reference point) through a command runner, 24 trials, `auto` (ParEGO) against Sobol, as the
+hypervolume of each run's Pareto front (the largest possible is 59.36).
+
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
-Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-speed]
+Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-mo] [--no-speed]
 (Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
 import argparse
@@ -87,6 +91,67 @@ def one_run(optx, problem, budget, parallelism, seed, method):
         return best["objective"]["value"]
 
 
+# Branin-Currin over the unit square, both minimized, printed as `branin=.. currin=..`.
+BRANIN_CURRIN = """import math, sys
+u, v = float(sys.argv[1]), max(float(sys.argv[2]), 1e-9)
+x1, x2 = 15 * u - 5, 15 * v
+b = (x2 - 5.1 / (4 * math.pi ** 2) * x1 ** 2 + 5 / math.pi * x1 - 6) ** 2 + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10
+c = (1 - math.exp(-1 / (2 * v))) * (2300 * u ** 3 + 1900 * u ** 2 + 2092 * u + 60) / (100 * u ** 3 + 500 * u ** 2 + 4 * u + 20)
+print(f"branin={b!r} currin={c!r}")
+"""
+
+MO_EXPERIMENT = """[experiment]
+name = "bc"
+seed = {seed}
+
+[parameters]
+u = {{ type = "float", bounds = [0.0, 1.0] }}
+v = {{ type = "float", bounds = [0.0, 1.0] }}
+
+[objective]
+minimize = ["branin", "currin"]
+thresholds = ["branin <= 18", "currin <= 6"]
+
+[runner]
+command = ["{python}", "bc.py", "{{u}}", "{{v}}"]
+
+[orchestration]
+max_trials = {budget}
+initial_seconds_between_polls = 0
+
+[generation]
+method = "{method}"
+"""
+
+REFERENCE = (18.0, 6.0)
+
+
+def hypervolume(points):
+    """The area dominated by `points` (both minimized) within the reference point."""
+    inside = sorted(p for p in points if p[0] <= REFERENCE[0] and p[1] <= REFERENCE[1])
+    area, roof = 0.0, REFERENCE[1]
+    for x, y in inside:
+        if y < roof:
+            area += (REFERENCE[0] - x) * (roof - y)
+            roof = y
+    return area
+
+
+def mo_run(optx, budget, seed, method):
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "bc.py"), "w") as f:
+            f.write(BRANIN_CURRIN)
+        path = os.path.join(d, "experiment.toml")
+        with open(path, "w") as f:
+            f.write(MO_EXPERIMENT.format(seed=seed, budget=budget, method=method, python=sys.executable))
+        run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
+        out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
+        front = json.loads(out.stdout)["pareto_front"]
+        return hypervolume([tuple(o["value"] for o in p["objectives"]) for p in front])
+
+
 def quartiles(v):
     q = statistics.quantiles(v, n=4, method="inclusive")
     return q[0], q[1], q[2]
@@ -98,6 +163,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--method", default="auto")
     ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--no-mo", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
     optx = os.path.join(RELEASE, "optx")
@@ -118,6 +184,17 @@ def main():
               f"  {'yes' if ok_ax else 'NO':>5} {'yes' if ok_tpe else 'NO':>5}", flush=True)
         print(f"{'':<10} per seed: " + " ".join(f"{v:.3f}" for v in values), flush=True)
     print(f"quality targets (median >= Ax, > TPE on every row): {'PASS' if all_ok else 'FAIL'}")
+    if not a.no_mo:
+        budget = 24
+        print()
+        print(f"Branin-Currin, two objectives, {budget} trials: hypervolume of the Pareto front per run over seeds "
+              f"0-{a.seeds - 1} (reference point 18, 6; the largest is 59.36)")
+        print(f"{'method':<16} {'q1':>7} {'median':>7} {'q3':>7}")
+        for method, label in [("auto", "optx auto"), ("sobol", "optx sobol")]:
+            with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+                hv = list(pool.map(lambda s: mo_run(optx, budget, s, method), range(a.seeds)))
+            q1, med, q3 = quartiles(hv)
+            print(f"{label:<16} {q1:>7.2f} {med:>7.2f} {q3:>7.2f}", flush=True)
     if not a.no_speed:
         print()
         subprocess.run([os.path.join(RELEASE, "examples", "bo_speed")], check=True)
