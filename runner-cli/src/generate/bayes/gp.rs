@@ -47,8 +47,6 @@ pub struct Gp {
     alpha: Vec<f64>,
     /// The inverse of the covariance of the observations.
     kinv: Mat<f64>,
-    noise: Vec<f64>,
-    y_std: Vec<f64>,
     pub hyper: Hyper,
     /// Outcome standardization: `y_std = (y - shift) / scale`.
     pub shift: f64,
@@ -316,32 +314,10 @@ impl Gp {
         }
         let r: Vec<f64> = y_std.iter().map(|y| y - mean).collect();
         let (kinv, alpha, _) = factor(&k, n, &r)?;
-        Some(Gp { d, x, n, inv_ls2, mean, alpha, kinv, noise, y_std, hyper, shift, scale })
+        Some(Gp { d, x, n, inv_ls2, mean, alpha, kinv, hyper, shift, scale })
     }
 
-    /// The same GP conditioned on extra points observed at its own posterior mean (the
-    /// "kriging believer" fantasy of pending trials): the mean is unchanged, the variance
-    /// shrinks around them, so parallel proposals spread out.
-    pub fn with_fantasies(&self, points: &[Vec<f64>]) -> Option<Gp> {
-        if points.is_empty() {
-            return Some(self.clone());
-        }
-        let mut x = self.x.clone();
-        let mut y = self.y_std.clone();
-        let mut fixed: Vec<f64> = self.noise.iter().map(|v| (v - JITTER).max(0.0)).collect();
-        let fantasy_noise = self.noise.iter().copied().fold(f64::INFINITY, f64::min) - JITTER;
-        for p in points {
-            y.push(self.predict(p).0);
-            x.extend_from_slice(p);
-            fixed.push(fantasy_noise.max(0.0));
-        }
-        // As fixed noise, so that the fantasies keep the noise the fit found.
-        let mut hyper = self.hyper[..self.d].to_vec();
-        hyper.push(self.mean);
-        Gp::with_hyper(x, self.d, y, fixed, hyper, self.shift, self.scale)
-    }
-
-    /// The number of points the model is conditioned on (fantasies included).
+    /// The number of points the model is conditioned on.
     pub fn points(&self) -> usize {
         self.n
     }
@@ -400,6 +376,33 @@ impl Gp {
             dvar.iter_mut().for_each(|g| *g = 0.0);
         }
         (mu, raw.max(1e-12), dmu, dvar)
+    }
+
+    /// `K^-1 k(X, p)`: what the posterior covariance with `p` needs, once per point.
+    pub fn solve_cross(&self, p: &[f64]) -> Vec<f64> {
+        symv(&self.kinv, &self.cross(p).0)
+    }
+
+    /// The posterior covariance of the latent function at `x` and `p`, given
+    /// `vp = solve_cross(p)`, and with `grad` its gradient with respect to `x`.
+    pub fn cov_grad(&self, x: &[f64], p: &[f64], vp: &[f64], grad: bool) -> (f64, Vec<f64>) {
+        let (n, d) = (self.n, self.d);
+        let (k, kg) = self.cross(x);
+        let s: f64 = (0..d).map(|t| (x[t] - p[t]) * (x[t] - p[t]) * self.inv_ls2[t]).sum();
+        let (kxp, gxp) = kern(s);
+        let c = kxp - dot(&k, vp);
+        if !grad {
+            return (c, Vec::new());
+        }
+        let mut dc: Vec<f64> = (0..d).map(|t| -gxp * (x[t] - p[t]) * self.inv_ls2[t]).collect();
+        for j in 0..n {
+            let xj = &self.x[j * d..(j + 1) * d];
+            let a = vp[j] * kg[j];
+            for t in 0..d {
+                dc[t] += a * (x[t] - xj[t]) * self.inv_ls2[t];
+            }
+        }
+        (c, dc)
     }
 
     /// The kernel between `x` and each training point, and `-2 dk/ds` there.
@@ -479,6 +482,25 @@ mod tests {
     }
 
     #[test]
+    fn the_posterior_covariance_and_its_gradient_are_right() {
+        let gp = Gp::fit(&toy(20, 2), &[Gp::default_hyper(2, true)], 50).unwrap();
+        let p = [0.6, 0.2];
+        let vp = gp.solve_cross(&p);
+        // At p itself the covariance is the variance.
+        assert!((gp.cov_grad(&p, &p, &vp, false).0 - gp.predict(&p).1).abs() < 1e-9);
+        let x = [0.31, 0.77];
+        let (_, dc) = gp.cov_grad(&x, &p, &vp, true);
+        for t in 0..2 {
+            let e = 1e-6;
+            let (mut a, mut b) = (x, x);
+            a[t] += e;
+            b[t] -= e;
+            let fd = (gp.cov_grad(&a, &p, &vp, false).0 - gp.cov_grad(&b, &p, &vp, false).0) / (2.0 * e);
+            assert!((fd - dc[t]).abs() < 1e-5, "{fd} vs {}", dc[t]);
+        }
+    }
+
+    #[test]
     fn the_fit_interpolates_and_is_uncertain_far_away() {
         let data = toy(30, 2);
         let gp = Gp::fit(&data, &[Gp::default_hyper(2, true)], 100).unwrap();
@@ -487,11 +509,5 @@ mod tests {
             assert!((m * gp.scale + gp.shift - y).abs() < 0.05, "{m} vs {y}");
             assert!(v < 0.05);
         }
-        // A fantasy at a point shrinks the variance there and leaves the mean.
-        let p = vec![0.5, 0.05];
-        let (m0, v0) = gp.predict(&p);
-        let f = gp.with_fantasies(std::slice::from_ref(&p)).unwrap();
-        let (m1, v1) = f.predict(&p);
-        assert!((m0 - m1).abs() < 1e-3 && v1 < v0 / 2.0, "{m0} {m1} {v0} {v1}");
     }
 }

@@ -189,10 +189,8 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
             goal.thresholds.iter().find(|t| t.metric == o.name).map_or(f64::INFINITY, |t| sign * t.bound)
         })
         .collect();
-    let rows: Vec<Option<Vec<f64>>> = points
-        .iter()
-        .map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0.min(reference[i]))).collect())
-        .collect();
+    let rows: Vec<Option<Vec<f64>>> =
+        points.iter().map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0.min(reference[i]))).collect()).collect();
     let mut lo = vec![f64::INFINITY; k];
     let mut hi = vec![f64::NEG_INFINITY; k];
     for r in rows.iter().flatten() {
@@ -314,11 +312,46 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
         .map(|(o, _)| objective.predict(&o.x).0)
         .min_by(f64::total_cmp);
 
-    let pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();
-    let objective = objective.with_fantasies(&pending)?;
-    let acq = Acquisition { objective, best, constraints };
+    // Trials still running join the acquisition through draws of their outcomes; one that
+    // is more likely infeasible than not cannot become the incumbent.
+    let points_pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();
+    let pending = match best {
+        Some(b) if !points_pending.is_empty() => {
+            let eligible: Vec<bool> = points_pending
+                .iter()
+                .map(|p| constraints.iter().map(|c| c.log_prob(p)).sum::<f64>() >= 0.5f64.ln())
+                .collect();
+            let normals = normal_draws(points_pending.len(), rng.random::<u64>());
+            acq::Pending::new(&objective, points_pending, &eligible, b, &normals)
+        }
+        _ => None,
+    };
+    let acq = Acquisition { objective, best, constraints, pending };
     let (arm, value) = maximize(ctx, enc, &acq, taken, &mut rng)?;
     Some(Candidate { arm, hypers, acquisition: value })
+}
+
+/// Draws of the outcomes of running trials.
+const PENDING_DRAWS: u64 = 128;
+
+/// `PENDING_DRAWS` quasi-random standard normal vectors of `m` coordinates (scrambled Sobol
+/// through Box-Muller).
+fn normal_draws(m: usize, scramble: u64) -> Vec<Vec<f64>> {
+    let dims = m.div_ceil(2) * 2;
+    (0..PENDING_DRAWS)
+        .map(|i| {
+            let u = super::sobol_point(i, dims, scramble);
+            let mut z = Vec::with_capacity(dims);
+            for pair in u.chunks(2) {
+                let r = (-2.0 * pair[0].max(1e-12).ln()).sqrt();
+                let a = 2.0 * std::f64::consts::PI * pair[1];
+                z.push(r * a.cos());
+                z.push(r * a.sin());
+            }
+            z.truncate(m);
+            z
+        })
+        .collect()
 }
 
 struct Negated<'a> {
