@@ -14,9 +14,14 @@ Then several objectives: Branin-Currin (both minimized, thresholds 18 and 6: BoT
 reference point) through a command runner, 24 trials, `auto` (ParEGO) against Sobol, as the
 hypervolume of each run's Pareto front (the largest possible is 59.36).
 
+Then parallelism without the noise of real timing: the `bo_async` example simulates
+Hartmann6 with 3 trials in parallel in-process, deterministically, once with the oldest
+trial completing first (every proposal sees 2 running trials) and once in synchronous
+batches of 3.
+
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
-Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-mo] [--no-speed]
+Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-mo] [--no-async] [--no-speed]
 (Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
 import argparse
@@ -164,6 +169,7 @@ def main():
     ap.add_argument("--method", default="auto")
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--no-mo", action="store_true")
+    ap.add_argument("--no-async", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
     optx = os.path.join(RELEASE, "optx")
@@ -195,6 +201,15 @@ def main():
                 hv = list(pool.map(lambda s: mo_run(optx, budget, s, method), range(a.seeds)))
             q1, med, q3 = quartiles(hv)
             print(f"{label:<16} {q1:>7.2f} {med:>7.2f} {q3:>7.2f}", flush=True)
+    if not a.no_async:
+        print()
+        sim = os.path.join(RELEASE, "examples", "bo_async")
+        with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+            outs = list(pool.map(lambda mode: subprocess.run([sim, "hartmann6", "30", "3", str(a.seeds), mode],
+                                                            capture_output=True, text=True, check=True).stdout,
+                                 ["async", "batch"]))
+        for out in outs:
+            print(out, end="", flush=True)
     if not a.no_speed:
         print()
         subprocess.run([os.path.join(RELEASE, "examples", "bo_speed")], check=True)

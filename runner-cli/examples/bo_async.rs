@@ -5,7 +5,8 @@
 //! the center, Sobol up to max(5, 2 d) trials, then the model. Prints the best value per
 //! seed and the quartiles.
 //!
-//! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds]   (default: hartmann6 30 3 20)
+//! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds] [async|batch]
+//! (default: hartmann6 30 3 20 async; `batch`: all q complete before the next q are proposed)
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -110,7 +111,8 @@ fn main() {
         bests.push(best);
     }
     let (q1, med, q3) = quartiles(&bests);
-    println!("{problem}, budget {budget}, {q} in parallel (oldest completes first), seeds 0-{}:", seeds - 1);
+    let how = if batch { "synchronous batches" } else { "the oldest completes first" };
+    println!("{problem}, budget {budget}, {q} in parallel ({how}), seeds 0-{}, in-process:", seeds - 1);
     println!("  q1 {q1:.3}  median {med:.3}  q3 {q3:.3}");
     println!("  per seed: {}", bests.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(" "));
 }
