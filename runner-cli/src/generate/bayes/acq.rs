@@ -117,6 +117,16 @@ fn cholesky(a: &[f64], m: usize) -> Option<Vec<f64>> {
     None
 }
 
+/// Solve `L x = b` for lower-triangular `L`.
+fn solve_lower(l: &[f64], m: usize, b: &[f64]) -> Vec<f64> {
+    let mut x = vec![0.0; m];
+    for i in 0..m {
+        let s: f64 = (0..i).map(|k| l[i * m + k] * x[k]).sum();
+        x[i] = (b[i] - s) / l[i * m + i];
+    }
+    x
+}
+
 /// Solve `L^T x = z` for lower-triangular `L`.
 fn solve_upper_t(l: &[f64], m: usize, z: &[f64]) -> Vec<f64> {
     let mut x = vec![0.0; m];
@@ -149,12 +159,7 @@ impl Pending {
             // Column j of S^-1 = L^-T L^-1 e_j.
             let mut e = vec![0.0; m];
             e[j] = 1.0;
-            let mut y = vec![0.0; m];
-            for i in 0..m {
-                let s: f64 = (0..i).map(|k| l[i * m + k] * y[k]).sum();
-                y[i] = (e[i] - s) / l[i * m + i];
-            }
-            let col = solve_upper_t(&l, m, &y);
+            let col = solve_upper_t(&l, m, &solve_lower(&l, m, &e));
             for i in 0..m {
                 sinv[i * m + j] = col[i];
             }

@@ -170,10 +170,11 @@ const PAREGO_RHO: f64 = 0.05;
 /// normalized to `[0, 1]` over the observed points, with weights drawn uniformly from the
 /// simplex (a new draw each proposal, so that proposals cover the whole front).
 fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Option<(f64, Option<f64>)>> {
+    // Oriented for minimization: a maximized objective's values are negated.
+    let signs: Vec<f64> =
+        goal.objectives.iter().map(|o| if o.direction == Direction::Maximize { -1.0 } else { 1.0 }).collect();
     let oriented = |i: usize, p: &Observed| {
-        let o = &goal.objectives[i];
-        let sign = if o.direction == Direction::Maximize { -1.0 } else { 1.0 };
-        o.value_sem(|m| p.values.get(m).copied()).map(|(v, s)| (sign * v, s))
+        goal.objectives[i].value_sem(|m| p.values.get(m).copied()).map(|(v, s)| (signs[i] * v, s))
     };
     if !goal.is_multi() {
         return points.iter().map(|p| oriented(0, p)).collect();
@@ -184,10 +185,8 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
     let reference: Vec<f64> = goal
         .objectives
         .iter()
-        .map(|o| {
-            let sign = if o.direction == Direction::Maximize { -1.0 } else { 1.0 };
-            goal.thresholds.iter().find(|t| t.metric == o.name).map_or(f64::INFINITY, |t| sign * t.bound)
-        })
+        .zip(&signs)
+        .map(|(o, sign)| goal.thresholds.iter().find(|t| t.metric == o.name).map_or(f64::INFINITY, |t| sign * t.bound))
         .collect();
     let rows: Vec<Option<Vec<f64>>> =
         points.iter().map(|p| (0..k).map(|i| oriented(i, p).map(|v| v.0.min(reference[i]))).collect()).collect();
