@@ -5,8 +5,9 @@
 //! the center, Sobol up to max(5, 2 d) trials, then the model. Prints the best value per
 //! seed and the quartiles.
 //!
-//! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds] [async|batch]
-//! (default: hartmann6 30 3 20 async; `batch`: all q complete before the next q are proposed)
+//! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds] [async|batch] [initial trials]
+//! (default: hartmann6 30 3 20 async max(5, 2d); `batch`: all q complete before the next q
+//! are proposed; the initial trials count the center point, as `initial_trials` does)
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -46,6 +47,7 @@ fn main() {
     let seeds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(20);
     // `batch`: all q complete together before the next q are proposed.
     let batch = args.get(4).is_some_and(|a| a == "batch");
+    let initial: Option<u64> = args.get(5).and_then(|a| a.parse().ok());
     let (dims, f): (usize, fn(&[f64]) -> f64) = match problem {
         "branin" => (2, branin),
         _ => (6, hartmann6),
@@ -61,7 +63,7 @@ fn main() {
     };
     let goal = Goal::single(Objective::metric("f", Direction::Minimize));
     let enc = Encoder::new(&space);
-    let initial = (2 * dims as u64).max(5);
+    let initial = initial.unwrap_or((2 * dims as u64).max(5));
     let mut bests = Vec::new();
     for seed in 0..seeds {
         let mut history = History::default();
@@ -112,7 +114,10 @@ fn main() {
     }
     let (q1, med, q3) = quartiles(&bests);
     let how = if batch { "synchronous batches" } else { "the oldest completes first" };
-    println!("{problem}, budget {budget}, {q} in parallel ({how}), seeds 0-{}, in-process:", seeds - 1);
+    println!(
+        "{problem}, budget {budget}, {q} in parallel ({how}), {initial} initial trials, seeds 0-{}, in-process:",
+        seeds - 1
+    );
     println!("  q1 {q1:.3}  median {med:.3}  q3 {q3:.3}");
     println!("  per seed: {}", bests.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(" "));
 }
