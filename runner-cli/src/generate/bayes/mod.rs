@@ -162,6 +162,38 @@ fn data_for(points: &[&Observed], values: &[Option<(f64, Option<f64>)>]) -> Opti
     Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| r.1).collect(), noise })
 }
 
+/// Fewer values than this tell no outlier apart (on Branin, clipping from 10 values on did
+/// better than from 4, and both better than never).
+const WINSORIZE_FROM: usize = 10;
+
+/// Winsorize the bad tail of what a model learns, as Tukey's box plot draws it: a value
+/// beyond `q3 + 1.5 IQR` (for a tail of large values; `q1 - 1.5 IQR` for small ones) counts
+/// as that cutoff, so that one diverged run (a loss of 1e9) does not flatten the model
+/// everywhere else. For a constraint the cutoff is measured from its bound when that is
+/// further out, so that no infeasible value is made feasible. Good values are never touched.
+pub fn winsorize(values: &mut [Option<(f64, Option<f64>)>], bad_above: bool, bound: Option<f64>) {
+    let mut v: Vec<f64> = values.iter().flatten().map(|v| v.0).filter(|v| v.is_finite()).collect();
+    if v.len() < WINSORIZE_FROM {
+        return;
+    }
+    v.sort_by(f64::total_cmp);
+    let last = (v.len() - 1) as f64;
+    // numpy's percentile methods "lower" (q1) and "higher" (q3).
+    let (mut q1, mut q3) = (v[(0.25 * last).floor() as usize], v[(0.75 * last).ceil() as usize]);
+    let cutoff = if bad_above {
+        q3 = bound.map_or(q3, |b| q3.max(b));
+        q3 + 1.5 * (q3 - q1)
+    } else {
+        q1 = bound.map_or(q1, |b| q1.min(b));
+        q1 - 1.5 * (q3 - q1)
+    };
+    for (value, _) in values.iter_mut().flatten() {
+        if (bad_above && *value > cutoff) || (!bad_above && *value < cutoff) {
+            *value = cutoff;
+        }
+    }
+}
+
 /// ParEGO's augmentation: the weighted sum's share in the Chebyshev scalarization.
 const PAREGO_RHO: f64 = 0.05;
 
@@ -274,6 +306,7 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     // The modelled points: all, or a bounded subset of them.
     let all: Vec<&Observed> = history.completed.iter().collect();
     let mut target = targets(ctx.goal, &all, &mut rng);
+    winsorize(&mut target, true, None);
     let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {
         let y: Vec<f64> = target.iter().map(|v| v.map_or(f64::INFINITY, |v| v.0)).collect();
         let keep = subset(&y, MAX_MODEL_POINTS, &mut rng);
@@ -291,7 +324,8 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     let mut constraints = Vec::new();
     for c in ctx.constraints {
         let upper = c.relation == crate::domain::Relation::AtMost;
-        let values: Vec<_> = points.iter().map(|o| o.values.get(&c.metric).copied()).collect();
+        let mut values: Vec<_> = points.iter().map(|o| o.values.get(&c.metric).copied()).collect();
+        winsorize(&mut values, upper, Some(c.bound));
         let Some(data) = data_for(&points, &values) else { continue };
         let key = format!("constraint:{}", c.metric);
         let Some(gp) = fit(&data, ctx.warm.get(&key), explore, &mut rng) else { continue };

@@ -197,3 +197,57 @@ fn maximization_and_unordered_choices() {
     let best = rows.iter().map(|r| r.1["acc"]).fold(f64::NEG_INFINITY, f64::max);
     assert!(best > 0.99, "{best}");
 }
+
+#[test]
+fn winsorizing_clips_only_the_bad_tail_and_never_makes_a_constraint_feasible() {
+    let some = |v: &[f64]| v.iter().map(|v| Some((*v, Some(0.1)))).collect::<Vec<_>>();
+    // 0..=10 and an outlier: numpy's "lower" q1 and "higher" q3 of the twelve values are 2
+    // and 9, so the cutoff for large values is 9 + 1.5 * 7 = 19.5.
+    let base: Vec<f64> = (0..=10).map(f64::from).collect();
+    let mut y = some(&[base.clone(), vec![1e9]].concat());
+    y.push(None);
+    winsorize(&mut y, true, None);
+    let got: Vec<Option<f64>> = y.iter().map(|v| v.map(|v| v.0)).collect();
+    let want: Vec<Option<f64>> = base.iter().map(|v| Some(*v)).chain([Some(19.5), None]).collect();
+    assert_eq!(got, want);
+    assert!(y.iter().flatten().all(|v| v.1 == Some(0.1)), "the SEM is kept");
+    // A tail of small values is bad (maximized): q1 = 2, q3 = 8 of -1e9, 0..=10: the cutoff
+    // is 2 - 9 = -7; the good outlier (50) stays.
+    let mut y = some(&[base.clone(), vec![-1e9, 50.0]].concat());
+    winsorize(&mut y, false, None);
+    assert_eq!(y[11].unwrap().0, -7.0);
+    assert_eq!(y[12].unwrap().0, 50.0);
+    // `at most 20`: the cutoff is measured from the bound, beyond the spread of the values
+    // (q1 = 2), so a value above the bound stays above it: 20 + 1.5 * 18.
+    let mut c = some(&[base.clone(), vec![1e9]].concat());
+    winsorize(&mut c, true, Some(20.0));
+    assert_eq!(c[11].unwrap().0, 47.0);
+    // Too few values to tell an outlier: left alone.
+    let mut few = some(&[0.0, 1.0, 2.0, 3.0, 1e9]);
+    winsorize(&mut few, true, None);
+    assert_eq!(few[4].unwrap().0, 1e9);
+}
+
+#[test]
+fn one_diverged_trial_does_not_blind_the_model() {
+    // Branin with one run that blew up: the candidates still find the valley.
+    let space = branin_space();
+    let enc = Encoder::new(&space);
+    let goal = minimize("f");
+    let mut history = History::default();
+    for i in 0..12u64 {
+        let arm = space.arm_from_unit(&crate::generate::sobol_point(i, 2, 7));
+        let v = if i == 3 { 1e12 } else { branin(&arm) };
+        history.completed.push(observed(&enc, &space, &arm, &BTreeMap::from([("f".to_string(), v)])));
+    }
+    let warm = BTreeMap::new();
+    let mut best = f64::INFINITY;
+    for draw in 0..8 {
+        let ctx = Context { space: &space, encoder: &enc, goal: &goal, constraints: &[], seed: 7, draw, warm: &warm };
+        let c = propose(&ctx, &history, &|_| false).expect("a candidate");
+        let v = branin(&c.arm);
+        best = best.min(v);
+        history.completed.push(observed(&enc, &space, &c.arm, &BTreeMap::from([("f".to_string(), v)])));
+    }
+    assert!(best < 1.0, "best {best} after 8 proposals");
+}
