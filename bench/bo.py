@@ -3,12 +3,14 @@
 
 Each row is a real `optx run` (release build) of a synthetic problem through a plugin runner:
 Hartmann6 through the hartmann6 plugin (no delay), Branin through the job-queue plugin (jobs
-complete at their first poll). The default generation (`auto`: the center point, Sobol up to
-max(5, 2 * dims) trials, then Bayesian optimization) at the given budget and parallelism,
-for seeds 0-19. It prints the best value found per run as median and quartiles, beside the
-medians that Ax 1.3.1 and Optuna TPE reach on the same rows (measured on this machine, from
-the issue that set the targets), and whether optx's median is at least as good as Ax's and
-better than TPE's. `--method sobol` gives the baseline without a model.
+complete at their first poll). Generation `auto` (the center point, Sobol, then Bayesian
+optimization) with `initial_trials = 5`, as Ax 1.3.1's Client starts (its initialization
+budget, the center included), at the given budget and parallelism, for seeds 0-19; then the
+rows where optx's default, max(5, 2 * dims), differs, at that default. It prints the best
+value found per run as median and quartiles, beside the medians that Ax 1.3.1 and Optuna
+TPE reach on the same rows (measured on this machine, from the issue that set the targets),
+and whether optx's median is at least as good as Ax's and better than TPE's. `--method
+sobol` gives the baseline without a model.
 
 Then several objectives: Branin-Currin (both minimized, thresholds 18 and 6: BoTorch's
 reference point) through a command runner, 24 trials, `auto` (ParEGO) against Sobol, as the
@@ -21,7 +23,8 @@ batches of 3.
 
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
-Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30] [--no-mo] [--no-async] [--no-speed]
+Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30]
+       [--initial-trials 5|default] [--no-default-rows] [--no-mo] [--no-async] [--no-speed]
 (Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
 import argparse
