@@ -532,6 +532,16 @@ fn read_objective(ctx: &mut Ctx, t: &Table) -> Option<(Goal, std::ops::Range<usi
             }
         };
         let Some((o, _)) = objectives.iter().find(|(o, _)| o.is_metric() && o.name == metric) else {
+            if let Some((sum, _)) = objectives.iter().find(|(o, _)| o.terms.iter().any(|(m, _)| *m == metric)) {
+                ctx.err(
+                    at,
+                    format!(
+                        "`objective.thresholds`: \"{text}\" names `{metric}`, which is only a term of the objective `{}`: a threshold bounds an objective that is one metric (bound `{metric}` itself with `constraints.outcomes`)",
+                        sum.name
+                    ),
+                );
+                continue;
+            }
             let names = objectives.iter().filter(|(o, _)| o.is_metric()).map(|(o, _)| o.name.as_str());
             ctx.err(
                 at,
