@@ -232,22 +232,11 @@ fn winsorizing_clips_only_the_bad_tail_and_never_makes_a_constraint_feasible() {
 fn one_diverged_trial_does_not_blind_the_model() {
     // Branin with one run that blew up: the candidates still find the valley.
     let space = branin_space();
-    let enc = Encoder::new(&space);
-    let goal = minimize("f");
-    let mut history = History::default();
-    for i in 0..12u64 {
-        let arm = space.arm_from_unit(&crate::generate::sobol_point(i, 2, 7));
-        let v = if i == 3 { 1e12 } else { branin(&arm) };
-        history.completed.push(observed(&enc, &space, &arm, &BTreeMap::from([("f".to_string(), v)])));
-    }
-    let warm = BTreeMap::new();
-    let mut best = f64::INFINITY;
-    for draw in 0..8 {
-        let ctx = Context { space: &space, encoder: &enc, goal: &goal, constraints: &[], seed: 7, draw, warm: &warm };
-        let c = propose(&ctx, &history, &|_| false).expect("a candidate");
-        let v = branin(&c.arm);
-        best = best.min(v);
-        history.completed.push(observed(&enc, &space, &c.arm, &BTreeMap::from([("f".to_string(), v)])));
-    }
+    let obj = minimize("f");
+    let blown = space.arm_from_unit(&super::super::sobol_point(3, 2, 7));
+    let f = |a: &Arm| BTreeMap::from([("f".to_string(), if *a == blown { 1e12 } else { branin(a) })]);
+    let rows = run(&space, &obj, &[], 7, 12, 20, &f);
+    assert_eq!(rows[3].1["f"], 1e12);
+    let best = rows[12..].iter().map(|r| r.1["f"]).fold(f64::INFINITY, f64::min);
     assert!(best < 1.0, "best {best} after 8 proposals");
 }
