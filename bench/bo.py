@@ -69,9 +69,9 @@ method = "{method}"
 
 # Hartmann6 through the hartmann6 plugin (no delay); Branin through the job-queue plugin,
 # whose jobs complete at their first poll.
-H6 = dict(metric="hartmann6", library="hartmann6", runner="hartmann6", config="delay_seconds = 0",
+H6 = dict(dims=6, metric="hartmann6", library="hartmann6", runner="hartmann6", config="delay_seconds = 0",
           params="\n".join(f'x{i} = {{ type = "float", bounds = [0.0, 1.0] }}' for i in range(1, 7)))
-BRANIN = dict(metric="branin", library="job_queue", runner="job-queue",
+BRANIN = dict(dims=2, metric="branin", library="job_queue", runner="job-queue",
               config="seed = {seed}, completion_probability = 1.0",
               params='x1 = { type = "float", bounds = [-5.0, 10.0] }\nx2 = { type = "float", bounds = [0.0, 15.0] }')
 
@@ -218,7 +218,7 @@ def main():
     print(f"quality targets (median >= Ax, > TPE on every row): {'PASS' if all_ok else 'FAIL'}")
     # Where optx's default differs (more than 5 initial trials: over 2 dimensions), the same
     # rows at the default, so that what the default costs is in plain view.
-    wider = [k for k in rows if 2 * ROWS[k][1]["params"].count("type =") > AX_INITIAL]
+    wider = [k for k in rows if 2 * ROWS[k][1]["dims"] > AX_INITIAL]
     if initial is not None and wider and not a.no_default_rows:
         print()
         print("the same rows at optx's default initial trials, max(5, 2 * dims):")
