@@ -90,6 +90,14 @@ enum Command {
     },
     /// Check an experiment file and print the resolved search space
     Validate { file: PathBuf },
+    /// A consistent copy of a store, while or after it runs (copying the .db file alone can
+    /// miss what its -wal file holds)
+    Backup {
+        /// The store (or its experiment file)
+        target: PathBuf,
+        /// The new file to write
+        dest: PathBuf,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -168,6 +176,7 @@ pub fn main() -> i32 {
             }
         }),
         Command::Validate { file } => cmd_validate(&file),
+        Command::Backup { target, dest } => cmd_backup(&target, &dest),
     }
 }
 
@@ -240,9 +249,13 @@ fn open_target(target: &Path) -> Result<(Store, ExperimentSpec, PathBuf), i32> {
         let (spec, _) = load(target)?;
         spec.store_path
     };
-    let store = Store::open_existing(&path).map_err(|e| {
-        let hint =
-            if is_store(target) { String::new() } else { format!(" (has `optx run {}` run yet?)", target.display()) };
+    let store = Store::open_read(&path).map_err(|e| {
+        let hint = match &e {
+            crate::store::StoreError::Unusable(m) if m.starts_with("there is no store") && !is_store(target) => {
+                format!(" (has `optx run {}` run yet?)", target.display())
+            }
+            _ => String::new(),
+        };
         fail(EXIT_USAGE, format!("{e}{hint}"))
     })?;
     let exp = match store.experiment() {
@@ -280,9 +293,17 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
             Err(c) => return c,
         },
     };
-    let st = match Store::open_existing(&store_path) {
+    let st = match Store::open_read(&store_path) {
         Ok(s) => s,
-        Err(e) => return fail(EXIT_USAGE, format!("{e}: nothing to resume (start it with `optx run`)")),
+        Err(e) => {
+            let advice = match &e {
+                crate::store::StoreError::Unusable(m) if m.starts_with("there is no store") => {
+                    ": nothing to resume (start the experiment with `optx run FILE.toml`)"
+                }
+                _ => "",
+            };
+            return fail(EXIT_USAGE, format!("{e}{advice}"));
+        }
     };
     let exp = match st.experiment() {
         Ok(Some(e)) => e,
@@ -320,7 +341,23 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
         (spec, text, absolute(target))
     };
     spec.store_path = store_path;
-    let overrides = apply(&mut spec, &o, &exp.overrides);
+    // From the store, the overrides of earlier command lines still hold; from a file, the
+    // file's values win (only this command line's overrides apply).
+    let kept = if is_store(target) {
+        exp.overrides.clone()
+    } else {
+        for (key, value) in exp.overrides.as_object().into_iter().flatten() {
+            let flag = key.replace('_', "-");
+            if (key == "max_trials" && o.max_trials.is_none()) || (key == "parallelism" && o.parallelism.is_none()) {
+                eprintln!(
+                    "optx: `--{flag} {value}` of an earlier command line no longer applies: {} is resumed as it says",
+                    target.display()
+                );
+            }
+        }
+        serde_json::json!({})
+    };
+    let overrides = apply(&mut spec, &o, &kept);
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,
@@ -447,12 +484,13 @@ fn start(l: Launch, o: &Overrides) -> i32 {
     let end = scheduler::launch(l, &mut printer);
     let code = match &end {
         Ok(RunEnd::Done) => EXIT_OK,
-        Ok(RunEnd::FailureRate) => EXIT_RUNTIME,
+        Ok(RunEnd::FailureRate | RunEnd::TooManyLost) => EXIT_RUNTIME,
         Ok(RunEnd::Interrupted) => EXIT_INTERRUPTED,
         Err(e @ (RunError::Usage(_) | RunError::Owned { .. })) => return fail(EXIT_USAGE, e),
         Err(e @ RunError::Runtime(_)) => return fail(EXIT_RUNTIME, e),
     };
     // The summary, from the store as committed (aggregates: a long run is not loaded).
+    // Read-write, as the run was: its connection, the last, leaves the store one file.
     if let Ok(store) = Store::open_existing(&store_path) {
         let summary = (|| -> Result<report::Summary, crate::store::StoreError> {
             let mut counts = std::collections::BTreeMap::new();
@@ -465,6 +503,7 @@ fn start(l: Launch, o: &Overrides) -> i32 {
             let verb = match end {
                 Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {}`)", store_path.display()),
                 Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
+                Ok(RunEnd::TooManyLost) => "stopped: too many trials were lost".into(),
                 _ => "done".into(),
             };
             println!("optx: {verb}: {}", report::summary_line(&spec, &summary));
@@ -472,6 +511,27 @@ fn start(l: Launch, o: &Overrides) -> i32 {
         }
     }
     code
+}
+
+fn cmd_backup(target: &Path, dest: &Path) -> i32 {
+    let (store, _, path) = match open_target(target) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let code = |e: &crate::store::StoreError| match e {
+        crate::store::StoreError::Unusable(_) => EXIT_USAGE,
+        _ => EXIT_RUNTIME,
+    };
+    if let Err(e) = store.backup(dest) {
+        return fail(code(&e), e);
+    }
+    match Store::open_read(dest).and_then(|b| b.trial_counts()) {
+        Ok((n, _)) => {
+            println!("optx: copied {} ({n} trials) to {}", path.display(), dest.display());
+            EXIT_OK
+        }
+        Err(e) => fail(EXIT_RUNTIME, format!("the copy {} cannot be read back: {e}", dest.display())),
+    }
 }
 
 fn cmd_validate(file: &Path) -> i32 {

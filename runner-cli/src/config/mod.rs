@@ -15,7 +15,10 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::domain::*;
-use walk::{as_array, as_duration, as_str, did_you_mean, kind, parse_float, parse_int, Ctx, Table, SV};
+use walk::{
+    as_array, as_duration, as_positive_duration, as_str, did_you_mean, kind, not_an_integer, parse_float, parse_int,
+    Ctx, Table, SV,
+};
 
 /// Placeholders that every command can use besides the parameters.
 pub const RESERVED_PLACEHOLDERS: [&str; 5] = ["trial", "trial_dir", "experiment", "params_file", "slot"];
@@ -267,8 +270,17 @@ fn read_experiment(ctx: &mut Ctx, t: &Table) -> Option<ExperimentHeader> {
 
 fn read_parameters(ctx: &mut Ctx, t: &Table) -> SearchSpace {
     let mut parameters = Vec::new();
+    // Each parameter reaches the trial as OPTX_PARAM_<NAME>: two names must not meet there.
+    let mut env_names: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for (name, span, v) in &t.entries {
         let path = format!("parameters.{name}");
+        let var = crate::domain::param_env_var(name);
+        if let Some(other) = env_names.insert(var.clone(), name) {
+            ctx.err(
+                span.clone(),
+                format!("parameters `{other}` and `{name}` would both reach the trial as the environment variable {var}: rename one"),
+            );
+        }
         if !is_identifier(name) {
             ctx.err(
                 span.clone(),
@@ -310,6 +322,7 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
             let vv = p.require(ctx, "values")?;
             let arr = as_array(ctx, vv, &p.path("values"))?;
             let mut values: Vec<Value> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for item in arr {
                 let Some(v) = scalar(item.get_ref()) else {
                     ctx.err(
@@ -337,7 +350,7 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
                         return None;
                     }
                 }
-                if values.contains(&v) {
+                if !seen.insert(v.to_string()) {
                     ctx.err(item.span(), format!("`{}` holds {v} twice", p.path("values")));
                     return None;
                 }
@@ -390,9 +403,22 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
     }
     let ints = (parse_int(arr[0].get_ref()), parse_int(arr[1].get_ref()));
     let (lo, hi) = match (int, ints, parse_float(arr[0].get_ref()), parse_float(arr[1].get_ref())) {
-        (true, (Some(lo), Some(hi)), _, _) => (lo as f64, hi as f64),
+        (true, (Some(lo), Some(hi)), _, _) if lo.abs() <= MAX_INT_BOUND && hi.abs() <= MAX_INT_BOUND => {
+            (lo as f64, hi as f64)
+        }
+        (true, (Some(_), Some(_)), _, _) => {
+            ctx.err(
+                bounds_v.span(),
+                format!("`{bounds}` of an int parameter must lie within ±{MAX_INT_BOUND} (2^53, the largest integers a float holds exactly)"),
+            );
+            return None;
+        }
         (true, _, _, _) => {
-            ctx.err(bounds_v.span(), format!("`{bounds}` of an int parameter must be two integers"));
+            let bad = arr.iter().find(|v| parse_int(v.get_ref()).is_none()).map(|v| v.get_ref());
+            match bad {
+                Some(v @ DeValue::Integer(_)) => ctx.err(bounds_v.span(), not_an_integer(v, &bounds)),
+                _ => ctx.err(bounds_v.span(), format!("`{bounds}` of an int parameter must be two integers")),
+            }
             return None;
         }
         (false, _, Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() => (lo, hi),
@@ -401,6 +427,10 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
             return None;
         }
     };
+    if !(hi - lo).is_finite() {
+        ctx.err(bounds_v.span(), format!("`{bounds}`: the range [{lo}, {hi}] is too wide to search (its width overflows a float)"));
+        return None;
+    }
     if lo >= hi {
         ctx.err(bounds_v.span(), format!("`{bounds}`: the low bound {lo} must be below the high bound {hi}"));
         return None;
@@ -417,6 +447,13 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
     if let Some(s) = step {
         let k = (hi - lo) / s;
         let step_at = p.get("step")?.span();
+        if !(k <= MAX_INT_BOUND as f64) {
+            ctx.err(
+                step_at,
+                format!("`{}` = {s} is too small for [{lo}, {hi}]: more than 2^53 steps (use no step for a continuous range)", p.path("step")),
+            );
+            return None;
+        }
         if (k - k.round()).abs() > 1e-6 * k.max(1.0) {
             ctx.err(step_at, format!("`{}` = {s} does not divide the range [{lo}, {hi}]", p.path("step")));
             return None;
@@ -825,7 +862,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
         Some(Some(t)) => Some(t),
         None => None,
     };
-    let timeout = t.get("timeout").and_then(|v| as_duration(ctx, v, "runner.timeout"));
+    let timeout = t.get("timeout").and_then(|v| as_positive_duration(ctx, v, "runner.timeout"));
     let stop_grace =
         t.get("stop_grace").and_then(|v| as_duration(ctx, v, "runner.stop_grace")).unwrap_or(Duration::from_secs(10));
     let keep_trial_dirs = match t.one_of(ctx, "keep_trial_dirs", &["all", "failed", "none"]) {
@@ -900,7 +937,7 @@ fn read_plugin_ref(ctx: &mut Ctx, t: &Table, path: &str, base: &Path) -> Option<
         ctx.err(library_v.span(), format!("`{path}.library` is empty: give the path of the plugin's .so file"));
         return None;
     }
-    let (line, col) = walk::line_col(ctx.src, library_v.span().start);
+    let (line, col) = ctx.line_col(library_v.span().start);
     Some(PluginRef {
         library: base.join(library),
         name: name.to_string(),
@@ -930,7 +967,7 @@ fn read_plugin_runner(ctx: &mut Ctx, t: &Table, base: &Path) -> Option<RunnerSpe
     let plugin = read_plugin_ref(ctx, t, "runner", base);
     let call_timeout = t
         .get("call_timeout")
-        .and_then(|v| as_duration(ctx, v, "runner.call_timeout"))
+        .and_then(|v| as_positive_duration(ctx, v, "runner.call_timeout"))
         .unwrap_or(Duration::from_secs(30));
     let keep_trial_dirs = match t.one_of(ctx, "keep_trial_dirs", &["all", "failed", "none"]) {
         Some("failed") => KeepTrialDirs::Failed,
@@ -965,9 +1002,17 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
         t.require(ctx, "max_trials").and_then(|_| t.i64_where(ctx, "max_trials", "a positive integer", |x| x >= 1));
     let o = Orchestration {
         max_trials: max_trials.unwrap_or(0) as u64,
-        parallelism: t
-            .i64_where(ctx, "parallelism", "a positive integer", |x| x >= 1)
-            .map_or(d.parallelism, |x| x as usize),
+        parallelism: {
+            let what = if runner_is_command {
+                format!("between 1 and {MAX_LOCAL_PARALLELISM} (local processes on one machine)")
+            } else {
+                format!("between 1 and {MAX_PARALLELISM}")
+            };
+            t.i64_where(ctx, "parallelism", &what, |x| {
+                x >= 1 && Orchestration::check_parallelism(x as u64, runner_is_command).is_ok()
+            })
+            .map_or(d.parallelism, |x| x as usize)
+        },
         tolerated_trial_failure_rate: t
             .f64_where(ctx, "tolerated_trial_failure_rate", "a rate between 0 and 1", |x| (0.0..=1.0).contains(&x))
             .unwrap_or(d.tolerated_trial_failure_rate),
@@ -995,7 +1040,9 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
             .i64_where(ctx, "retries_per_failed_arm", "a non-negative integer", |x| (0..=1000).contains(&x))
             .map_or(0, |x| x as u32),
         max_pending_trials: t
-            .i64_where(ctx, "max_pending_trials", "a positive integer", |x| x >= 1)
+            .i64_where(ctx, "max_pending_trials", &format!("between 1 and {MAX_PARALLELISM}"), |x| {
+                (1..=MAX_PARALLELISM as i64).contains(&x)
+            })
             .map(|x| x as usize),
         max_cost: t.f64_where(ctx, "max_cost", "a positive number", |x| x > 0.0),
         run_trials_in_batches: t.bool(ctx, "run_trials_in_batches").unwrap_or(false),
@@ -1084,7 +1131,17 @@ fn read_storage(ctx: &mut Ctx, t: Option<&Table>, base: &Path, name: &str) -> (P
     let default = base.join(".optx").join(format!("{name}.db"));
     let Some(t) = t else { return (default, Durability::Normal) };
     t.check_keys(ctx, &["path", "durability"], &[]);
-    let path = t.str(ctx, "path").map(|p| base.join(p)).unwrap_or(default);
+    let path = match t.str(ctx, "path") {
+        Some(p) if p.is_empty() || base.join(p).is_dir() => {
+            ctx.err(
+                t.get("path").map(|v| v.span()).unwrap_or(t.span.clone()),
+                format!("`storage.path` = \"{p}\" names a directory: give the path of the store's file, such as \"{name}.db\""),
+            );
+            default
+        }
+        Some(p) => base.join(p),
+        None => default,
+    };
     let durability = match t.one_of(ctx, "durability", &["normal", "fsync"]) {
         Some("fsync") => Durability::Fsync,
         _ => Durability::Normal,

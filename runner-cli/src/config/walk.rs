@@ -14,26 +14,37 @@ pub struct Ctx<'s> {
     pub src: &'s str,
     pub file: String,
     pub errors: Vec<ConfigError>,
+    /// Where each line starts, found once: positions cost a search, not a scan of the file.
+    lines: Vec<usize>,
 }
 
 impl<'s> Ctx<'s> {
     pub fn new(src: &'s str, file: String) -> Self {
-        Ctx { src, file, errors: Vec::new() }
+        let lines = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Ctx { src, file, errors: Vec::new(), lines }
     }
 
     pub fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.src, span.start);
+        let (line, col) = self.line_col(span.start);
         self.errors.push(ConfigError { file: self.file.clone(), line, col, message: message.into() });
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.src.len());
+        while !self.src.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.lines.partition_point(|&start| start <= offset);
+        let start = self.lines[line - 1];
+        (line, self.src[start..offset].chars().count() + 1)
     }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
+#[cfg(test)]
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
-    let before = &src[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    (line, col)
+    Ctx::new(src, String::new()).line_col(offset)
 }
 
 /// The closest of `known` to `key`, if close enough to be a likely typo.
@@ -226,10 +237,31 @@ pub fn as_i64(ctx: &mut Ctx, v: &SV, what: &str) -> Option<i64> {
     match parse_int(v.get_ref()) {
         Some(x) => Some(x),
         None => {
-            ctx.err(v.span(), format!("`{what}` must be an integer, not {}", kind(v.get_ref())));
+            ctx.err(v.span(), not_an_integer(v.get_ref(), what));
             None
         }
     }
+}
+
+/// Why a value is not a usable integer: another kind, or an integer too large for 64 bits.
+pub fn not_an_integer(v: &DeValue, what: &str) -> String {
+    match v {
+        DeValue::Integer(i) => format!(
+            "`{what}` is out of range: {} does not fit in a 64-bit integer (from -9223372036854775808 to 9223372036854775807)",
+            i.as_str()
+        ),
+        other => format!("`{what}` must be an integer, not {}", kind(other)),
+    }
+}
+
+/// A duration that must be longer than zero.
+pub fn as_positive_duration(ctx: &mut Ctx, v: &SV, what: &str) -> Option<std::time::Duration> {
+    let d = as_duration(ctx, v, what)?;
+    if d.is_zero() {
+        ctx.err(v.span(), format!("`{what}` must be longer than 0s"));
+        return None;
+    }
+    Some(d)
 }
 
 pub fn as_bool(ctx: &mut Ctx, v: &SV, what: &str) -> Option<bool> {

@@ -185,16 +185,28 @@ impl Parameter {
     }
 }
 
-/// Round `x` to the decimals of `step`, so that `3 * 0.05` is `0.15`.
+/// Round `x` to the decimals of `step`, so that `3 * 0.05` is `0.15`. A step of no short
+/// decimal form (1/3, say) leaves `x` as it is, and so does a scale a float cannot hold.
 fn round_to_step(x: f64, step: f64) -> f64 {
-    let mut decimals = 0;
-    let mut s = step;
-    while decimals < 12 && (s - s.round()).abs() > 1e-9 * s.abs().max(1.0) {
-        s *= 10.0;
-        decimals += 1;
+    let step = step.abs();
+    if !(step > 0.0) || !x.is_finite() {
+        return x;
     }
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
+    // The decimals of the step: the least d for which step * 10^d is a whole number of at
+    // most 15 digits (what a float holds exactly).
+    let first = (-step.log10().floor()).max(0.0) as i32;
+    for decimals in first..=first + 15 {
+        let scale = 10f64.powi(decimals);
+        let s = step * scale;
+        if !s.is_finite() || s > 1e15 {
+            break;
+        }
+        if (s - s.round()).abs() <= 1e-9 * s.max(1.0) {
+            let scaled = x * scale;
+            return if scaled.is_finite() && scaled.abs() < 1e15 { scaled.round() / scale } else { x };
+        }
+    }
+    x
 }
 
 /// `sum(coefficients[i] * value(names[i])) <= bound`, over float and int parameters.
@@ -442,6 +454,17 @@ mod tests {
         assert_eq!(d.from_unit(1.0), Value::Float(0.5));
         assert_eq!(d.from_unit(0.0), Value::Float(0.0));
         assert_eq!(d.enumerate().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn tiny_steps_keep_the_center_and_the_values_where_they_are() {
+        let fine = p("f", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: Some(1e-12) });
+        assert_eq!(fine.center(), Value::Float(0.5));
+        let tiny = p("t", Domain::Float { lo: 0.0, hi: 1e-290, log: false, step: Some(1e-300) });
+        let c = tiny.center().as_f64().unwrap();
+        assert!((c - 5e-291).abs() < 1e-299, "{c}");
+        assert_eq!(round_to_step(0.3333, 1.0 / 3.0), 0.3333, "no decimal form: left alone");
+        assert_eq!(round_to_step(7.0 * 2.5, 2.5), 17.5);
     }
 
     #[test]

@@ -108,6 +108,21 @@ impl PartialEq for MetricRule {
     }
 }
 
+/// The environment variable a parameter reaches a trial as: `OPTX_PARAM_` and its name
+/// upper-cased, other characters than letters and digits as `_`.
+pub fn param_env_var(name: &str) -> String {
+    let var: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("OPTX_PARAM_{var}")
+}
+
+/// The most trials at once: local processes (one machine), and trials that run elsewhere.
+pub const MAX_LOCAL_PARALLELISM: usize = 1024;
+pub const MAX_PARALLELISM: usize = 10_000;
+
+/// The largest magnitude of an int parameter's bounds: every integer up to it is exact
+/// as a float, which the models and the unit cube use.
+pub const MAX_INT_BOUND: i64 = 1 << 53;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Orchestration {
     pub max_trials: u64,
@@ -124,6 +139,29 @@ pub struct Orchestration {
     pub max_cost: Option<f64>,
     /// Deploy the candidates of one decision in one runner call (plugin runners).
     pub run_trials_in_batches: bool,
+}
+
+impl Orchestration {
+    /// The environment variable a parameter reaches a trial as: `OPTX_PARAM_` and its name
+/// upper-cased, other characters than letters and digits as `_`.
+pub fn param_env_var(name: &str) -> String {
+    let var: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("OPTX_PARAM_{var}")
+}
+
+/// The most trials at once for a runner: `Err` says why a value is too many.
+    pub fn check_parallelism(n: u64, local: bool) -> Result<(), String> {
+        let (max, why) = if local {
+            (MAX_LOCAL_PARALLELISM, "local processes on one machine (the command runner)")
+        } else {
+            (MAX_PARALLELISM, "trials at once")
+        };
+        if n == 0 || n > max as u64 {
+            Err(format!("must be between 1 and {max} {why}, not {n}"))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Default for Orchestration {

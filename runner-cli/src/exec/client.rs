@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -23,6 +24,9 @@ pub enum ProcEvent {
 type Routes = Arc<Mutex<HashMap<u64, Sender<ProcEvent>>>>;
 
 pub struct Shepherd {
+    pid: u32,
+    /// Its answers ended: it died (or was closed).
+    gone: Arc<AtomicBool>,
     stdin: Mutex<Option<ChildStdin>>,
     routes: Routes,
     child: Mutex<Option<Child>>,
@@ -43,6 +47,8 @@ impl Shepherd {
         let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no shepherd stdout"))?;
         let routes: Routes = Arc::default();
         let r = Arc::clone(&routes);
+        let gone = Arc::new(AtomicBool::new(false));
+        let g = Arc::clone(&gone);
         let reader = std::thread::Builder::new().name("optx-shepherd-reader".into()).spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -54,11 +60,14 @@ impl Shepherd {
                 }
             }
             let mut routes = r.lock().unwrap_or_else(|e| e.into_inner());
+            g.store(true, Ordering::SeqCst);
             for (_, tx) in routes.drain() {
                 let _ = tx.send(ProcEvent::ShepherdGone);
             }
         })?;
         Ok(Shepherd {
+            pid: child.id(),
+            gone,
             stdin: Mutex::new(child.stdin.take()),
             routes,
             child: Mutex::new(Some(child)),
@@ -66,10 +75,26 @@ impl Shepherd {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the shepherd died (or was closed): a new one must run the next trials.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+
     /// Ask the shepherd to run `req`; its events arrive on the returned channel.
     pub fn spawn(&self, req: &SpawnRequest) -> Receiver<ProcEvent> {
         let (tx, rx) = unbounded();
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(req.trial, tx.clone());
+        {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if self.is_gone() {
+                let _ = tx.send(ProcEvent::ShepherdGone);
+                return rx;
+            }
+            routes.insert(req.trial, tx.clone());
+        }
         let mut line = serde_json::to_vec(req).unwrap_or_default();
         line.push(b'\n');
         let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,21 +4,23 @@
 //! per run in its own process group) that spawns each trial in a process group of its own
 //! with stdin from /dev/null and stdout/stderr going straight to files in the trial dir,
 //! reaps it, kills whatever the trial left in its group, and records the process in
-//! `process.jsonl` in the trial dir: a line with its pid and start time when it starts,
-//! a line with its exit status when it ends (appended: one file, no renames, because
-//! creating files is the main cost of a short trial). Trials therefore outlive optx (a kill -9 of optx
-//! leaves them running and their exit status is still recorded), and a restarted optx,
-//! which is not their parent, can read how they ended. One shepherd per run rather than a
-//! supervisor per trial keeps process creation to one spawn per trial.
+//! `process.jsonl` in the trial dir (see [`record`]): a line with its pid and start time,
+//! written by the trial's own process right before it execs, so that a trial is always
+//! recorded as started before it can run; a line with its exit status when it ends. Trials
+//! therefore outlive optx (a kill -9 of optx leaves them running and their exit status is
+//! still recorded), and a restarted optx, which is not their parent, can read how they
+//! ended. One shepherd per run rather than a supervisor per trial keeps process creation
+//! to one spawn per trial.
 //!
 //! Uses only `domain` (nothing of it, in fact): the runners above decide what to run.
 
+mod child;
 mod client;
+mod record;
 mod shepherd;
 
-use std::path::Path;
-
 pub use client::{ProcEvent, Shepherd};
+pub use record::{claim, read_exit, read_process, read_run_info, Claim, ProcessRecord, ProcessState};
 pub use shepherd::serve as serve_shepherd;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub trial: u64,
+    /// The trial's identity in its records: the store's id and the trial index.
+    pub token: String,
     /// The program's path when it was resolved once for the whole run (argv[0] stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program: Option<std::path::PathBuf>,
@@ -35,6 +39,11 @@ pub struct SpawnRequest {
     pub cwd: std::path::PathBuf,
     /// The trial dir: `stdout.log`, `stderr.log` and `process.jsonl` go here.
     pub dir: std::path::PathBuf,
+}
+
+/// The token of trial `index` of the store `store_id`, as its records carry it.
+pub fn token(store_id: &str, index: u64) -> String {
+    format!("{store_id}:{index}")
 }
 
 /// How a process ended.
@@ -60,7 +69,7 @@ impl ExitInfo {
     }
 }
 
-/// The process a trial runs as, recorded in `process.jsonl` right after the spawn.
+/// The process a trial runs as, recorded in `process.jsonl` before it execs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub pid: u32,
@@ -126,46 +135,6 @@ pub fn group_exists(pgid: u32) -> bool {
     rustix::process::Pid::from_raw(pgid as i32).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
-/// A line of `process.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ProcessRecord {
-    Started(RunInfo),
-    Ended { exit: ExitInfo },
-}
-
-/// What `process.jsonl` says: how the process started and, if it did, how it ended.
-/// A line cut short by a crash is skipped.
-pub fn read_process(dir: &Path) -> (Option<RunInfo>, Option<ExitInfo>) {
-    let Ok(text) = std::fs::read_to_string(dir.join(PROCESS_FILE)) else { return (None, None) };
-    let (mut run, mut exit) = (None, None);
-    for line in text.lines() {
-        match serde_json::from_str(line) {
-            Ok(ProcessRecord::Started(r)) => run = Some(r),
-            Ok(ProcessRecord::Ended { exit: e }) => exit = Some(e),
-            Err(_) => {}
-        }
-    }
-    (run, exit)
-}
-
-pub fn read_exit(dir: &Path) -> Option<ExitInfo> {
-    read_process(dir).1
-}
-
-pub fn read_run_info(dir: &Path) -> Option<RunInfo> {
-    read_process(dir).0
-}
-
-/// Append one record to `process.jsonl` in a single write.
-pub fn record_process(dir: &Path, record: &ProcessRecord) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(PROCESS_FILE))?;
-    f.write_all(&line)
-}
-
 /// The file `PATH` would run for `program` (a name without `/`), looked up once.
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -198,20 +167,6 @@ mod tests {
         assert!(alive(me, Some(start)));
         assert!(!alive(me, Some(start + 1)));
         assert!(!alive(u32::MAX / 2, None));
-    }
-
-    #[test]
-    fn the_process_file_reads_back_and_skips_a_torn_line() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(read_process(d.path()), (None, None));
-        let run = RunInfo { pid: 42, start: Some(7) };
-        record_process(d.path(), &ProcessRecord::Started(run)).unwrap();
-        assert_eq!(read_process(d.path()), (Some(run), None));
-        record_process(d.path(), &ProcessRecord::Ended { exit: ExitInfo::Signal(9) }).unwrap();
-        assert_eq!(read_process(d.path()), (Some(run), Some(ExitInfo::Signal(9))));
-        // A shepherd killed in the middle of its last write leaves a torn line.
-        std::fs::write(d.path().join(PROCESS_FILE), "{\"pid\":42,\"start\":7}\n{\"exit\":{\"co").unwrap();
-        assert_eq!(read_process(d.path()), (Some(run), None));
     }
 
     #[test]

@@ -1,17 +1,25 @@
 //! The shepherd process: reads spawn requests (JSON lines) on stdin, answers on stdout.
 //!
 //! Answers: `{"trial":N,"exited":EXIT}` when a trial ends (or could not start). That a
-//! trial started is recorded in its `process.jsonl`, not sent: one message per trial.
-//! On end of input it stops taking requests and exits once every trial it started has
-//! ended, so trials live on (and get their exit status recorded) when optx dies.
+//! trial started is recorded in its `process.jsonl` by the trial's own process before it
+//! execs (see [`super::child`]), not sent: one message per trial.
+//!
+//! A request is carried out only while the optx that sent it is alive (the shepherd's
+//! parent): after optx died, a request still waiting in the pipe is stale, and a resume
+//! decides what became of its trial. On end of input the shepherd stops taking requests
+//! and exits once every trial it started has ended, so trials live on (and get their exit
+//! status recorded) when optx dies.
 
-use std::fs::File;
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use super::{process_start_time, record_process, ExitInfo, ProcessRecord, RunInfo, SpawnRequest};
+use super::child::ChildClaim;
+use super::record::{append_at, ProcessRecord};
+use super::{ExitInfo, SpawnRequest};
 use super::{STDERR_FILE, STDOUT_FILE};
 
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
@@ -27,7 +35,9 @@ pub(super) struct Reply {
     pub answer: Answer,
 }
 
-fn send(out: &Mutex<std::io::Stdout>, trial: u64, answer: Answer) {
+type Out = Mutex<std::io::Stdout>;
+
+fn send(out: &Out, trial: u64, answer: Answer) {
     let mut line = serde_json::to_vec(&Reply { trial, answer }).unwrap_or_default();
     line.push(b'\n');
     // optx may be gone: the trial's files still tell what happened.
@@ -36,55 +46,56 @@ fn send(out: &Mutex<std::io::Stdout>, trial: u64, answer: Answer) {
     }
 }
 
-fn record_exit(req: &SpawnRequest, exit: &ExitInfo) {
-    if let Err(e) = record_process(&req.dir, &ProcessRecord::Ended { exit: exit.clone() }) {
-        eprintln!("optx shepherd: cannot record the exit of trial {}: {e}", req.trial);
-    }
+/// A trial that started: its request and its trial dir, open.
+struct Live {
+    req: SpawnRequest,
+    dir: OwnedFd,
 }
 
-/// A trial ended (or could not start): kill what it left in its group, record how it
-/// ended in its trial dir, then tell optx.
-fn ended(out: &Mutex<std::io::Stdout>, req: &SpawnRequest, pid: Option<u32>, exit: ExitInfo) {
-    if let Some(pid) = pid {
-        super::kill_group(pid, true);
+/// A trial ended: kill what it left in its group, record how it ended in its trial dir
+/// (through the descriptor, so a renamed dir still gets it), then tell optx.
+fn ended(out: &Out, live: &Live, pid: u32, exit: ExitInfo) {
+    super::kill_group(pid, true);
+    let record = ProcessRecord::Ended { exit: exit.clone(), token: Some(live.req.token.clone()) };
+    if let Err(e) = append_at(&live.dir, &record) {
+        eprintln!("optx shepherd: cannot record the exit of trial {}: {e}", live.req.trial);
     }
-    record_exit(req, &exit);
-    send(out, req.trial, Answer::Exited(exit));
+    send(out, live.req.trial, Answer::Exited(exit));
 }
 
-fn spawn(req: &SpawnRequest) -> std::io::Result<std::process::Child> {
-    let stdout = File::create(req.dir.join(STDOUT_FILE))?;
-    let stderr = File::create(req.dir.join(STDERR_FILE))?;
-    let (prog, args) = req.argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-    let mut cmd = match &req.program {
-        Some(path) => {
-            let mut c = Command::new(path);
-            c.arg0(prog);
-            c
-        }
-        None => Command::new(prog),
-    };
-    cmd.args(args)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&req.cwd)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        .spawn()
+/// The trial's stdout and stderr files, created in its dir.
+fn output(dir: &OwnedFd, name: &str) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{openat, Mode, OFlags};
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
+    Ok(std::fs::File::from(openat(dir, name, flags, Mode::from_raw_mode(0o644))?))
 }
 
 /// Children started and not reaped yet.
 #[derive(Default)]
 struct Children {
-    by_pid: std::collections::HashMap<u32, SpawnRequest>,
-    /// Exits reaped before the spawning thread registered the child.
-    early: std::collections::HashMap<u32, ExitInfo>,
+    by_pid: HashMap<u32, Live>,
+    /// A spawn is under way: a child that is not registered yet may be its.
+    spawning: bool,
     /// No more requests will come.
     closed: bool,
 }
 
-type Shared = Arc<(Mutex<Children>, std::sync::Condvar)>;
+type Shared = Arc<(Mutex<Children>, Condvar)>;
+
+/// The pid of a child that has ended, left unreaped (`WNOWAIT`), so that only the thread
+/// that owns the child reaps it: this thread for registered trials, the spawning one (the
+/// standard library waits for a child whose exec failed) otherwise.
+fn next_ended_child() -> std::io::Result<u32> {
+    // SAFETY: `siginfo_t` is plain data, for which all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable `siginfo_t`; waitid with P_ALL ignores the id.
+    let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded with WEXITED, so `info` describes a child and si_pid is set.
+    Ok(unsafe { info.si_pid() } as u32)
+}
 
 fn exit_info(status: rustix::process::WaitStatus) -> ExitInfo {
     match (status.exit_status(), status.terminating_signal()) {
@@ -94,27 +105,26 @@ fn exit_info(status: rustix::process::WaitStatus) -> ExitInfo {
     }
 }
 
-/// One thread reaps every trial (waitpid on any child), so a trial costs no thread.
-fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
+/// One thread reaps every trial, so a trial costs no thread.
+fn reap(shared: Shared, out: Arc<Out>) {
     let (lock, cvar) = &*shared;
     loop {
         {
             let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
-            // Wait only while some registered child exists: a child that ends before its
-            // registration stays a zombie until then, or is kept in `early`.
-            while c.by_pid.is_empty() {
+            while c.by_pid.is_empty() && !c.spawning {
                 if c.closed {
                     return;
                 }
                 c = cvar.wait(c).unwrap_or_else(|e| e.into_inner());
             }
         }
-        let (pid, status) = match rustix::process::wait(rustix::process::WaitOptions::empty()) {
-            Ok(Some((pid, status))) => (pid.as_raw_nonzero().get() as u32, status),
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::CHILD) => {
-                std::thread::sleep(std::time::Duration::from_millis(1));
+        let pid = match next_ended_child() {
+            Ok(pid) => pid,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                // The only child is being spawned: wait for it to be registered.
+                let c = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = cvar.wait_timeout(c, std::time::Duration::from_millis(20));
                 continue;
             }
             Err(e) => {
@@ -123,31 +133,86 @@ fn reap(shared: Shared, out: Arc<Mutex<std::io::Stdout>>) {
                 continue;
             }
         };
-        if status.stopped() {
-            continue;
-        }
-        let exit = exit_info(status);
-        let req = {
+        let live = {
             let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
-            let req = c.by_pid.remove(&pid);
-            if req.is_none() {
-                // Not registered yet: the spawning thread finishes it.
-                c.early.insert(pid, exit.clone());
+            // A child of a spawn under way: the spawning thread registers it or reaps it.
+            while !c.by_pid.contains_key(&pid) && c.spawning {
+                c = cvar.wait(c).unwrap_or_else(|e| e.into_inner());
             }
-            req
+            c.by_pid.remove(&pid)
         };
-        let Some(req) = req else { continue };
+        let Some(rpid) = rustix::process::Pid::from_raw(pid as i32) else { continue };
+        let status = match rustix::process::waitpid(Some(rpid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => status,
+            // Reaped by the spawning thread (a failed exec) in the meantime.
+            _ => continue,
+        };
+        let Some(live) = live else { continue };
         // The group is killed right after its leader is reaped. Its pid could in theory be
         // reused in between, but Linux hands pids out in sequence up to pid_max (at least
         // 32768): a reuse within these microseconds would take a full wrap of the pids.
-        ended(&out, &req, Some(pid), exit);
+        ended(&out, &live, pid, exit_info(status));
+    }
+}
+
+/// Start the trial of `req`: the trial dir is opened first, then the parent is checked,
+/// then the child claims `process.jsonl` and execs.
+fn spawn(req: &SpawnRequest, unique: u64, parent: Option<u32>) -> Result<(std::process::Child, OwnedFd), String> {
+    use rustix::fs::{open, Mode, OFlags};
+    let program = req.argv.first().map_or("", |s| s.as_str());
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("`{program}`: {what}: {e}");
+    let dir = open(&req.dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail("cannot open the trial dir", &e))?;
+    // After the dir is open: if optx is still alive now, no resume has touched the dir yet.
+    if parent.is_some_and(|p| rustix::process::getppid().map(|x| x.as_raw_nonzero().get() as u32) != Some(p)) {
+        return Err("the optx that asked for this trial is gone: not starting it".into());
+    }
+    let stdout = output(&dir, STDOUT_FILE).map_err(|e| fail("cannot create stdout.log", &e))?;
+    let stderr = output(&dir, STDERR_FILE).map_err(|e| fail("cannot create stderr.log", &e))?;
+    let (prog, args) = req.argv.split_first().ok_or_else(|| "empty command".to_string())?;
+    let mut cmd = match &req.program {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.arg0(prog);
+            c
+        }
+        None => Command::new(prog),
+    };
+    let for_child = dir.try_clone().map_err(|e| fail("cannot prepare the start", &e))?;
+    let claim = ChildClaim::new(for_child, unique, &req.token).map_err(|e| fail("cannot prepare the start", &e))?;
+    cmd.args(args)
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&req.cwd)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec; `ChildClaim::run` makes
+    // only system calls on memory prepared before the fork (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || claim.run());
+    }
+    match cmd.spawn() {
+        Ok(child) => Ok((child, dir)),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // Not ours to write in: a resume claimed the trial as never started.
+            Err(format!("trial {} was claimed as never started (by a resume): not starting it", req.trial))
+        }
+        Err(e) => {
+            let why = fail("could not start", &e);
+            // If the child claimed the record before its exec failed, say how it ended.
+            let record = ProcessRecord::Ended { exit: ExitInfo::SpawnError(why.clone()), token: Some(req.token.clone()) };
+            let _ = append_at(&dir, &record);
+            Err(why)
+        }
     }
 }
 
 /// Run the shepherd until its input ends and its trials have ended. Returns the exit code.
 pub fn serve() -> i32 {
-    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let out: Arc<Out> = Arc::new(Mutex::new(std::io::stdout()));
     let shared: Shared = Arc::default();
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32).filter(|p| *p != 1);
     let reaper = {
         let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
         match std::thread::Builder::new().name("optx-reaper".into()).spawn(move || reap(shared, out)) {
@@ -158,6 +223,7 @@ pub fn serve() -> i32 {
             }
         }
     };
+    let mut unique = 0u64;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let req: SpawnRequest = match serde_json::from_str(&line) {
@@ -167,32 +233,24 @@ pub fn serve() -> i32 {
                 continue;
             }
         };
+        unique += 1;
         let (lock, cvar) = &*shared;
-        match spawn(&req) {
-            Err(e) => {
-                let exit = ExitInfo::SpawnError(format!("`{}`: {e}", req.argv.first().map_or("", |s| s.as_str())));
-                ended(&out, &req, None, exit);
-            }
-            Ok(child) => {
-                let pid = child.id();
+        lock.lock().unwrap_or_else(|e| e.into_inner()).spawning = true;
+        let spawned = spawn(&req, unique, parent);
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        c.spawning = false;
+        match spawned {
+            Ok((child, dir)) => {
                 // The reaper waits for it; dropping `child` neither waits nor kills.
+                c.by_pid.insert(child.id(), Live { req, dir });
                 drop(child);
-                let info = RunInfo { pid, start: process_start_time(pid) };
-                // Recorded before it is registered, so "started" always precedes "ended".
-                if let Err(e) = record_process(&req.dir, &ProcessRecord::Started(info)) {
-                    eprintln!("optx shepherd: cannot record the pid of trial {}: {e}", req.trial);
-                }
-                let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
-                match c.early.remove(&pid) {
-                    Some(exit) => {
-                        drop(c);
-                        ended(&out, &req, Some(pid), exit);
-                    }
-                    None => {
-                        c.by_pid.insert(pid, req);
-                        cvar.notify_one();
-                    }
-                }
+                cvar.notify_all();
+            }
+            Err(why) => {
+                cvar.notify_all();
+                drop(c);
+                eprintln!("optx shepherd: trial {}: {why}", req.trial);
+                send(&out, req.trial, Answer::Exited(ExitInfo::SpawnError(why)));
             }
         }
     }

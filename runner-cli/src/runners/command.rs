@@ -1,20 +1,29 @@
 //! `[runner] kind = "command"`: a local process per trial, run by the shepherd of `exec`.
+//!
+//! A trial is recorded as started (in its `process.jsonl`, by its own process) before it
+//! can run, so whoever finds a trial that has no such record can claim it as never started
+//! and be sure that it never runs (see `exec`). The shepherd is restarted when it dies.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 
 use super::output::{read_result_files, MetricPoint, OutputParser};
+use super::tail::Tail;
 use super::PluginMetrics;
-use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner};
+use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner, Unstarted};
 use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Segment, Template};
-use crate::exec::{self, ExitInfo, ProcEvent, RunInfo, Shepherd, SpawnRequest};
+use crate::exec::{self, ExitInfo, ProcEvent, ProcessRecord, RunInfo, Shepherd, SpawnRequest};
 
 /// How long a new trial may run before its deployment is reported on its own.
 const REPORT_DELAY: Duration = Duration::from_millis(20);
+/// A shepherd that has not started a trial this long after being asked is stuck.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shepherds started in one run at most: one that keeps dying is not restarted forever.
+const MAX_SHEPHERDS: usize = 10;
 
 pub struct CommandRunner {
     spec: CommandSpec,
@@ -25,75 +34,13 @@ pub struct CommandRunner {
     polls: PollSchedule,
     /// `ttl_seconds_for_trials`: a trial running longer fails (and is stopped).
     ttl: Option<Duration>,
-    shepherd: Shepherd,
+    exe: PathBuf,
+    /// The shepherd that starts new trials, and how many were started in this run.
+    shepherd: Mutex<(Arc<Shepherd>, usize)>,
     plugin_metrics: PluginMetrics,
     /// The program, found along PATH once (when the command names it literally and
     /// `env` does not change PATH), so that each spawn skips the search.
     program: Option<PathBuf>,
-}
-
-/// Follows `stdout.log` as it grows.
-struct Tail {
-    path: PathBuf,
-    offset: u64,
-    /// The line being read (bytes after the last newline).
-    partial: Vec<u8>,
-    /// The current line is over MAX_LINE: skip to its end.
-    skipping: bool,
-    parser: OutputParser,
-}
-
-/// Reads of the output are this big at most, whatever a trial prints.
-const TAIL_CHUNK: usize = 64 * 1024;
-/// A line longer than this is not a report: it is skipped, not buffered.
-const MAX_LINE: usize = 1024 * 1024;
-
-impl Tail {
-    /// New points since the last read; at the end, also the unterminated last line.
-    fn read(&mut self, at_end: bool) -> Vec<MetricPoint> {
-        let mut points = Vec::new();
-        let Ok(mut f) = std::fs::File::open(&self.path) else { return points };
-        if f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return points;
-        }
-        let mut chunk = vec![0u8; TAIL_CHUNK];
-        loop {
-            let n = match f.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            self.offset += n as u64;
-            self.feed(&chunk[..n], &mut points);
-        }
-        if at_end && !self.partial.is_empty() && !self.skipping {
-            let line = String::from_utf8_lossy(&self.partial).into_owned();
-            points.extend(self.parser.line(&line));
-        }
-        if at_end {
-            self.partial.clear();
-        }
-        points
-    }
-
-    fn feed(&mut self, mut bytes: &[u8], points: &mut Vec<MetricPoint>) {
-        while let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
-            if !self.skipping {
-                self.partial.extend_from_slice(&bytes[..nl]);
-                let line = String::from_utf8_lossy(&self.partial).into_owned();
-                points.extend(self.parser.line(&line));
-            }
-            self.partial.clear();
-            self.skipping = false;
-            bytes = &bytes[nl + 1..];
-        }
-        if !self.skipping {
-            self.partial.extend_from_slice(bytes);
-            if self.partial.len() > MAX_LINE {
-                self.partial.clear();
-                self.skipping = true;
-            }
-        }
-    }
 }
 
 /// How the wait for a process ended.
@@ -124,7 +71,7 @@ impl CommandRunner {
         let RunnerSpec::Command(command) = &spec.runner else {
             return Err(std::io::Error::other("not a command runner"));
         };
-        let shepherd = Shepherd::start(exe)?;
+        let shepherd = Arc::new(Shepherd::start(exe)?);
         let literal = match command.argv.first().map(|t| t.segments.as_slice()) {
             Some([Segment::Literal(p)]) if !command.shell => Some(p.clone()),
             _ => None,
@@ -139,7 +86,8 @@ impl CommandRunner {
             base_dir: spec.base_dir.clone(),
             polls,
             ttl: spec.orchestration.ttl_seconds_for_trials.map(Duration::from_secs_f64),
-            shepherd,
+            exe: exe.to_path_buf(),
+            shepherd: Mutex::new((shepherd, 1)),
             plugin_metrics,
         })
     }
@@ -182,9 +130,7 @@ impl CommandRunner {
             ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
         ];
         for (name, v) in &job.arm.values {
-            let var: String =
-                name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-            env.push((format!("OPTX_PARAM_{var}"), v.to_string()));
+            env.push((crate::domain::param_env_var(name), v.to_string()));
         }
         for (k, t) in &self.spec.env {
             env.push((k.clone(), self.render(t, job, false)));
@@ -193,17 +139,45 @@ impl CommandRunner {
             Some(t) => self.base_dir.join(self.render(t, job, false)),
             None => self.base_dir.clone(),
         };
-        SpawnRequest { trial: job.index, program: self.program.clone(), argv, env, cwd, dir: job.trial_dir.clone() }
+        SpawnRequest {
+            trial: job.index,
+            token: job.token.clone(),
+            program: self.program.clone(),
+            argv,
+            env,
+            cwd,
+            dir: job.trial_dir.clone(),
+        }
     }
 
     fn tail(&self, job: &TrialJob) -> Tail {
-        Tail {
-            path: job.trial_dir.join(exec::STDOUT_FILE),
-            offset: 0,
-            partial: Vec::new(),
-            skipping: false,
-            parser: OutputParser::new(&self.metrics, &self.spec.progression),
+        let parser = OutputParser::new(&self.metrics, &self.spec.progression);
+        Tail::new(job.trial_dir.join(exec::STDOUT_FILE), parser, job.stored_points)
+    }
+
+    /// The shepherd to start the next trial with: a new one if the last one died (a few
+    /// times per run at most). Says so through `events`.
+    fn shepherd(&self, events: &Sender<RunnerEvent>) -> Arc<Shepherd> {
+        let mut current = self.shepherd.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0.is_gone() && current.1 < MAX_SHEPHERDS {
+            let old = current.0.pid();
+            current.0.close();
+            match Shepherd::start(&self.exe) {
+                Ok(s) => {
+                    current.1 += 1;
+                    let msg = format!(
+                        "the process that starts trials (optx's shepherd, pid {old}) died; started a new one (pid {}, {} of at most {MAX_SHEPHERDS} in this run)",
+                        s.pid(),
+                        current.1
+                    );
+                    tracing::warn!("{msg}");
+                    let _ = events.send(RunnerEvent::Notice(msg));
+                    current.0 = Arc::new(s);
+                }
+                Err(e) => tracing::warn!("cannot start a new shepherd: {e}"),
+            }
         }
+        Arc::clone(&current.0)
     }
 
     /// The deadline of a trial and what to say when it passes.
@@ -223,14 +197,14 @@ impl CommandRunner {
 
     /// TERM to the group, `stop_grace`, then KILL; wait for the end. Returns how it ended
     /// and whether KILL was needed.
-    fn stop(&self, info: RunInfo, rx: Option<&Receiver<ProcEvent>>, dir: &Path) -> (Waited, bool) {
+    fn stop(&self, info: RunInfo, rx: Option<&Receiver<ProcEvent>>, job: &TrialJob) -> (Waited, bool) {
         exec::kill_group(info.pid, false);
         let grace_end = Instant::now() + self.spec.stop_grace;
-        if let Some(w) = self.wait_until(info, rx, dir, Some(grace_end)) {
+        if let Some(w) = self.wait_until(info, rx, job, Some(grace_end)) {
             return (w, false);
         }
         exec::kill_group(info.pid, true);
-        let w = self.wait_until(info, rx, dir, Some(Instant::now() + Duration::from_secs(10)));
+        let w = self.wait_until(info, rx, job, Some(Instant::now() + Duration::from_secs(10)));
         (w.unwrap_or(Waited::Gone), true)
     }
 
@@ -239,9 +213,10 @@ impl CommandRunner {
         &self,
         info: RunInfo,
         rx: Option<&Receiver<ProcEvent>>,
-        dir: &Path,
+        job: &TrialJob,
         until: Option<Instant>,
     ) -> Option<Waited> {
+        let (dir, token) = (&job.trial_dir, job.token.as_str());
         let mut step = Duration::from_millis(20);
         loop {
             if let Some(rx) = rx {
@@ -249,18 +224,18 @@ impl CommandRunner {
                 match rx.recv_timeout(timeout) {
                     Ok(ProcEvent::Exited(e)) => return Some(Waited::Exited(e)),
                     Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                        return self.wait_until(info, None, dir, until)
+                        return self.wait_until(info, None, job, until)
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => return None,
                 }
             }
-            if let Some(e) = exec::read_exit(dir) {
+            if let Some(e) = exec::read_exit(dir, token) {
                 return Some(Waited::Exited(e));
             }
             if !exec::alive(info.pid, info.start) {
                 // The shepherd may be writing the status right now: look once more.
                 std::thread::sleep(Duration::from_millis(50));
-                return Some(exec::read_exit(dir).map_or(Waited::Gone, Waited::Exited));
+                return Some(exec::read_exit(dir, token).map_or(Waited::Gone, Waited::Exited));
             }
             if until.is_some_and(|u| Instant::now() >= u) {
                 return None;
@@ -299,7 +274,7 @@ impl CommandRunner {
                         control = never();
                         continue;
                     };
-                    let (w, killed) = self.stop(info, rx.as_ref(), &job.trial_dir);
+                    let (w, killed) = self.stop(info, rx.as_ref(), job);
                     let how = if killed { "SIGTERM, then SIGKILL" } else { "SIGTERM" };
                     let stop = serde_json::json!({"reason": reason, "signals": how});
                     let mut r = self.finish(job, w, tail, Some(stop));
@@ -308,7 +283,7 @@ impl CommandRunner {
                 },
                 recv(dl) -> _ => {
                     let why = deadline.as_ref().map(|d| d.1.clone()).unwrap_or_default();
-                    let (w, killed) = self.stop(info, rx.as_ref(), &job.trial_dir);
+                    let (w, killed) = self.stop(info, rx.as_ref(), job);
                     let how = if killed { format!("SIGTERM, then SIGKILL after {}", humantime::format_duration(self.spec.stop_grace)) } else { "SIGTERM".into() };
                     let stop = serde_json::json!({"reason": why, "signals": how});
                     let mut r = self.finish(job, w, tail, Some(stop));
@@ -318,7 +293,8 @@ impl CommandRunner {
                     return r;
                 },
                 recv(tick) -> _ => {
-                    let points: Vec<MetricPoint> = tail.read(false).into_iter().filter(|p| p.progression.is_some()).collect();
+                    let read = tail.read(false);
+                    let points = tail.curve(read);
                     if !points.is_empty() {
                         let _ = events.send(RunnerEvent::Progress { index: job.index, points });
                         interval = self.polls.initial.max(Duration::from_millis(50));
@@ -326,7 +302,7 @@ impl CommandRunner {
                         interval = self.polls.next(interval).max(Duration::from_millis(50));
                     }
                     if rx.is_none() {
-                        if let Some(w) = self.wait_until(info, None, &job.trial_dir, Some(Instant::now())) {
+                        if let Some(w) = self.wait_until(info, None, job, Some(Instant::now())) {
                             return self.finish(job, w, tail, None);
                         }
                     }
@@ -343,13 +319,25 @@ impl CommandRunner {
         tail: &mut Tail,
         stop_metadata: Option<serde_json::Value>,
     ) -> TrialResult {
-        let mut curve: Vec<MetricPoint> = tail.read(true).into_iter().filter(|p| p.progression.is_some()).collect();
+        let read = tail.read(true);
+        let mut curve = tail.curve(read);
         let dir = &job.trial_dir;
         let mut finals: BTreeMap<String, MetricPoint> = tail.parser.last.clone();
         let mut problems: Vec<String> = Vec::new();
-        read_result_files(dir, &self.metrics, &self.required, &mut finals, &mut problems);
+        // What the trial left beside its output (the result file, `file` rules, plugin
+        // metrics): it wins over what was printed, and without an exit status only it
+        // completes a trial.
+        let mut results = BTreeMap::new();
+        read_result_files(dir, &self.metrics, &self.required, &mut results, &mut problems);
         let meta = serde_json::json!({ "trial_dir": dir });
-        self.plugin_metrics.fetch(job.index, &meta, &mut finals, &mut curve, &mut problems);
+        self.plugin_metrics.fetch(job.index, &meta, &mut results, &mut curve, &mut problems);
+        let from_results = self.required.iter().all(|m| results.get(m).is_some_and(|p| p.mean.is_finite()));
+        for (name, mut p) in results {
+            if p.progression.is_none() {
+                p.progression = finals.get(&name).and_then(|q| q.progression);
+            }
+            finals.insert(name, p);
+        }
         let finals_vec: Vec<MetricPoint> = finals.values().cloned().collect();
         let missing: Vec<&String> = self.required.iter().filter(|m| !finals.contains_key(*m)).collect();
         let nonfinite: Vec<String> = finals
@@ -369,17 +357,15 @@ impl CommandRunner {
             Waited::Exited(e) if !e.success() => {
                 (Outcome::Failed { reason: format!("{}{}", e.describe(), stderr_tail()), lost: false }, None)
             }
-            Waited::Gone if !missing.is_empty() || !nonfinite.is_empty() => (
+            Waited::Gone if !from_results => (
                 Outcome::Failed {
-                    reason:
-                        "the process ended while optx was not running and left no exit status and no complete result"
-                            .into(),
+                    reason: "the process ended while optx was not running, leaving no exit status and no result file: its outcome is unknown (a partial learning curve is not a result)".into(),
                     lost: true,
                 },
                 None,
             ),
             w => {
-                let note = matches!(w, Waited::Gone).then(|| "the exit status is unknown (the process ended while optx was not running); its reported metrics were recovered".to_string());
+                let note = matches!(w, Waited::Gone).then(|| "the exit status is unknown (the process ended while optx was not running); completed from its result file".to_string());
                 if let Some(p) = problems.first().filter(|_| !missing.is_empty()) {
                     (Outcome::Failed { reason: p.clone(), lost: false }, note)
                 } else if !missing.is_empty() {
@@ -412,6 +398,129 @@ impl CommandRunner {
     }
 }
 
+/// Create a new trial's dir. A dir already there belongs to nobody (a trial never deploys
+/// twice into one dir): it is set aside, never reused or overwritten.
+fn new_trial_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let aside = (1..)
+                .map(|n| PathBuf::from(format!("{}.stale-{n}", dir.display())))
+                .find(|p| !p.exists())
+                .unwrap_or_default();
+            tracing::warn!("{} exists already: set aside as {}", dir.display(), aside.display());
+            std::fs::rename(dir, &aside)?;
+            std::fs::create_dir(dir)
+        }
+        r => r,
+    }
+}
+
+fn run_metadata(job: &TrialJob, info: RunInfo) -> serde_json::Value {
+    serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir})
+}
+
+impl CommandRunner {
+    /// Claim a trial whose process has not recorded its start as never started, so that
+    /// it never can (a shepherd that is frozen or slow would otherwise start it later).
+    /// `Ok(None)`: claimed, it never ran; `Ok(Some(info))`: it started after all.
+    fn claim_unstarted(&self, job: &TrialJob, why: &str) -> Result<Option<RunInfo>, String> {
+        let dir = &job.trial_dir;
+        let token = job.token.as_str();
+        let end = Instant::now() + Duration::from_secs(1);
+        loop {
+            let st = exec::read_process(dir, token);
+            if let Some(run) = st.run {
+                return Ok(Some(run));
+            }
+            if st.claimed {
+                return Ok(None);
+            }
+            if !st.exists {
+                let record = ProcessRecord::Claimed { never_started: why.to_string(), token: Some(job.token.clone()) };
+                match exec::claim(dir, &record) {
+                    Ok(exec::Claim::Won) => return Ok(None),
+                    Ok(exec::Claim::Taken) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(format!("cannot claim {}: {e}", dir.display())),
+                }
+            }
+            // The record is being written, or is not this trial's: look again shortly.
+            if Instant::now() >= end {
+                return Err(format!("{} holds a process record that is not this trial's", dir.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for a new trial's process to record its start, or to end at once.
+    fn await_start(
+        &self,
+        job: &TrialJob,
+        rx: &Receiver<ProcEvent>,
+        control: &Receiver<Control>,
+        events: &Sender<RunnerEvent>,
+        tail: &mut Tail,
+    ) -> Result<RunInfo, TrialResult> {
+        let deployed = |info: RunInfo| {
+            let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: run_metadata(job, info) });
+        };
+        let give_up = Instant::now() + START_TIMEOUT;
+        // A short trial reports its deployment and its end together (one transaction, one
+        // wake-up of the dispatcher); a longer one reports it after REPORT_DELAY.
+        let mut wait = REPORT_DELAY;
+        let mut control = control.clone();
+        loop {
+            let why = select! {
+                recv(rx) -> ev => match ev {
+                    Ok(ProcEvent::Exited(e @ ExitInfo::SpawnError(_))) => {
+                        // It may have started after all if the request was stale; it was not.
+                        return Err(Self::failed(e.describe()));
+                    }
+                    Ok(ProcEvent::Exited(exit)) => {
+                        let info = exec::read_run_info(&job.trial_dir, &job.token).unwrap_or(RunInfo { pid: 0, start: None });
+                        deployed(info);
+                        return Err(self.finish(job, Waited::Exited(exit), tail, None));
+                    }
+                    Ok(ProcEvent::ShepherdGone) | Err(_) => {
+                        Some("the process that starts trials (optx's shepherd) died before starting it".to_string())
+                    }
+                },
+                recv(control) -> c => match c {
+                    Ok(Control::Stop { reason, .. }) => Some(format!("{reason} before it started")),
+                    Err(_) => {
+                        control = never();
+                        None
+                    }
+                },
+                default(wait) => None,
+            };
+            if let Some(info) = exec::read_run_info(&job.trial_dir, &job.token) {
+                deployed(info);
+                return Ok(info);
+            }
+            let why = why.or_else(|| {
+                (Instant::now() >= give_up).then(|| {
+                    format!("the process that starts trials did not start it within {}s", START_TIMEOUT.as_secs())
+                })
+            });
+            if let Some(why) = why {
+                return match self.claim_unstarted(job, &why) {
+                    Ok(Some(info)) => {
+                        deployed(info);
+                        Ok(info)
+                    }
+                    Ok(None) => Err(Self::lost(format!("{why}; it never ran and runs again"))),
+                    Err(e) => Err(Self::lost(format!("{why}; {e}"))),
+                };
+            }
+            wait = Duration::from_millis(10);
+        }
+    }
+}
+
 impl TrialRunner for CommandRunner {
     fn execute(&self, mut job: TrialJob, control: &Receiver<Control>, events: &Sender<RunnerEvent>) {
         let finished = |result| {
@@ -420,15 +529,17 @@ impl TrialRunner for CommandRunner {
         let mut tail = self.tail(&job);
         if let Some(meta) = &job.attach {
             // A trial that was running when optx stopped: follow it through its files.
-            let info: Option<RunInfo> =
-                serde_json::from_value(meta.clone()).ok().or_else(|| exec::read_run_info(&job.trial_dir));
+            let info: Option<RunInfo> = serde_json::from_value::<RunInfo>(meta.clone())
+                .ok()
+                .filter(|i| i.pid != 0)
+                .or_else(|| exec::read_run_info(&job.trial_dir, &job.token));
             let Some(info) = info else {
                 return finished(Self::lost("optx stopped while deploying this trial; it never ran".into()));
             };
             let r = self.follow(&job, info, None, control, events, &mut tail);
             return finished(r);
         }
-        if let Err(e) = std::fs::create_dir_all(&job.trial_dir) {
+        if let Err(e) = new_trial_dir(&job.trial_dir) {
             return finished(Self::failed(format!("cannot create the trial dir {}: {e}", job.trial_dir.display())));
         }
         let params = serde_json::to_vec_pretty(&job.arm.to_json()).unwrap_or_default();
@@ -436,37 +547,29 @@ impl TrialRunner for CommandRunner {
             return finished(Self::failed(format!("cannot write params.json: {e}")));
         }
         let req = self.request(&job);
-        let rx = self.shepherd.spawn(&req);
+        let shepherd = self.shepherd(events);
+        let rx = shepherd.spawn(&req);
         job.started_at = Some(SystemTime::now());
-        let deployed = |info: RunInfo| {
-            let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir});
-            let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: meta });
+        let info = match self.await_start(&job, &rx, control, events, &mut tail) {
+            Ok(info) => info,
+            Err(result) => return finished(result),
         };
-        // A short trial reports its deployment and its end together (one transaction, one
-        // wake-up of the dispatcher); a longer one reports it after REPORT_DELAY.
-        let mut wait = REPORT_DELAY;
-        let info = loop {
-            match rx.recv_timeout(wait) {
-                Ok(ProcEvent::Exited(e @ ExitInfo::SpawnError(_))) => return finished(Self::failed(e.describe())),
-                Ok(ProcEvent::Exited(exit)) => {
-                    deployed(exec::read_run_info(&job.trial_dir).unwrap_or(RunInfo { pid: 0, start: None }));
-                    let r = self.finish(&job, Waited::Exited(exit), &mut tail, None);
-                    return finished(r);
-                }
-                Ok(ProcEvent::ShepherdGone) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return finished(Self::lost("the process that starts trials (optx's shepherd) is gone".into()));
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            }
-            // Still running: its pid is in process.jsonl once the shepherd has started it.
-            if let Some(info) = exec::read_run_info(&job.trial_dir) {
-                break info;
-            }
-            wait = Duration::from_millis(10);
-        };
-        deployed(info);
         let r = self.follow(&job, info, Some(rx), control, events, &mut tail);
         finished(r)
+    }
+
+    fn unstarted(&self, job: &TrialJob, _staged: bool) -> Unstarted {
+        if !job.trial_dir.exists() {
+            return Unstarted::Never;
+        }
+        match self.claim_unstarted(job, "optx stopped before the trial started; a resume claimed it") {
+            Ok(Some(info)) => Unstarted::Started(run_metadata(job, info)),
+            Ok(None) => match std::fs::remove_dir_all(&job.trial_dir) {
+                Ok(()) => Unstarted::Never,
+                Err(e) => Unstarted::Unknown(format!("cannot remove the unused trial dir: {e}")),
+            },
+            Err(e) => Unstarted::Unknown(e),
+        }
     }
 
     fn cleanup(&self, dir: &Path, failed: bool) {
@@ -481,41 +584,6 @@ impl TrialRunner for CommandRunner {
     }
 
     fn close(&self) {
-        self.shepherd.close();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tail(dir: &Path) -> Tail {
-        let mut m = BTreeMap::new();
-        m.insert("f".to_string(), MetricRule::Default);
-        Tail {
-            path: dir.join("out"),
-            offset: 0,
-            partial: Vec::new(),
-            skipping: false,
-            parser: OutputParser::new(&m, "step"),
-        }
-    }
-
-    #[test]
-    fn the_tail_follows_growing_output_across_chunks_and_skips_monster_lines() {
-        let d = tempfile::tempdir().unwrap();
-        let mut t = tail(d.path());
-        let mut text = String::from("f=1 step=1\n");
-        text.push_str(&"x".repeat(3 * MAX_LINE));
-        text.push_str(" f=99\nf=2 step=2\nf=3");
-        std::fs::write(d.path().join("out"), &text[..TAIL_CHUNK + 10]).unwrap();
-        let first = t.read(false);
-        assert_eq!(first.len(), 1);
-        std::fs::write(d.path().join("out"), &text).unwrap();
-        let rest = t.read(false);
-        assert_eq!(rest.iter().map(|p| p.mean).collect::<Vec<_>>(), vec![2.0], "the monster line is skipped");
-        assert!(t.partial.len() <= MAX_LINE);
-        let end = t.read(true);
-        assert_eq!(end.iter().map(|p| p.mean).collect::<Vec<_>>(), vec![3.0], "the last line counts at the end");
+        self.shepherd.lock().unwrap_or_else(|e| e.into_inner()).0.close();
     }
 }

@@ -7,6 +7,7 @@
 mod command;
 pub mod output;
 pub mod plugin;
+mod tail;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,10 @@ pub struct TrialJob {
     pub attach: Option<serde_json::Value>,
     /// When the trial started (for the timeout of a re-attached trial).
     pub started_at: Option<SystemTime>,
+    /// The trial's identity in the records it leaves (store id and index).
+    pub token: String,
+    /// Points of its learning curves the store holds already (a re-attached trial).
+    pub stored_points: usize,
 }
 
 /// What the dispatcher can tell a running trial.
@@ -94,6 +99,19 @@ pub enum RunnerEvent {
         index: u64,
         result: TrialResult,
     },
+    /// Something the user should know about the runner itself.
+    Notice(String),
+}
+
+/// What became of a trial that was recorded but had not started when optx last stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unstarted {
+    /// It never ran, and now never will: deploy it as it is.
+    Never,
+    /// It started after all: follow it with this run metadata.
+    Started(serde_json::Value),
+    /// Nobody can tell: it is lost (and runs again as a new trial).
+    Unknown(String),
 }
 
 /// Polling intervals: start, growth while nothing changes, cap.
@@ -114,6 +132,17 @@ pub trait TrialRunner: Send + Sync {
     /// Deploy (or re-attach to) `job` and follow it to its end, sending events; the last
     /// event is always `Finished`.
     fn execute(&self, job: TrialJob, control: &Receiver<Control>, events: &Sender<RunnerEvent>);
+
+    /// Settle a trial recorded as CANDIDATE (or STAGED: its deployment began) that has no
+    /// run metadata, on resume. The default suits runners whose deployment leaves no trace
+    /// to look for: a candidate never started, a staged trial cannot be told.
+    fn unstarted(&self, _job: &TrialJob, staged: bool) -> Unstarted {
+        if staged {
+            Unstarted::Unknown("optx stopped while deploying this trial".into())
+        } else {
+            Unstarted::Never
+        }
+    }
 
     /// Called after a trial's end is committed: keep or remove what it left.
     fn cleanup(&self, job_dir: &std::path::Path, failed: bool);

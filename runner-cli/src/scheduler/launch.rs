@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,7 @@ impl std::error::Error for RunError {}
 fn store_err(path: &Path) -> impl Fn(StoreError) -> RunError + '_ {
     move |e| match e {
         StoreError::Owned(owner) => RunError::Owned { store: path.to_path_buf(), owner },
+        StoreError::Unusable(m) => RunError::Usage(m),
         e => RunError::Runtime(format!("{}: {e}", path.display())),
     }
 }
@@ -72,10 +74,47 @@ pub fn me() -> Owner {
     Owner { pid, process_start: exec::process_start_time(pid), host: exec::hostname(), since: String::new() }
 }
 
-/// Rename a store, its WAL files and its trial dirs to `*.bak-<time>`.
-fn set_aside(spec: &ExperimentSpec) -> Result<Vec<PathBuf>, RunError> {
+/// Rename `paths` (those that exist) to `<path><suffix>`, with one suffix for all that no
+/// existing name has: `.bak-<time>`, then `.bak-<time>-2`, ... A rename never replaces
+/// anything (`RENAME_NOREPLACE`): if a name is taken meanwhile, what was moved goes back
+/// and the next suffix is tried.
+fn set_aside_as(paths: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, RunError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-    let mut moved = Vec::new();
+    let present: Vec<&PathBuf> = paths.iter().filter(|p| p.symlink_metadata().is_ok()).collect();
+    'suffix: for n in 1..1000 {
+        let suffix = if n == 1 { format!(".{what}-{stamp}") } else { format!(".{what}-{stamp}-{n}") };
+        let target = |p: &PathBuf| {
+            let mut to = p.clone().into_os_string();
+            to.push(&suffix);
+            PathBuf::from(to)
+        };
+        if present.iter().any(|p| target(p).symlink_metadata().is_ok()) {
+            continue;
+        }
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for p in &present {
+            let to = target(p);
+            match renameat_with(CWD, p.as_path(), CWD, &to, RenameFlags::NOREPLACE) {
+                Ok(()) => moved.push(((*p).clone(), to)),
+                Err(e) => {
+                    for (from, to) in moved.iter().rev() {
+                        let _ = renameat_with(CWD, to, CWD, from, RenameFlags::NOREPLACE);
+                    }
+                    if e == rustix::io::Errno::EXIST {
+                        continue 'suffix;
+                    }
+                    return Err(RunError::Runtime(format!("cannot rename {}: {e}", p.display())));
+                }
+            }
+        }
+        return Ok(moved.into_iter().map(|(_, to)| to).collect());
+    }
+    Err(RunError::Runtime("no free name to set the old store aside".into()))
+}
+
+/// The store's files and its trial dirs, as `--fresh` sets them aside.
+fn store_files(spec: &ExperimentSpec) -> Vec<PathBuf> {
     let db = spec.store_path.clone();
     let mut paths = vec![db.clone()];
     for suffix in ["-wal", "-shm"] {
@@ -84,20 +123,120 @@ fn set_aside(spec: &ExperimentSpec) -> Result<Vec<PathBuf>, RunError> {
         paths.push(PathBuf::from(p));
     }
     paths.push(spec.trials_root());
-    for p in paths {
-        if p.exists() {
-            let mut to = p.clone().into_os_string();
-            to.push(format!(".bak-{stamp}"));
-            std::fs::rename(&p, &to).map_err(|e| RunError::Runtime(format!("cannot rename {}: {e}", p.display())))?;
-            moved.push(PathBuf::from(to));
+    paths
+}
+
+/// `--fresh` on a store whose trials still run (optx was killed): they belong to the
+/// experiment being set aside, so they are stopped (TERM, grace, KILL) and recorded as
+/// lost in the old store, rather than left to compete with the new run's trials.
+fn stop_old_trials(store: &mut Store, spec: &ExperimentSpec, sink: &mut dyn EventSink) -> Result<(), StoreError> {
+    let id = store.id()?;
+    let open: Vec<_> = store.trials()?.into_iter().filter(|t| !t.status.is_terminal()).collect();
+    let grace = match &spec.runner {
+        RunnerSpec::Command(c) => c.stop_grace,
+        _ => Duration::from_secs(10),
+    };
+    let mut stopped = Vec::new();
+    for t in &open {
+        let dir = spec.trials_root().join(t.index.to_string());
+        if let Some(run) = exec::read_run_info(&dir, &exec::token(&id, t.index)) {
+            if exec::alive(run.pid, run.start) {
+                exec::kill_group(run.pid, false);
+                stopped.push(run);
+            }
         }
     }
-    Ok(moved)
+    if !stopped.is_empty() {
+        let pids: Vec<String> = stopped.iter().map(|r| r.pid.to_string()).collect();
+        sink.event(&RunEvent::Notice(format!(
+            "--fresh: stopping {} trial(s) of the old run that still run (pid {})",
+            stopped.len(),
+            pids.join(", ")
+        )));
+        let end = std::time::Instant::now() + grace;
+        while stopped.iter().any(|r| exec::group_exists(r.pid)) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for r in &stopped {
+            exec::kill_group(r.pid, true);
+        }
+    }
+    store.tx(|tx| {
+        for t in &open {
+            let data = crate::store::TransitionData {
+                reason: Some("the store was set aside by `optx run --fresh` while this trial was not finished"),
+                lost: true,
+                ..Default::default()
+            };
+            tx.transition(t.index, t.status, crate::domain::TrialStatus::Failed, &data)?;
+        }
+        Ok(())
+    })
+}
+
+/// The file in a trials root that names the store its dirs belong to.
+const ROOT_MARK: &str = ".optx-store";
+
+/// Make `<store>.trials/` this store's: a root left by another store (one deleted, or
+/// emptied, or replaced) is set aside, never reused, so that no new trial reads an old
+/// trial's files or overwrites them.
+fn claim_trials_root(spec: &ExperimentSpec, store: &Store, sink: &mut dyn EventSink) -> Result<(), RunError> {
+    let root = spec.trials_root();
+    let path = &spec.store_path;
+    let id = store.id().map_err(store_err(path))?;
+    let mark = root.join(ROOT_MARK);
+    let marked: Option<String> = std::fs::read_to_string(&mark)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["store_id"].as_str().map(str::to_string));
+    let has_content = std::fs::read_dir(&root).is_ok_and(|mut d| d.next().is_some());
+    let has_trials = store.trial_counts().map_err(store_err(path))?.0 > 0;
+    let foreign = match &marked {
+        Some(m) => *m != id,
+        // Trial dirs of an optx from before the mark: this store's if it has trials.
+        None => has_content && !has_trials,
+    };
+    if foreign {
+        for m in set_aside_as(std::slice::from_ref(&root), "old")? {
+            sink.event(&RunEvent::Notice(format!(
+                "{} held the trial dirs of another store; set aside as {}",
+                root.display(),
+                m.display()
+            )));
+        }
+    }
+    if marked.as_deref() != Some(id.as_str()) {
+        std::fs::create_dir_all(&root)
+            .map_err(|e| RunError::Runtime(format!("cannot create {}: {e}", root.display())))?;
+        let text = serde_json::json!({"store_id": id, "store": path}).to_string();
+        std::fs::write(&mark, text).map_err(|e| RunError::Runtime(format!("cannot write {}: {e}", mark.display())))?;
+    }
+    Ok(())
 }
 
 fn random_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     (t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)) % 1_000_000_007
+}
+
+/// The runner of the experiment, with its plugins loaded and opened: a bad one is bad
+/// input (exit 2), found before anything is written.
+fn runner(l: &Launch) -> Result<Arc<dyn TrialRunner>, RunError> {
+    let spec = &l.spec;
+    let o = &spec.orchestration;
+    let polls = PollSchedule {
+        initial: Duration::from_secs_f64(o.initial_seconds_between_polls),
+        factor: o.seconds_between_polls_backoff_factor,
+        max: Duration::from_secs_f64(o.max_seconds_between_polls.max(o.initial_seconds_between_polls)),
+    };
+    let metrics = PluginMetrics::open(spec).map_err(RunError::Usage)?;
+    Ok(match &spec.runner {
+        RunnerSpec::Command(_) => Arc::new(
+            CommandRunner::new(spec, polls, &l.exe, metrics)
+                .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
+        ),
+        RunnerSpec::Plugin(_) => Arc::new(PluginRunner::new(spec, polls, metrics).map_err(RunError::Usage)?),
+    })
 }
 
 /// Run (or resume) an experiment to its end. Returns how it ended and the store path.
@@ -106,23 +245,26 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let path = spec.store_path.clone();
     let me = me();
     let alive = |pid: u32, start: Option<u64>| exec::alive(pid, start);
-    let mut store = Store::open(&path, spec.durability).map_err(store_err(&path))?;
+    // Everything that can be refused is checked before the store is touched.
+    let runner = runner(&l)?;
+    let opened = if l.resume { Store::open_existing(&path) } else { Store::open(&path, spec.durability) };
+    let mut store = opened.map_err(store_err(&path))?;
     store.acquire(&me, &alive).map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
-    let mut store = match (l.resume, existing.is_some() || has_trials) {
-        (false, true) if l.fresh => {
+    let mut store = match (l.resume, has_trials, existing.is_some()) {
+        (false, true, _) if l.fresh => {
+            stop_old_trials(&mut store, spec, sink).map_err(store_err(&path))?;
             store.release(&me).map_err(store_err(&path))?;
             drop(store);
-            let moved = set_aside(spec)?;
-            for m in &moved {
+            for m in set_aside_as(&store_files(spec), "bak")? {
                 sink.event(&RunEvent::Notice(format!("--fresh: set aside {}", m.display())));
             }
             let mut s = Store::open(&path, spec.durability).map_err(store_err(&path))?;
             s.acquire(&me, &alive).map_err(store_err(&path))?;
             s
         }
-        (false, true) => {
+        (false, true, _) => {
             let _ = store.release(&me);
             return Err(RunError::Usage(format!(
                 "{} already holds the experiment `{}`: continue it with `optx resume {}`, or start over with `optx run --fresh` (the old store is kept as a backup)",
@@ -131,21 +273,27 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
                 l.spec_path.display()
             )));
         }
-        (true, false) => {
+        (true, _, false) => {
             let _ = store.release(&me);
             return Err(RunError::Usage(format!(
-                "{} holds no experiment yet: start it with `optx run`",
+                "{} holds no experiment yet: start it with `optx run FILE.toml`",
                 path.display()
             )));
         }
+        // A store with no trial yet (a first run that stopped before any) starts anew.
         _ => store,
     };
-    let result = run_owned(&l, &mut store, sink);
+    let result = claim_trials_root(spec, &store, sink).and_then(|_| run_owned(&l, &mut store, runner, sink));
     let _ = store.release(&me);
     result
 }
 
-fn run_owned(l: &Launch, store: &mut Store, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
+fn run_owned(
+    l: &Launch,
+    store: &mut Store,
+    runner: Arc<dyn TrialRunner>,
+    sink: &mut dyn EventSink,
+) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
     let path = spec.store_path.clone();
     let stored_seed = store.experiment().map_err(store_err(&path))?.map(|e| e.seed);
@@ -166,43 +314,30 @@ fn run_owned(l: &Launch, store: &mut Store, sink: &mut dyn EventSink) -> Result<
         method: Generator::describe(spec),
         existing,
     });
-    let o = &spec.orchestration;
-    let polls = PollSchedule {
-        initial: Duration::from_secs_f64(o.initial_seconds_between_polls),
-        factor: o.seconds_between_polls_backoff_factor,
-        max: Duration::from_secs_f64(o.max_seconds_between_polls.max(o.initial_seconds_between_polls)),
-    };
-    // Plugins are loaded and opened before any trial runs: a bad one is bad input (exit 2).
-    let metrics = PluginMetrics::open(spec).map_err(RunError::Usage)?;
-    let runner: Arc<dyn TrialRunner> = match &spec.runner {
-        RunnerSpec::Command(_) => Arc::new(
-            CommandRunner::new(spec, polls, &l.exe, metrics)
-                .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
-        ),
-        RunnerSpec::Plugin(_) => Arc::new(PluginRunner::new(spec, polls, metrics).map_err(RunError::Usage)?),
-    };
-    std::fs::create_dir_all(spec.trials_root())
-        .map_err(|e| RunError::Runtime(format!("cannot create {}: {e}", spec.trials_root().display())))?;
 
-    // Signals reach the dispatcher as messages; it counts them.
+    // Signals reach the dispatcher as messages; it counts them. The flag is set at once,
+    // so that a proposal being computed when the first one comes is not deployed.
+    let interrupted = Arc::new(AtomicBool::new(false));
     let (sig_tx, sig_rx) = unbounded();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|e| RunError::Runtime(format!("cannot watch signals: {e}")))?;
     let handle = signals.handle();
+    let flag = Arc::clone(&interrupted);
     let sig_thread = std::thread::spawn(move || {
         for s in signals.forever() {
+            flag.store(true, Ordering::SeqCst);
             if sig_tx.send(s).is_err() {
                 break;
             }
         }
     });
-    let outcome = drive(spec, store, runner, seed, session, sink, &sig_rx);
+    let outcome = drive(spec, store, runner, seed, session, sink, &sig_rx, interrupted);
     handle.close();
     let _ = sig_thread.join();
     let end = outcome.map_err(store_err(&path))?;
     let code = match end {
         RunEnd::Done => 0,
-        RunEnd::FailureRate => 1,
+        RunEnd::FailureRate | RunEnd::TooManyLost => 1,
         RunEnd::Interrupted => 130,
     };
     store.end_session(session, code).map_err(store_err(&path))?;

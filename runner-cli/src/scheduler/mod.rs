@@ -14,6 +14,7 @@ mod launch;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ pub use launch::{launch, Launch, RunError};
 
 use crate::domain::{Arm, ExperimentSpec, Observation, OutcomeConstraint, Trial, TrialStatus};
 use crate::generate::{GenState, Generator};
-use crate::runners::{Control, Outcome, RunnerEvent, TrialJob, TrialRunner};
+use crate::runners::{Control, Outcome, RunnerEvent, TrialJob, TrialRunner, Unstarted};
 use crate::store::{self, NewTrial, Store, TransitionData, Tx};
 
 /// What the run tells whoever watches it (the CLI prints these).
@@ -76,6 +77,9 @@ pub enum RunEnd {
     Done,
     /// The failure rate exceeded `tolerated_trial_failure_rate`.
     FailureRate,
+    /// Deployment after deployment was lost (the process that starts trials keeps dying,
+    /// say): stopping beats an endless loop of re-runs.
+    TooManyLost,
     /// Ctrl-C or SIGTERM: state saved, resumable.
     Interrupted,
 }
@@ -138,6 +142,15 @@ struct State<'a> {
     trials_root: PathBuf,
     /// Trials of this session that were lost (the failure rate leaves them out).
     lost_now: u64,
+    /// Trials of this session lost one after the other, with no other end between them.
+    lost_streak: u64,
+    /// The store's identity, in the token of every trial's records.
+    store_id: String,
+    /// Points of learning curves stored for each trial that was running (to re-attach).
+    stored_points: HashMap<u64, usize>,
+    /// Set by the signal thread as soon as an interrupt arrives, before the dispatcher
+    /// reads it: a proposal that was being computed is then not deployed.
+    interrupted: Arc<AtomicBool>,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -185,7 +198,16 @@ impl<'a> State<'a> {
         };
         let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
         let (ctl_tx, ctl_rx) = unbounded();
-        let job = TrialJob { index, arm, slot, trial_dir: self.trial_dir(index), attach, started_at };
+        let job = TrialJob {
+            index,
+            arm,
+            slot,
+            trial_dir: self.trial_dir(index),
+            attach,
+            started_at,
+            token: crate::exec::token(&self.store_id, index),
+            stored_points: self.stored_points.remove(&index).unwrap_or(0),
+        };
         if self.spec.orchestration.run_trials_in_batches && job.attach.is_none() {
             self.running.insert(index, Running { control: ctl_tx, slot, follow: Some((job.clone(), ctl_rx)) });
             self.effects.push(Effect::Deploy(job));
@@ -205,6 +227,9 @@ impl<'a> State<'a> {
             && self.nonlost < o.max_trials
             && self.undeployed.len() < max_pending
         {
+            if self.interrupted.load(Ordering::SeqCst) {
+                break;
+            }
             let (arm, generation, rerun_of, attempt) = match self.reruns.pop_front() {
                 Some(r) => (r.arm, r.label.to_string(), Some(r.of), r.attempt),
                 None => {
@@ -219,8 +244,15 @@ impl<'a> State<'a> {
                     }
                 }
             };
+            // An interrupt that came while the proposal was computed: it is not deployed
+            // (the generator's state is not saved, so a resume proposes it again).
+            if self.interrupted.load(Ordering::SeqCst) {
+                break;
+            }
             let index = self.trials.len() as u64;
             let params = arm.to_json();
+            // The trial gets exactly what the store holds: the arm as read back from it.
+            let arm = Arm::from_json(&self.spec.space, &params).unwrap_or(arm);
             let key = arm.key();
             let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
             let session = self.session;
@@ -316,6 +348,7 @@ impl<'a> State<'a> {
                     }
                 }
                 RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
+                RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),
             }
         }
         self.fill(tx)
@@ -382,6 +415,7 @@ impl<'a> State<'a> {
         tracing::debug!(trial = index, status = %to, "trial ended");
         match &result.outcome {
             Outcome::Completed => {
+                self.lost_streak = 0;
                 let values = objective_values(spec, &result.finals);
                 let feas = feas.unwrap_or(false);
                 let all: Option<Vec<f64>> = values.iter().copied().collect();
@@ -408,8 +442,12 @@ impl<'a> State<'a> {
                 }
             }
             Outcome::Failed { reason, .. } | Outcome::Abandoned { reason } => {
-                self.release_arm(&t.arm_key);
                 let abandoned = matches!(result.outcome, Outcome::Abandoned { .. });
+                // An abandoned arm is not run again (CONFIG.md "No duplicates"); a failed or
+                // lost one may be, as a retry or a re-run.
+                if !abandoned {
+                    self.release_arm(&t.arm_key);
+                }
                 let retry = !lost && !abandoned && t.attempt <= spec.orchestration.retries_per_failed_arm;
                 if let Some(arm) = Arm::from_json(&spec.space, &t.parameters) {
                     if lost {
@@ -418,12 +456,19 @@ impl<'a> State<'a> {
                         self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt + 1, label: "retry" });
                     }
                 }
-                let reason = if abandoned { format!("abandoned: {reason}") } else { reason.clone() };
-                self.print(RunEvent::Failed { index, reason, lost, will_retry: retry });
+                let shown = if abandoned { format!("abandoned: {reason}") } else { reason.clone() };
+                self.print(RunEvent::Failed { index, reason: shown, lost, will_retry: retry });
                 self.effects.push(Effect::Cleanup { index, failed: true });
+                if !lost {
+                    self.lost_streak = 0;
+                }
                 if !lost && t.session == self.session {
                     self.failed_now += 1;
                     self.check_failure_rate();
+                }
+                if lost && t.session == self.session {
+                    self.lost_streak += 1;
+                    self.check_lost_streak(reason);
                 }
             }
         }
@@ -452,6 +497,32 @@ impl<'a> State<'a> {
         }
     }
 
+    /// A new trial that will not be deployed after all (an interrupt came first).
+    fn not_deployed(&mut self, index: u64) -> String {
+        self.undeployed.remove(&index);
+        if let Some(r) = self.running.remove(&index) {
+            self.free_slots.insert(r.slot);
+        }
+        format!("trial {index} was not started: interrupted first; `optx resume` starts it")
+    }
+
+    /// Stop once this many deployments in a row were lost: they are not counted, so
+    /// nothing else would end a run whose every trial is lost.
+    fn check_lost_streak(&mut self, reason: &str) {
+        let bound = (2 * self.spec.orchestration.parallelism as u64).max(5);
+        if self.lost_streak >= bound && self.halt.is_none() {
+            let first = reason.lines().next().unwrap_or(reason);
+            self.halt = Some((
+                RunEnd::TooManyLost,
+                format!(
+                    "{} trials in a row were lost (the last: {first}): stopping instead of running their arms again and again; fix the cause and `optx resume`",
+                    self.lost_streak
+                ),
+            ));
+            self.announce_halt();
+        }
+    }
+
     fn announce_halt(&mut self) {
         if let Some((_, why)) = &self.halt {
             let n = self.running.len();
@@ -462,34 +533,40 @@ impl<'a> State<'a> {
     }
 
     /// Reconcile trials that were not finished when optx last stopped.
-    fn reconcile(&mut self, tx: &mut Tx) -> Result<(), store::StoreError> {
+    fn reconcile(&mut self, tx: &mut Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
         let open: Vec<Trial> = self.trials.iter().filter(|t| !t.status.is_terminal()).cloned().collect();
         for t in open {
-            let dir = self.trial_dir(t.index);
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
-            let ran = crate::exec::read_run_info(&dir);
             let idx = t.index;
-            match (t.status, ran) {
-                (TrialStatus::Running, _) => {
-                    let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
-                    self.print(RunEvent::Reattached { index: idx, pid });
-                    self.dispatch(idx, arm, t.run_metadata.clone().or(Some(serde_json::Value::Null)), t.slot);
-                }
-                (TrialStatus::Candidate | TrialStatus::Staged, Some(info)) => {
+            if t.status == TrialStatus::Running {
+                let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
+                self.print(RunEvent::Reattached { index: idx, pid });
+                self.dispatch(idx, arm, t.run_metadata.clone().or(Some(serde_json::Value::Null)), t.slot);
+                continue;
+            }
+            // Recorded, not known to run: ask the runner what became of it.
+            let job = TrialJob {
+                index: idx,
+                arm: arm.clone(),
+                slot: 0,
+                trial_dir: self.trial_dir(idx),
+                attach: None,
+                started_at: None,
+                token: crate::exec::token(&self.store_id, idx),
+                stored_points: 0,
+            };
+            match runner.unstarted(&job, t.status == TrialStatus::Staged) {
+                Unstarted::Started(meta) => {
                     // It started, but optx stopped before recording that: record it now.
-                    let meta = serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": dir});
+                    let pid = meta.get("pid").and_then(|p| p.as_u64());
                     self.mark_running(tx, idx, meta.clone(), None)?;
-                    self.print(RunEvent::Reattached { index: idx, pid: Some(info.pid as u64) });
+                    self.print(RunEvent::Reattached { index: idx, pid });
                     self.dispatch(idx, arm, Some(meta), t.slot);
                 }
-                (TrialStatus::Staged, None) => {
-                    // Deployment began but no process started: it is lost and runs again.
-                    let data = TransitionData {
-                        reason: Some("optx stopped while deploying this trial"),
-                        lost: true,
-                        ..Default::default()
-                    };
-                    tx.transition(idx, TrialStatus::Staged, TrialStatus::Failed, &data)?;
+                Unstarted::Unknown(why) => {
+                    // It may have started: it is lost and runs again.
+                    let data = TransitionData { reason: Some(&why), lost: true, ..Default::default() };
+                    tx.transition(idx, t.status, TrialStatus::Failed, &data)?;
                     let row = &mut self.trials[idx as usize];
                     row.status = TrialStatus::Failed;
                     row.lost = true;
@@ -497,9 +574,8 @@ impl<'a> State<'a> {
                     self.release_arm(&t.arm_key);
                     self.reruns.push_back(Rerun { arm, of: idx, attempt: t.attempt, label: "rerun" });
                 }
-                (TrialStatus::Candidate, None) => {
-                    // Never started: deploy it now, as it is.
-                    let _ = std::fs::remove_dir_all(&dir);
+                Unstarted::Never => {
+                    // It never ran and never will: deploy it now, as it is.
                     self.print(RunEvent::Deployed {
                         index: idx,
                         params: t.parameters.clone(),
@@ -509,7 +585,6 @@ impl<'a> State<'a> {
                     self.undeployed.insert(idx);
                     self.dispatch(idx, arm, None, None);
                 }
-                _ => {}
             }
         }
         self.fill(tx)
@@ -573,6 +648,13 @@ impl Dispatcher<'_> {
                 Effect::Print(ev) => self.sink.event(&ev),
                 Effect::Deploy(job) => batch.push(job),
                 Effect::Dispatch(job, ctl) => {
+                    if job.attach.is_none() && self.st.interrupted.load(Ordering::SeqCst) {
+                        // Interrupted between its commit and now: it stays a candidate that
+                        // has not started, which a resume deploys as it is.
+                        let msg = self.st.not_deployed(job.index);
+                        self.sink.event(&RunEvent::Notice(msg));
+                        continue;
+                    }
                     // Workers stuck for good in a runner's call are replaced, so that
                     // `parallelism` trials still run.
                     let want = self.parallelism + self.runner.stuck();
@@ -622,7 +704,8 @@ impl Dispatcher<'_> {
 
     fn run(&mut self, deadline: Option<Instant>, signals: &Receiver<i32>) -> Result<RunEnd, store::StoreError> {
         let st = &mut self.st;
-        self.store.tx(|tx| st.reconcile(tx))?;
+        let runner = Arc::clone(&self.runner);
+        self.store.tx(|tx| st.reconcile(tx, runner.as_ref()))?;
         self.act();
         let timeout = deadline.map_or_else(never, crossbeam_channel::at);
         let events = self.events.clone();
@@ -653,6 +736,7 @@ impl Dispatcher<'_> {
         }
         Ok(match &self.st.halt {
             Some((end, _)) => *end,
+            None if self.st.interrupted.load(Ordering::SeqCst) => RunEnd::Interrupted,
             None => RunEnd::Done,
         })
     }
@@ -687,8 +771,12 @@ pub(crate) fn drive(
     session: i64,
     sink: &mut dyn EventSink,
     signals: &Receiver<i32>,
+    interrupted: Arc<AtomicBool>,
 ) -> Result<RunEnd, store::StoreError> {
     let trials = store.trials()?;
+    let store_id = store.id()?;
+    let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
+    let stored_points = store.curve_points(&open)?;
     let state: GenState =
         store.generator_state("sequence")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     let mut taken = HashMap::new();
@@ -745,6 +833,10 @@ pub(crate) fn drive(
         effects: Vec::new(),
         trials_root: spec.trials_root(),
         lost_now: 0,
+        lost_streak: 0,
+        store_id,
+        stored_points,
+        interrupted,
     };
     let mut d = Dispatcher {
         store,
@@ -848,7 +940,7 @@ mod tests {
         let runner = Arc::new(FakeRunner { fate: Box::new(fate), calls: Mutex::new(0) });
         let mut sink = Sink::default();
         let (_tx, signals) = unbounded();
-        let end = drive(spec, store, runner, 42, 1, &mut sink, &signals).unwrap();
+        let end = drive(spec, store, runner, 42, 1, &mut sink, &signals, Arc::default()).unwrap();
         (end, sink.0)
     }
 

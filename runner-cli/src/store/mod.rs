@@ -4,6 +4,12 @@
 //! migrations; a store written by a newer optx is refused. Every write goes through
 //! [`Store::tx`], so several transitions share one transaction that commits before the
 //! caller acts. Uses only `domain`. The schema is documented in the README.
+//!
+//! A new store is built under a temporary name and linked into place whole, so nobody
+//! ever sees a store half-created: two `optx run` started at once agree on one store (the
+//! second is then refused by its owner), and a reader never waits for a creator. Readers
+//! (`status`, `trials`, `best`) open the file read-only and never write to it. Each store
+//! has an identity of its own (`store.uuid`), which its trial dirs carry.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +21,16 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::domain::{Durability, Goal, Observation, TransitionError, Trial, TrialStatus};
 
 /// The schema this optx writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: the store's identity.
+const MIGRATE_2: &str = r#"
+CREATE TABLE store (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    uuid        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE experiment (
@@ -100,6 +115,9 @@ pub enum StoreError {
     },
     /// The store is held by another live optx.
     Owned(Owner),
+    /// The file cannot be used as a store (not one, damaged, empty, a directory): the
+    /// message says what to do. Bad input, not a failure of optx.
+    Unusable(String),
     Other(String),
 }
 
@@ -112,7 +130,7 @@ impl fmt::Display for StoreError {
             StoreError::Owned(o) => {
                 write!(f, "the store is in use by optx (pid {} on {}, since {})", o.pid, o.host, o.since)
             }
-            StoreError::Other(s) => f.write_str(s),
+            StoreError::Unusable(s) | StoreError::Other(s) => f.write_str(s),
         }
     }
 }
@@ -195,60 +213,256 @@ pub struct Store {
     owner: bool,
 }
 
+/// A random identity for a new store, as 32 hex digits.
+fn new_uuid() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the time and the pid, mixed.
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let x = t ^ ((std::process::id() as u128) << 64);
+        bytes = x.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What opening a store found wrong with the file, as advice.
+fn unusable(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
+    use rusqlite::ErrorCode;
+    let code = match e {
+        rusqlite::Error::SqliteFailure(f, _) => f.code,
+        _ => return None,
+    };
+    let p = path.display();
+    Some(StoreError::Unusable(match code {
+        ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => format!(
+            "{p} is not an optx store, or it is damaged (SQLite: {e}): restore it from a copy (`optx backup` makes one), or move it aside and start again with `optx run --fresh`"
+        ),
+        ErrorCode::CannotOpen => format!("cannot open {p} (SQLite: {e}): check that it exists and can be read"),
+        ErrorCode::ReadOnly => format!("{p} is read-only (SQLite: {e}): `optx run` and `resume` need to write it"),
+        ErrorCode::PermissionDenied => format!("no permission to open {p} (SQLite: {e})"),
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => format!(
+            "{p} stayed locked by another process for {}s (SQLite: {e}): is an optx frozen (stopped) while it writes?",
+            BUSY_TIMEOUT.as_secs()
+        ),
+        _ => return None,
+    }))
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| unusable(path, &e).unwrap_or(StoreError::Sqlite(e))
+}
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refuse a path that cannot hold a store before SQLite makes something of it.
+fn check_path(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(StoreError::Unusable(format!(
+            "{} is a directory, not a store: give the path of a file (such as `experiment.db`)",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() => {
+            Err(StoreError::Unusable(format!("{} is not a regular file: a store is a file", path.display())))
+        }
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Unusable(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
 impl Store {
-    /// Open a store, creating the file and its schema if needed.
+    /// Open a store for `run`/`resume`, creating it (whole, atomically) if there is none.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Other(format!("cannot create the directory {}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError::Unusable(format!("cannot create the directory {}: {e}", dir.display())))?;
             }
         }
-        let conn = Connection::open(path)?;
+        if check_path(path)?.is_none() {
+            Self::create(path)?;
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(sqlite_err(path))?;
         Self::setup(conn, path, durability)
     }
 
-    /// Open a store that must exist already (for reading or resuming).
-    pub fn open_existing(path: &Path) -> Result<Store> {
-        if !path.is_file() {
-            return Err(StoreError::Other(format!("no store at {}", path.display())));
+    /// Build a new store under a temporary name and link it into place if the path is
+    /// still free; if another optx was quicker, its store is used.
+    fn create(path: &Path) -> Result<()> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.new-{}-{}", std::process::id(), &new_uuid()[..8]));
+        let built = (|| -> Result<()> {
+            let conn = Connection::open(&tmp)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(MIGRATE_2)?;
+            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            // Closing the only connection folds the WAL in: the file is complete alone.
+            conn.close().map_err(|(_, e)| e)?;
+            Ok(())
+        })();
+        let linked = built.and_then(|_| {
+            std::fs::hard_link(&tmp, path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(StoreError::Unusable(format!("cannot create the store {}: {e}", path.display()))),
+            })
+        });
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
         }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        linked
+    }
+
+    /// Open a store that must exist already, to resume it.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        match check_path(path)? {
+            None => return Err(StoreError::Unusable(format!("there is no store at {}", path.display()))),
+            Some(m) if m.len() == 0 => return Err(Self::empty(path)),
+            Some(_) => {}
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(sqlite_err(path))?;
         Self::setup(conn, path, Durability::Normal)
     }
 
+    fn empty(path: &Path) -> StoreError {
+        StoreError::Unusable(format!(
+            "{} is empty: it holds no experiment (it was never written, or it was truncated; restore a copy if you have one)",
+            path.display()
+        ))
+    }
+
+    /// Open a store to read it (`status`, `trials`, `best`): read-only, so that a store
+    /// without write permission can be read, and a writer is never waited for.
+    pub fn open_read(path: &Path) -> Result<Store> {
+        match check_path(path)? {
+            None => return Err(StoreError::Unusable(format!("there is no store at {}", path.display()))),
+            Some(m) if m.len() == 0 => return Err(Self::empty(path)),
+            Some(_) => {}
+        }
+        use rusqlite::OpenFlags as F;
+        // Read-write where allowed (it still writes nothing) so that, closing last, it folds
+        // the WAL in and leaves one file; read-only where not.
+        let mode = if writable(path) { F::SQLITE_OPEN_READ_WRITE } else { F::SQLITE_OPEN_READ_ONLY };
+        let open = |uri: &str| -> rusqlite::Result<Connection> {
+            let c = Connection::open_with_flags(uri, mode | F::SQLITE_OPEN_URI)?;
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?;
+            Ok(c)
+        };
+        let uri = sqlite_uri(path, mode.contains(F::SQLITE_OPEN_READ_ONLY));
+        let conn = match open(&uri) {
+            Ok(c) => c,
+            // A WAL store in a directory this user cannot write (no `-shm` can be made): if
+            // nobody can write it either, it is immutable for as long as it is read.
+            Err(_) if !writable(path) => open(&format!("{uri}&immutable=1")).map_err(sqlite_err(path))?,
+            Err(e) => return Err(sqlite_err(path)(e)),
+        };
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err(path))?;
+        if version > SCHEMA_VERSION {
+            return Err(Self::newer(path, version));
+        }
+        if version == 0 {
+            return Err(StoreError::Unusable(format!(
+                "{} holds no experiment yet (an optx may be creating it)",
+                path.display()
+            )));
+        }
+        Ok(Store { conn, path: path.to_path_buf(), owner: false })
+    }
+
+    fn newer(path: &Path, version: i64) -> StoreError {
+        StoreError::Unusable(format!(
+            "{} was written by a newer optx (store schema {version}; this optx reads up to {SCHEMA_VERSION}): upgrade optx",
+            path.display()
+        ))
+    }
+
     fn setup(conn: Connection, path: &Path, durability: Durability) -> Result<Store> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let err = sqlite_err(path);
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
+        if version > SCHEMA_VERSION {
+            return Err(Self::newer(path, version));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
         let sync = match durability {
             Durability::Normal => "NORMAL",
             Durability::Fsync => "FULL",
         };
-        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "synchronous", sync).map_err(&err)?;
         // A checkpoint (which fsyncs) every ~40 MB of WAL rather than every 4 MB: commits
         // stay durable against a crash of optx, and a run of short trials does not stall
         // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Other(format!(
-                "{} was written by a newer optx (store schema {version}; this optx reads up to {SCHEMA_VERSION}): upgrade optx",
-                path.display()
-            )));
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(&err)?;
+        let mut store = Store { conn, path: path.to_path_buf(), owner: false };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    /// Bring the schema up to this version, in one transaction that checks again.
+    fn migrate(&mut self, seen: i64) -> Result<()> {
+        if seen == SCHEMA_VERSION {
+            return Ok(());
         }
+        let path = self.path.clone();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err(&path))?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
-            let tx = conn.unchecked_transaction()?;
-            let has_tables: i64 =
-                tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
-            if has_tables > 0 {
-                return Err(StoreError::Other(format!("{} is an SQLite file but not an optx store", path.display())));
+            // An empty SQLite file (a truncated store, say) becomes a new store.
+            let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(StoreError::Unusable(format!(
+                    "{} is an SQLite file but not an optx store",
+                    path.display()
+                )));
             }
             tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
         }
-        // Forward migrations go here: `if version < 2 { ... }`.
-        Ok(Store { conn, path: path.to_path_buf(), owner: false })
+        if version < 2 {
+            tx.execute_batch(MIGRATE_2)?;
+            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The store's identity.
+    pub fn id(&self) -> Result<String> {
+        Ok(self.conn.query_row("SELECT uuid FROM store WHERE id = 1", [], |r| r.get(0))?)
+    }
+
+    /// A consistent copy of the store at `dest` (SQLite's online backup: safe while optx
+    /// writes it, and it includes what only the `-wal` file holds). `dest` must not exist.
+    pub fn backup(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(StoreError::Unusable(format!("{} exists already: give a new file", dest.display())));
+        }
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".{name}.part-{}", std::process::id()));
+        let copied = (|| -> Result<()> {
+            let mut to = Connection::open(&tmp)?;
+            {
+                let b = rusqlite::backup::Backup::new(&self.conn, &mut to)?;
+                b.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+            }
+            to.pragma_update(None, "journal_mode", "WAL")?;
+            to.close().map_err(|(_, e)| e)?;
+            std::fs::hard_link(&tmp, dest)
+                .map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", dest.display())))
+        })();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        copied
     }
 
     pub fn path(&self) -> &Path {
@@ -419,6 +633,18 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The number of points of learning curves stored for each of `trials`.
+    pub fn curve_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, usize>> {
+        let mut st =
+            self.conn.prepare_cached("SELECT count(*) FROM observations WHERE trial = ?1 AND final = 0 AND progression IS NOT NULL")?;
+        let mut out = std::collections::HashMap::new();
+        for t in trials {
+            let n: i64 = st.query_row([*t as i64], |r| r.get(0))?;
+            out.insert(*t, n as usize);
+        }
+        Ok(out)
     }
 
     /// Every observation, in trial and arrival order.
@@ -617,6 +843,25 @@ impl Tx<'_> {
             .execute(params![self.time, trial.map(|x| x as i64), kind, message])?;
         Ok(())
     }
+}
+
+/// `file:` URI of a path, for SQLite's URI parameters.
+fn sqlite_uri(path: &Path, read_only: bool) -> String {
+    let mut uri = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' | 0x80..=0xff => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(b as char),
+        }
+    }
+    uri.push_str(if read_only { "?mode=ro" } else { "?mode=rw" });
+    uri
+}
+
+/// Whether this process may write the file and create files beside it.
+fn writable(path: &Path) -> bool {
+    let ok = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    ok(path) && path.parent().is_some_and(|d| ok(if d.as_os_str().is_empty() { Path::new(".") } else { d }))
 }
 
 /// FNV-1a: a stable hash of the spec text, for a quick look at whether it changed.
