@@ -6,8 +6,10 @@
    commands two at a time (xargs -P 2) in the same run;
 2. memory: peak RSS of optx during a 10,000-trial sobol run.
 
-Usage: bench/orchestration.py [path/to/optx] [--trials N] [--rss-trials N]
-(bench/run.sh builds the release binary and calls this.)
+Usage: bench/orchestration.py [path/to/optx] [--trials N] [--rss-trials N] [--compare OTHER_OPTX]
+(bench/run.sh builds the release binary and calls this.) With --compare, every round also
+runs OTHER_OPTX (an earlier build, say) on the same trials, interleaved, and the ratio of
+the two is printed beside the rates.
 """
 import argparse
 import os
@@ -81,6 +83,7 @@ def main():
     ap.add_argument("--rss-trials", type=int, default=10000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="where the experiments go (default: the system's temp dir)")
+    ap.add_argument("--compare", default=None, help="another optx binary to run in every round, interleaved")
     args = ap.parse_args()
     optx = os.path.abspath(args.optx)
     if not os.path.isfile(optx):
@@ -89,15 +92,23 @@ def main():
     fs = subprocess.run(["df", "-T", args.workdir or tempfile.gettempdir()], capture_output=True, text=True).stdout.split()
     print(f"# optx orchestration overhead ({os.cpu_count()} cores, trial dirs on {fs[-6] if len(fs) > 6 else '?'})")
     print(f"{'run':<46} {'trials':>7} {'seconds':>8} {'trials/s':>9}")
-    optx_rates, plain_rates, ratios = [], [], []
+    other = os.path.abspath(args.compare) if args.compare else None
+    optx_rates, plain_rates, ratios, other_rates, vs_other = [], [], [], [], []
     for r in range(args.repeat):
-        # Interleaved pairs: the host's noise hits both sides of a pair alike.
+        # Interleaved rounds: the host's noise hits every side of a round alike.
         plain = run_plain(args.trials)
         d = tempfile.TemporaryDirectory(dir=args.workdir)
         keep.append(d)
         t, _ = run_optx(optx, args.trials, d.name)
         print(f"{'plain loop (xargs -P 2 sh -c ...), run ' + str(r + 1):<46} {args.trials:>7} {plain:>8.2f} {args.trials / plain:>9.0f}")
         print(f"{'optx run, parallelism 2, sobol, run ' + str(r + 1):<46} {args.trials:>7} {t:>8.2f} {args.trials / t:>9.0f}")
+        if other:
+            d2 = tempfile.TemporaryDirectory(dir=args.workdir)
+            keep.append(d2)
+            t2, _ = run_optx(other, args.trials, d2.name)
+            print(f"{'--compare binary, run ' + str(r + 1):<46} {args.trials:>7} {t2:>8.2f} {args.trials / t2:>9.0f}")
+            other_rates.append(args.trials / t2)
+            vs_other.append(t2 / t)
         optx_rates.append(args.trials / t)
         plain_rates.append(args.trials / plain)
         ratios.append(plain / t)
@@ -105,6 +116,9 @@ def main():
     optx_rate, ratio = med(optx_rates), med(ratios)
     print(f"median of {args.repeat}: optx {optx_rate:.0f} trials/s, plain loop {med(plain_rates):.0f} trials/s, "
           f"optx/plain {ratio:.2f} (pairs: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if other:
+        print(f"median of {args.repeat}: --compare binary {med(other_rates):.0f} trials/s; optx/compare {med(vs_other):.2f} "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in vs_other)})")
     print(f"target: >= 400 trials/s: {'PASS' if optx_rate >= 400 else 'FAIL'}; "
           f">= 0.5 of the plain loop: {'PASS' if ratio >= 0.5 else 'FAIL'}")
 

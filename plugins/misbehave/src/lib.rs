@@ -8,6 +8,7 @@
 //! - `other_trial`: `poll_trial` answers about another trial.
 //! - `hang`: `poll_trial` does not return (for an hour).
 //! - `fetch_error`: the metric fails, and says retrying will not help.
+//! - `abandon`: `poll_trial` says the trial was abandoned (its system gave up on it).
 //!
 //! The table is written by hand around the crate's glue, so that `call` can break the
 //! protocol in ways the safe traits do not allow.
@@ -39,6 +40,9 @@ impl Runner for Misbehave {
     fn poll_trial(&self, _trial_index: u64, metadata: &Value) -> Result<Poll, Error> {
         if metadata["mode"] == "hang" {
             std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        if metadata["mode"] == "abandon" {
+            return Ok(Poll::abandoned("misbehave: the queue dropped the job"));
         }
         Ok(Poll::completed())
     }

@@ -180,13 +180,30 @@ pub fn main() -> i32 {
     }
 }
 
+/// At most this many errors of a file are printed (the first ones, in file order).
+const ERRORS_SHOWN: usize = 50;
+
 fn load(file: &Path) -> Result<(ExperimentSpec, String), i32> {
-    config::load(file).map_err(|e| {
-        eprintln!("{e}");
-        let n = e.0.len();
-        eprintln!("error: {} has {n} error{}", file.display(), if n == 1 { "" } else { "s" });
-        EXIT_USAGE
-    })
+    match config::load(file) {
+        Ok((spec, text)) => {
+            for w in &spec.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok((spec, text))
+        }
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            for line in e.0.iter().take(ERRORS_SHOWN) {
+                let _ = writeln!(err, "{line}");
+            }
+            let n = e.0.len();
+            if n > ERRORS_SHOWN {
+                let _ = writeln!(err, "error: ... and {} more (fix these first)", n - ERRORS_SHOWN);
+            }
+            let _ = writeln!(err, "error: {} has {n} error{}", file.display(), if n == 1 { "" } else { "s" });
+            Err(EXIT_USAGE)
+        }
+    }
 }
 
 fn apply(spec: &mut ExperimentSpec, o: &Overrides, stored: &serde_json::Value) -> serde_json::Value {
@@ -206,6 +223,16 @@ fn apply(spec: &mut ExperimentSpec, o: &Overrides, stored: &serde_json::Value) -
     serde_json::Value::Object(kept)
 }
 
+/// The bounds the file's own values are held to hold for the command line's too.
+fn check_overrides(spec: &ExperimentSpec, o: &Overrides) -> Result<(), i32> {
+    if let Some(n) = o.parallelism {
+        let local = matches!(spec.runner, crate::domain::RunnerSpec::Command(_));
+        crate::domain::Orchestration::check_parallelism(n, local)
+            .map_err(|why| fail(EXIT_USAGE, format!("--parallelism {why}")))?;
+    }
+    Ok(())
+}
+
 fn exe() -> Result<PathBuf, i32> {
     std::env::current_exe().map_err(|e| fail(EXIT_RUNTIME, format!("cannot find the optx executable: {e}")))
 }
@@ -222,6 +249,9 @@ fn cmd_run(file: &Path, o: Overrides, seed: Option<u64>, store: Option<PathBuf>,
         spec.store_path = absolute(&p);
     }
     let overrides = apply(&mut spec, &o, &serde_json::json!({}));
+    if let Err(c) = check_overrides(&spec, &o) {
+        return c;
+    }
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,
@@ -358,6 +388,9 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
         serde_json::json!({})
     };
     let overrides = apply(&mut spec, &o, &kept);
+    if let Err(c) = check_overrides(&spec, &o) {
+        return c;
+    }
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,

@@ -89,7 +89,10 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<ExperimentSpec, C
     let root = Table::from_de("", root_span, root.get_ref());
     let spec = read_root(&mut ctx, &root, base_dir);
     match spec {
-        Some(spec) if ctx.errors.is_empty() => Ok(spec),
+        Some(mut spec) if ctx.errors.is_empty() => {
+            spec.warnings = ctx.warnings.iter().map(|w| w.to_string()).collect();
+            Ok(spec)
+        }
         _ => {
             if ctx.errors.is_empty() {
                 ctx.err(0..0, "the file is not a valid experiment");
@@ -236,6 +239,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         store_path,
         durability,
         base_dir: base.to_path_buf(),
+        warnings: Vec::new(),
     })
 }
 
@@ -324,6 +328,9 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
             let mut values: Vec<Value> = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for item in arr {
+                if nul(ctx, item, &p.path("values")) {
+                    return None;
+                }
                 let Some(v) = scalar(item.get_ref()) else {
                     ctx.err(
                         item.span(),
@@ -369,6 +376,9 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
         "fixed" => {
             p.check_keys(ctx, &["type", "value"], &LATER_PARAMETER_KEYS);
             let v = p.require(ctx, "value")?;
+            if nul(ctx, v, &p.path("value")) {
+                return None;
+            }
             match scalar(v.get_ref()) {
                 Some(value) => Some(Domain::Fixed { value }),
                 None => {
@@ -427,8 +437,16 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
             return None;
         }
     };
+    let num = |x: f64| Value::Float(x).to_string();
     if !(hi - lo).is_finite() {
-        ctx.err(bounds_v.span(), format!("`{bounds}`: the range [{lo}, {hi}] is too wide to search (its width overflows a float)"));
+        ctx.err(
+            bounds_v.span(),
+            format!(
+                "`{bounds}`: the range [{}, {}] is too wide to search (its width overflows a float)",
+                num(lo),
+                num(hi)
+            ),
+        );
         return None;
     }
     if lo >= hi {
@@ -447,10 +465,16 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
     if let Some(s) = step {
         let k = (hi - lo) / s;
         let step_at = p.get("step")?.span();
-        if !(k <= MAX_INT_BOUND as f64) {
+        if k.is_nan() || k > MAX_INT_BOUND as f64 {
             ctx.err(
                 step_at,
-                format!("`{}` = {s} is too small for [{lo}, {hi}]: more than 2^53 steps (use no step for a continuous range)", p.path("step")),
+                format!(
+                    "`{}` = {} is too small for [{}, {}]: more than 2^53 steps (use no step for a continuous range)",
+                    p.path("step"),
+                    num(s),
+                    num(lo),
+                    num(hi)
+                ),
             );
             return None;
         }
@@ -470,8 +494,19 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
     })
 }
 
+/// Report a string with a NUL byte, which no program can receive.
+fn nul(ctx: &mut Ctx, v: &SV, what: &str) -> bool {
+    let bad = matches!(v.get_ref(), DeValue::String(s) if s.contains('\0'));
+    if bad {
+        ctx.err(v.span(), format!("`{what}` holds a NUL byte, which cannot reach a program"));
+    }
+    bad
+}
+
 fn scalar(v: &DeValue) -> Option<Value> {
     match v {
+        // A NUL byte cannot reach a program (arguments and environment end at it).
+        DeValue::String(s) if s.contains('\0') => None,
         DeValue::String(s) => Some(Value::Str(s.to_string())),
         DeValue::Integer(_) => parse_int(v).map(Value::Int),
         DeValue::Float(_) => parse_float(v).map(Value::Float),
@@ -796,6 +831,17 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
         DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), "runner.command")),
         DeValue::String(s) => match shlex::split(s) {
             Some(words) if !words.is_empty() => {
+                let operator = words.iter().skip(1).find(|w| {
+                    matches!(w.as_str(), "|" | "||" | "&&" | ";" | "&" | ">" | ">>" | "<" | "2>" | "2>&1")
+                        || w.starts_with(['>', '<', '|'])
+                        || w.ends_with(';')
+                });
+                if let Some(op) = operator {
+                    ctx.warn(
+                        command_v.span(),
+                        format!("`runner.command` holds `{op}`, but it does not run through a shell: `{op}` reaches the program as an argument; set `shell = true` for pipes, redirections and `;`"),
+                    );
+                }
                 for w in words {
                     argv.push(tmpl(ctx, &w, command_v.span(), "runner.command"));
                 }
@@ -832,6 +878,16 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
         }
     }
     let argv: Option<Vec<Template>> = argv.into_iter().collect();
+    let mut shell_quoting = Vec::new();
+    if let (true, Some([t])) = (shell, argv.as_deref()) {
+        match crate::domain::shell_quoting(t) {
+            Ok(q) => shell_quoting = q,
+            Err(e) => {
+                ctx.err(command_v.span(), format!("`runner.command` (run by `sh -c`): {e}"));
+                return None;
+            }
+        }
+    }
     let mut env = Vec::new();
     if let Some(ev) = t.get("env") {
         if let Some(et) = Table::of(ctx, "runner.env", ev) {
@@ -874,6 +930,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
     Some(RunnerSpec::Command(CommandSpec {
         argv: argv?,
         shell,
+        shell_quoting,
         env,
         workdir,
         timeout,

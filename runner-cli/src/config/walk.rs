@@ -14,6 +14,7 @@ pub struct Ctx<'s> {
     pub src: &'s str,
     pub file: String,
     pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
     /// Where each line starts, found once: positions cost a search, not a scan of the file.
     lines: Vec<usize>,
 }
@@ -21,12 +22,18 @@ pub struct Ctx<'s> {
 impl<'s> Ctx<'s> {
     pub fn new(src: &'s str, file: String) -> Self {
         let lines = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Ctx { src, file, errors: Vec::new(), lines }
+        Ctx { src, file, errors: Vec::new(), warnings: Vec::new(), lines }
     }
 
     pub fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, col) = self.line_col(span.start);
         self.errors.push(ConfigError { file: self.file.clone(), line, col, message: message.into() });
+    }
+
+    /// Something allowed that is likely a mistake.
+    pub fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = self.line_col(span.start);
+        self.warnings.push(ConfigError { file: self.file.clone(), line, col, message: message.into() });
     }
 
     /// 1-based line and column (in characters) of a byte offset.

@@ -5,12 +5,14 @@
 //! constraints, and the checked [`ExperimentSpec`] that `config` produces.
 
 mod outcome;
+mod shell;
 mod space;
 mod spec;
 mod trial;
 mod value;
 
 pub use outcome::{Direction, Goal, Objective, OutcomeConstraint, Point, Relation};
+pub use shell::{shell_quote, shell_quoting, ShellQuote};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
 pub use spec::{
     param_env_var, CommandSpec, Durability, ExperimentSpec, GenerationMethod, GenerationSpec, KeepTrialDirs,

@@ -189,7 +189,7 @@ impl Parameter {
 /// decimal form (1/3, say) leaves `x` as it is, and so does a scale a float cannot hold.
 fn round_to_step(x: f64, step: f64) -> f64 {
     let step = step.abs();
-    if !(step > 0.0) || !x.is_finite() {
+    if step.is_nan() || step <= 0.0 || !x.is_finite() {
         return x;
     }
     // The decimals of the step: the least d for which step * 10^d is a whole number of at

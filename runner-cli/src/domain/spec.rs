@@ -22,11 +22,20 @@ pub enum Segment {
 impl Template {
     /// Substitute each placeholder once (a value that contains `{x}` stays as it is).
     pub fn render(&self, lookup: &dyn Fn(&str) -> String) -> String {
+        self.render_nth(&|_, name| lookup(name))
+    }
+
+    /// Substitute each placeholder once, told its position among the placeholders.
+    pub fn render_nth(&self, lookup: &dyn Fn(usize, &str) -> String) -> String {
         let mut out = String::new();
+        let mut n = 0;
         for s in &self.segments {
             match s {
                 Segment::Literal(l) => out.push_str(l),
-                Segment::Placeholder(p) => out.push_str(&lookup(p)),
+                Segment::Placeholder(p) => {
+                    out.push_str(&lookup(n, p));
+                    n += 1;
+                }
             }
         }
         out
@@ -46,6 +55,8 @@ pub struct CommandSpec {
     /// argv templates; with `shell`, one template run by `sh -c`.
     pub argv: Vec<Template>,
     pub shell: bool,
+    /// With `shell`: how the value of each placeholder of the template is quoted.
+    pub shell_quoting: Vec<super::ShellQuote>,
     pub env: Vec<(String, Template)>,
     /// Default: the experiment file's directory.
     pub workdir: Option<Template>,
@@ -111,7 +122,8 @@ impl PartialEq for MetricRule {
 /// The environment variable a parameter reaches a trial as: `OPTX_PARAM_` and its name
 /// upper-cased, other characters than letters and digits as `_`.
 pub fn param_env_var(name: &str) -> String {
-    let var: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let var: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
     format!("OPTX_PARAM_{var}")
 }
 
@@ -143,13 +155,14 @@ pub struct Orchestration {
 
 impl Orchestration {
     /// The environment variable a parameter reaches a trial as: `OPTX_PARAM_` and its name
-/// upper-cased, other characters than letters and digits as `_`.
-pub fn param_env_var(name: &str) -> String {
-    let var: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-    format!("OPTX_PARAM_{var}")
-}
+    /// upper-cased, other characters than letters and digits as `_`.
+    pub fn param_env_var(name: &str) -> String {
+        let var: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        format!("OPTX_PARAM_{var}")
+    }
 
-/// The most trials at once for a runner: `Err` says why a value is too many.
+    /// The most trials at once for a runner: `Err` says why a value is too many.
     pub fn check_parallelism(n: u64, local: bool) -> Result<(), String> {
         let (max, why) = if local {
             (MAX_LOCAL_PARALLELISM, "local processes on one machine (the command runner)")
@@ -242,6 +255,8 @@ pub struct ExperimentSpec {
     pub durability: Durability,
     /// The directory of the experiment file: relative paths are relative to it.
     pub base_dir: PathBuf,
+    /// What looks wrong but is allowed, each as `file:line:col: message`.
+    pub warnings: Vec<String>,
 }
 
 impl ExperimentSpec {

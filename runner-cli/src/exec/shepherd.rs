@@ -201,7 +201,8 @@ fn spawn(req: &SpawnRequest, unique: u64, parent: Option<u32>) -> Result<(std::p
         Err(e) => {
             let why = fail("could not start", &e);
             // If the child claimed the record before its exec failed, say how it ended.
-            let record = ProcessRecord::Ended { exit: ExitInfo::SpawnError(why.clone()), token: Some(req.token.clone()) };
+            let record =
+                ProcessRecord::Ended { exit: ExitInfo::SpawnError(why.clone()), token: Some(req.token.clone()) };
             let _ = append_at(&dir, &record);
             Err(why)
         }
@@ -210,6 +211,12 @@ fn spawn(req: &SpawnRequest, unique: u64, parent: Option<u32>) -> Result<(std::p
 
 /// Run the shepherd until its input ends and its trials have ended. Returns the exit code.
 pub fn serve() -> i32 {
+    // A shepherd stopped when optx dies gets SIGHUP (its process group is orphaned): it
+    // must live on to record how its trials end. A handler (not SIG_IGN) is reset by exec,
+    // so trials get the default again.
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::default()) {
+        eprintln!("optx shepherd: cannot keep SIGHUP away: {e}");
+    }
     let out: Arc<Out> = Arc::new(Mutex::new(std::io::stdout()));
     let shared: Shared = Arc::default();
     let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32).filter(|p| *p != 1);

@@ -323,6 +323,7 @@ mod tests {
             runner: RunnerSpec::Command(CommandSpec {
                 argv: vec![],
                 shell: false,
+                shell_quoting: vec![],
                 env: vec![],
                 workdir: None,
                 timeout: None,
@@ -335,6 +336,7 @@ mod tests {
             store_path: "/tmp/g.db".into(),
             durability: Durability::Normal,
             base_dir: "/tmp".into(),
+            warnings: vec![],
         }
     }
 

@@ -94,7 +94,7 @@ impl CommandRunner {
 
     fn render(&self, t: &Template, job: &TrialJob, quote: bool) -> String {
         let dir = job.trial_dir.to_string_lossy();
-        t.render(&|name| {
+        t.render_nth(&|n, name| {
             let raw = match name {
                 "trial" => job.index.to_string(),
                 "trial_dir" => dir.to_string(),
@@ -103,10 +103,9 @@ impl CommandRunner {
                 "slot" => job.slot.to_string(),
                 p => job.arm.get(p).map(|v| v.to_string()).unwrap_or_default(),
             };
-            if quote {
-                shlex::try_quote(&raw).map(|c| c.into_owned()).unwrap_or(raw)
-            } else {
-                raw
+            match self.spec.shell_quoting.get(n).filter(|_| quote) {
+                Some(q) => crate::domain::shell_quote(&raw, *q),
+                None => raw,
             }
         })
     }
@@ -463,7 +462,7 @@ impl CommandRunner {
         control: &Receiver<Control>,
         events: &Sender<RunnerEvent>,
         tail: &mut Tail,
-    ) -> Result<RunInfo, TrialResult> {
+    ) -> Result<RunInfo, Box<TrialResult>> {
         let deployed = |info: RunInfo| {
             let _ = events.send(RunnerEvent::Deployed { index: job.index, run_metadata: run_metadata(job, info) });
         };
@@ -477,12 +476,12 @@ impl CommandRunner {
                 recv(rx) -> ev => match ev {
                     Ok(ProcEvent::Exited(e @ ExitInfo::SpawnError(_))) => {
                         // It may have started after all if the request was stale; it was not.
-                        return Err(Self::failed(e.describe()));
+                        return Err(Box::new(Self::failed(e.describe())));
                     }
                     Ok(ProcEvent::Exited(exit)) => {
                         let info = exec::read_run_info(&job.trial_dir, &job.token).unwrap_or(RunInfo { pid: 0, start: None });
                         deployed(info);
-                        return Err(self.finish(job, Waited::Exited(exit), tail, None));
+                        return Err(Box::new(self.finish(job, Waited::Exited(exit), tail, None)));
                     }
                     Ok(ProcEvent::ShepherdGone) | Err(_) => {
                         Some("the process that starts trials (optx's shepherd) died before starting it".to_string())
@@ -512,8 +511,8 @@ impl CommandRunner {
                         deployed(info);
                         Ok(info)
                     }
-                    Ok(None) => Err(Self::lost(format!("{why}; it never ran and runs again"))),
-                    Err(e) => Err(Self::lost(format!("{why}; {e}"))),
+                    Ok(None) => Err(Box::new(Self::lost(format!("{why}; it never ran and runs again")))),
+                    Err(e) => Err(Box::new(Self::lost(format!("{why}; {e}")))),
                 };
             }
             wait = Duration::from_millis(10);
@@ -552,7 +551,7 @@ impl TrialRunner for CommandRunner {
         job.started_at = Some(SystemTime::now());
         let info = match self.await_start(&job, &rx, control, events, &mut tail) {
             Ok(info) => info,
-            Err(result) => return finished(result),
+            Err(result) => return finished(*result),
         };
         let r = self.follow(&job, info, Some(rx), control, events, &mut tail);
         finished(r)

@@ -36,11 +36,18 @@ pub fn load(r: &PluginRef) -> Result<Plugin, String> {
         return Ok(p.clone());
     }
     let path = r.library.display();
-    if !r.library.exists() {
-        return Err(format!(
-            "{}: the plugin library {path} does not exist (build it first, e.g. `cargo build --workspace`)",
-            r.origin
-        ));
+    match std::fs::metadata(&r.library) {
+        Err(_) => {
+            return Err(format!(
+                "{}: the plugin library {path} does not exist (build it first, e.g. `cargo build --workspace`)",
+                r.origin
+            ))
+        }
+        // Opening a FIFO or a device to load it would block, or worse.
+        Ok(m) if !m.is_file() => {
+            return Err(format!("{}: the plugin library {path} is not a regular file (a .so file)", r.origin))
+        }
+        Ok(_) => {}
     }
     // SAFETY: loading a library runs its initializers. A library named as an optx plugin is
     // code the user chose to run, like the command of a command runner.

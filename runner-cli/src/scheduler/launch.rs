@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::unbounded;
 
-use super::{drive, EventSink, RunEnd, RunEvent};
+use super::{drive, EventSink, Interrupts, RunEnd, RunEvent};
 use crate::domain::{ExperimentSpec, RunnerSpec};
 use crate::exec;
 use crate::generate::Generator;
@@ -331,7 +331,8 @@ fn run_owned(
             }
         }
     });
-    let outcome = drive(spec, store, runner, seed, session, sink, &sig_rx, interrupted);
+    let interrupts = Interrupts { signals: sig_rx, flag: interrupted };
+    let outcome = drive(spec, store, runner, seed, session, sink, &interrupts);
     handle.close();
     let _ = sig_thread.join();
     let end = outcome.map_err(store_err(&path))?;

@@ -646,6 +646,10 @@ impl Dispatcher<'_> {
         for e in std::mem::take(&mut self.st.effects) {
             match e {
                 Effect::Print(ev) => self.sink.event(&ev),
+                Effect::Deploy(job) if self.st.interrupted.load(Ordering::SeqCst) => {
+                    let msg = self.st.not_deployed(job.index);
+                    self.sink.event(&RunEvent::Notice(msg));
+                }
                 Effect::Deploy(job) => batch.push(job),
                 Effect::Dispatch(job, ctl) => {
                     if job.attach.is_none() && self.st.interrupted.load(Ordering::SeqCst) {
@@ -762,6 +766,13 @@ fn pending_reruns(spec: &ExperimentSpec, trials: &[Trial]) -> VecDeque<Rerun> {
         .collect()
 }
 
+/// Interrupts (SIGINT, SIGTERM) as the dispatcher sees them: each one as a message, which
+/// it counts, and a flag set at once, which a proposal being computed checks.
+pub(crate) struct Interrupts {
+    pub signals: Receiver<i32>,
+    pub flag: Arc<AtomicBool>,
+}
+
 /// Run the loop on an open, owned store. Returns how it ended.
 pub(crate) fn drive(
     spec: &ExperimentSpec,
@@ -770,9 +781,9 @@ pub(crate) fn drive(
     seed: u64,
     session: i64,
     sink: &mut dyn EventSink,
-    signals: &Receiver<i32>,
-    interrupted: Arc<AtomicBool>,
+    interrupts: &Interrupts,
 ) -> Result<RunEnd, store::StoreError> {
+    let (signals, interrupted) = (&interrupts.signals, Arc::clone(&interrupts.flag));
     let trials = store.trials()?;
     let store_id = store.id()?;
     let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
@@ -940,7 +951,8 @@ mod tests {
         let runner = Arc::new(FakeRunner { fate: Box::new(fate), calls: Mutex::new(0) });
         let mut sink = Sink::default();
         let (_tx, signals) = unbounded();
-        let end = drive(spec, store, runner, 42, 1, &mut sink, &signals, Arc::default()).unwrap();
+        let interrupts = Interrupts { signals, flag: Arc::default() };
+        let end = drive(spec, store, runner, 42, 1, &mut sink, &interrupts).unwrap();
         (end, sink.0)
     }
 

@@ -285,8 +285,8 @@ impl Store {
         if check_path(path)?.is_none() {
             Self::create(path)?;
         }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(sqlite_err(path))?;
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(sqlite_err(path))?;
         Self::setup(conn, path, durability)
     }
 
@@ -327,8 +327,8 @@ impl Store {
             Some(m) if m.len() == 0 => return Err(Self::empty(path)),
             Some(_) => {}
         }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(sqlite_err(path))?;
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(sqlite_err(path))?;
         Self::setup(conn, path, Durability::Normal)
     }
 
@@ -417,7 +417,8 @@ impl Store {
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version == 0 {
             // An empty SQLite file (a truncated store, say) becomes a new store.
-            let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
             if tables > 0 {
                 return Err(StoreError::Unusable(format!(
                     "{} is an SQLite file but not an optx store",
@@ -637,8 +638,9 @@ impl Store {
 
     /// The number of points of learning curves stored for each of `trials`.
     pub fn curve_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, usize>> {
-        let mut st =
-            self.conn.prepare_cached("SELECT count(*) FROM observations WHERE trial = ?1 AND final = 0 AND progression IS NOT NULL")?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*) FROM observations WHERE trial = ?1 AND final = 0 AND progression IS NOT NULL",
+        )?;
         let mut out = std::collections::HashMap::new();
         for t in trials {
             let n: i64 = st.query_row([*t as i64], |r| r.get(0))?;

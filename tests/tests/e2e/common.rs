@@ -61,9 +61,9 @@ impl Exp {
         c
     }
 
-    /// Run optx to its end.
+    /// Run optx to its end (a hang fails the test after a few minutes).
     pub fn optx(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run optx")
+        output_within(self.cmd(args), Duration::from_secs(300))
     }
 
     /// Run optx to its end and require exit 0 (showing its output otherwise).
@@ -73,11 +73,12 @@ impl Exp {
         out
     }
 
-    /// Start optx in the background, its output to files in the experiment dir.
-    pub fn spawn(&self, args: &[&str], log: &str) -> Child {
+    /// Start optx in the background, its output to files in the experiment dir. It is
+    /// killed if the test ends (or fails) first.
+    pub fn spawn(&self, args: &[&str], log: &str) -> Spawned {
         let out = std::fs::File::create(self.path().join(format!("{log}.out"))).unwrap();
         let err = std::fs::File::create(self.path().join(format!("{log}.err"))).unwrap();
-        self.cmd(args).stdout(out).stderr(err).spawn().expect("spawn optx")
+        Spawned(self.cmd(args).stdout(out).stderr(err).spawn().expect("spawn optx"))
     }
 
     pub fn log(&self, log: &str) -> String {
@@ -113,6 +114,63 @@ impl Exp {
     }
 }
 
+/// A process started by a test: killed (with what it started in its process groups left
+/// to the test's temp dir going away) when the test is done with it.
+pub struct Spawned(pub Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            for s in children(self.0.id()) {
+                signal_group(s, "KILL");
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Run `cmd` to its end, or kill it after `limit` and fail.
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run optx");
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -137,17 +195,56 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Send a signal (`"INT"`, `"TERM"` or `"KILL"`) to a process.
-pub fn signal(pid: u32, sig: &str) {
-    use rustix::process::{kill_process, Pid, Signal};
-    let sig = match sig {
+fn signal_of(sig: &str) -> rustix::process::Signal {
+    use rustix::process::Signal;
+    match sig {
         "INT" => Signal::INT,
         "TERM" => Signal::TERM,
         "KILL" => Signal::KILL,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
         other => panic!("no signal {other} in these tests"),
-    };
+    }
+}
+
+/// Send a signal (`"INT"`, `"TERM"`, `"KILL"`, `"STOP"` or `"CONT"`) to a process.
+pub fn signal(pid: u32, sig: &str) {
+    use rustix::process::{kill_process, Pid};
     let pid = Pid::from_raw(pid as i32).expect("a pid");
-    kill_process(pid, sig).unwrap_or_else(|e| panic!("kill {pid:?}: {e}"));
+    kill_process(pid, signal_of(sig)).unwrap_or_else(|e| panic!("kill {pid:?}: {e}"));
+}
+
+/// Send a signal to a process group, if it still exists.
+pub fn signal_group(pgid: u32, sig: &str) {
+    use rustix::process::{kill_process_group, Pid};
+    let _ = kill_process_group(Pid::from_raw(pgid as i32).expect("a pgid"), signal_of(sig));
+}
+
+/// Stop a process and wait until it is stopped (a stop is delivered asynchronously).
+pub fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+        if state == "T" || state.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "{pid} does not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The shepherd of a running optx: its only child.
+pub fn shepherd_of(optx: u32) -> u32 {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = children(optx).first() {
+            return *s;
+        }
+        assert!(Instant::now() < end, "optx {optx} has no shepherd");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The children of a process (from /proc).

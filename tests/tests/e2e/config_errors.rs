@@ -56,3 +56,29 @@ fn validate_prints_the_resolved_space() {
     assert!(s.contains("generation:  the center point, then scrambled Sobol"), "{s}");
     assert!(!e.path().join(".optx").exists());
 }
+
+#[test]
+fn a_file_with_thousands_of_errors_is_reported_in_linear_time_and_capped() {
+    let mut text = String::from("[experiment]\nname = \"many\"\n[parameters]\n");
+    for i in 0..20_000 {
+        text.push_str(&format!("p{i} = {{ type = \"float\", bounds = [1.0, 0.0], colour = \"red\" }}\n"));
+    }
+    text.push_str("[objective]\nminimize = \"f\"\n[runner]\ncommand = \"true\"\n[orchestration]\nmax_trials = 1\n");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("many.toml"), &text).unwrap();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(optx_bin())
+        .args(["validate", "many.toml"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    // Quadratic work took minutes on such a file; linear work takes well under a second.
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    assert_eq!(code(&out), 2);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 52, "the first 50 errors, how many more, and the count: {}", &stderr[..500]);
+    assert!(lines[0].starts_with("many.toml:4:"), "{}", lines[0]);
+    assert_eq!(lines[50], "error: ... and 39950 more (fix these first)");
+    assert_eq!(lines[51], "error: many.toml has 40000 errors");
+}

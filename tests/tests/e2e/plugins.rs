@@ -275,18 +275,54 @@ fn a_library_that_cannot_be_a_plugin_is_refused_with_exit_2_before_any_trial() {
         (abi2, "sphere", "built for plugin ABI 2.0, and this optx speaks ABI 1.0"),
         (good, "spher", "offers no runner `spher`; its runners: sphere"),
     ];
+    // A FIFO would block dlopen forever.
+    let fifo = dir.path().join("libfifo.so");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let cases = cases.into_iter().chain([(fifo, "sphere", "libfifo.so is not a regular file")]);
     for (so, name, want) in cases {
         let runner = format!("kind = \"plugin\"\nlibrary = \"{}\"\nname = \"{name}\"", so.display());
         let e = Exp::new("load", &toml("load", XY, &runner, "max_trials = 2", ""));
         for cmd in ["validate", "run"] {
+            let start = std::time::Instant::now();
             let out = e.optx(&[cmd, "experiment.toml"]);
+            assert!(start.elapsed().as_secs() < 20, "{cmd} {name}: took {:?}", start.elapsed());
             assert_eq!(code(&out), 2, "{cmd}: {}", text(&out));
             let msg = text(&out);
             assert!(msg.contains(want), "{cmd}: {msg}");
             assert!(msg.contains("experiment.toml:14:11: `runner.library`"), "names the file, line and key: {msg}");
         }
-        assert_eq!(e.count("SELECT count(*) FROM trials"), 0, "no trial ran");
+        assert!(!e.path().join(".optx").exists(), "nothing is created before the plugins are checked");
+        // The corrected file runs at once: the refusal left nothing behind that refuses it.
+        let sphere = dir.path().join("libsphere.so");
+        let fixed = format!("kind = \"plugin\"\nlibrary = \"{}\"\nname = \"sphere\"", sphere.display());
+        let metric = format!("[metrics.f]\nplugin = {{ library = \"{}\", name = \"f\" }}", sphere.display());
+        e.file(
+            "experiment.toml",
+            &toml("load", XY, &fixed, "max_trials = 2\ninitial_seconds_between_polls = 0", &metric),
+        );
+        e.run_ok(&["run", "experiment.toml", "-q"]);
+        assert_eq!(e.trials().len(), 2);
     }
+}
+
+#[test]
+fn an_abandoned_arm_is_not_deployed_again() {
+    let so = lib("misbehave");
+    let params = "mode = { type = \"fixed\", value = \"abandon\" }\nx = { type = \"choice\", values = [0.25, 0.75] }";
+    let runner = format!("kind = \"plugin\"\nlibrary = \"{}\"\nname = \"misbehave\"", so.display());
+    let metrics = format!("[metrics.f]\nplugin = {{ library = \"{}\", name = \"value\" }}", so.display());
+    let orch =
+        "max_trials = 6\nparallelism = 1\ninitial_seconds_between_polls = 0.05\ntolerated_trial_failure_rate = 1.0";
+    let e = Exp::new("aband", &toml("aband", params, &runner, orch, &metrics));
+    let out = e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    assert!(trials.iter().all(|t| status(t) == "ABANDONED"), "{trials:?}");
+    let arms: Vec<String> = trials.iter().map(|t| t["parameters"].to_string()).collect();
+    let distinct: std::collections::HashSet<&String> = arms.iter().collect();
+    assert_eq!(distinct.len(), arms.len(), "an abandoned arm ran again: {arms:?}");
+    assert_eq!(arms.len(), 2, "{}", text(&out));
+    assert!(text(&out).contains("exhausted"), "{}", text(&out));
 }
 
 #[test]

@@ -152,3 +152,19 @@ fn resume_refuses_changed_parameters_unless_allowed_and_can_raise_the_budget() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(e.trials().len(), 6, "resuming a finished experiment runs nothing more");
 }
+
+#[test]
+fn resuming_from_the_file_takes_its_edited_values_over_an_earlier_command_line() {
+    let e = slow("edited", 4, "0");
+    e.run_ok(&["run", "experiment.toml", "--max-trials", "2", "--parallelism", "1", "-q"]);
+    assert_eq!(e.trials().len(), 2);
+    // The file says 4 trials: resuming from it runs 4, not the 2 of the old command line.
+    let out = e.run_ok(&["resume", "experiment.toml"]);
+    assert!(text(&out).contains("`--max-trials 2` of an earlier command line no longer applies"), "{}", text(&out));
+    assert_eq!(e.trials().len(), 4);
+    // Raised on this command line, the override holds, and resuming from the store keeps it.
+    e.run_ok(&["resume", "experiment.toml", "--max-trials", "5", "-q"]);
+    assert_eq!(e.trials().len(), 5);
+    e.run_ok(&["resume", ".optx/edited.db", "-q"]);
+    assert_eq!(e.trials().len(), 5, "from the store, the last command line's budget holds");
+}

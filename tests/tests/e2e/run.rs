@@ -242,3 +242,16 @@ fn the_store_can_live_elsewhere_with_its_trial_dirs_beside_it() {
     let status = e.optx(&["status", "elsewhere/w.db"]);
     assert!(text(&status).contains("4 of 4 trials: 4 completed"), "{}", text(&status));
 }
+
+#[test]
+fn a_trial_that_rewrites_its_stdout_is_read_as_it_ends() {
+    // The trial reopens /dev/stdout (truncating it) and writes a line of the same length.
+    let params = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
+    let runner = r#"command = ["python3", "-c", "import time; print('f=1', flush=True); time.sleep(0.6); open('/dev/stdout', 'w').write('f=4\\n')"]"#;
+    let orch = "max_trials = 1\ninitial_seconds_between_polls = 0.05";
+    let e = Exp::new("rewrite", &toml("rewrite", params, runner, orch, ""));
+    e.run_ok(&["run", "experiment.toml", "-q"]);
+    let t = &e.trials()[0];
+    assert_eq!(std::fs::read_to_string(e.trial_dir(0).join("stdout.log")).unwrap(), "f=4\n");
+    assert_eq!(metric(t, "f"), Some(4.0), "the value the output holds at the end: {t}");
+}
