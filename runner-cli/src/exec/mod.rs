@@ -4,9 +4,10 @@
 //! per run in its own process group) that spawns each trial in a process group of its own
 //! with stdin from /dev/null and stdout/stderr going straight to files in the trial dir,
 //! reaps it, kills whatever the trial left in its group, and records the process in
-//! `process.jsonl` in the trial dir (see [`record`]): a line with its pid and start time,
-//! written by the trial's own process right before it execs, so that a trial is always
-//! recorded as started before it can run; a line with its exit status when it ends. Trials
+//! `process.jsonl` in the trial dir (see [`record`]): the file is created by the trial's
+//! own process right before it execs, so that a trial is always recorded as started before
+//! it can run; then a line with its pid and start time, and one with its exit status when
+//! it ends. Trials
 //! therefore outlive optx (a kill -9 of optx leaves them running and their exit status is
 //! still recorded), and a restarted optx, which is not their parent, can read how they
 //! ended. One shepherd per run rather than a supervisor per trial keeps process creation
@@ -14,10 +15,10 @@
 //!
 //! Uses only `domain` (nothing of it, in fact): the runners above decide what to run.
 
-mod child;
 mod client;
 mod record;
 mod shepherd;
+mod spawn;
 
 pub use client::{ProcEvent, Shepherd};
 pub use record::{claim, read_exit, read_process, read_run_info, Claim, ProcessRecord, ProcessState};
@@ -69,7 +70,7 @@ impl ExitInfo {
     }
 }
 
-/// The process a trial runs as, recorded in `process.jsonl` before it execs.
+/// The process a trial runs as, recorded in `process.jsonl`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
     pub pid: u32,
@@ -133,6 +134,26 @@ pub fn kill_group(pgid: u32, kill: bool) -> bool {
 /// Whether any process of the group still exists.
 pub fn group_exists(pgid: u32) -> bool {
     rustix::process::Pid::from_raw(pgid as i32).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+}
+
+/// The group leader among the processes whose stdout is `output` (a trial's stdout.log):
+/// the trial's own process, found when its record was cut short. Scans /proc.
+pub fn find_by_output(output: &std::path::Path) -> Option<RunInfo> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(output).ok()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fd1) = std::fs::metadata(format!("/proc/{pid}/fd/1")) else { continue };
+        if fd1.dev() != want.dev() || fd1.ino() != want.ino() {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
+            return Some(RunInfo { pid, start: process_start_time(pid) });
+        }
+    }
+    None
 }
 
 /// The file `PATH` would run for `program` (a name without `/`), looked up once.

@@ -1,11 +1,11 @@
 //! `process.jsonl`, the record of a trial's process in its trial dir, and the claim that
 //! makes "started" and "never started" exclusive.
 //!
-//! The file is *created* exactly once, atomically (written under a temporary name, then
-//! hard-linked into place, which fails if the name exists): either by the trial's child
-//! process right before it execs (its first line is then its pid and start time), or by
-//! a resume that decides the trial never started (its first line then says so, and no
-//! child can claim it any more). Later lines are appended: the exit status, written by the
+//! The file is *created* exactly once, exclusively: either by the trial's own process
+//! right before it execs (`O_CREAT | O_EXCL`, empty; the shepherd then appends the pid and
+//! start time), or by a resume that decides the trial never started (written under a
+//! temporary name and hard-linked into place, so it appears whole; after that no process
+//! of the trial can start). Later lines are appended: the exit status, written by the
 //! shepherd that reaped the process. Every line carries the token of the trial it belongs
 //! to (store identity and trial index), and readers skip lines of another token.
 

@@ -1,8 +1,8 @@
 //! The shepherd process: reads spawn requests (JSON lines) on stdin, answers on stdout.
 //!
 //! Answers: `{"trial":N,"exited":EXIT}` when a trial ends (or could not start). That a
-//! trial started is recorded in its `process.jsonl` by the trial's own process before it
-//! execs (see [`super::child`]), not sent: one message per trial.
+//! trial started is recorded in its `process.jsonl`, created by the trial's own process
+//! before it execs (see [`super::spawn`]), not sent: one message per trial.
 //!
 //! A request is carried out only while the optx that sent it is alive (the shepherd's
 //! parent): after optx died, a request still waiting in the pipe is stale, and a resume
@@ -12,12 +12,9 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::child::ChildClaim;
 use super::record::{append_at, ProcessRecord};
 use super::{ExitInfo, SpawnRequest};
 use super::{STDERR_FILE, STDOUT_FILE};
@@ -83,8 +80,8 @@ struct Children {
 type Shared = Arc<(Mutex<Children>, Condvar)>;
 
 /// The pid of a child that has ended, left unreaped (`WNOWAIT`), so that only the thread
-/// that owns the child reaps it: this thread for registered trials, the spawning one (the
-/// standard library waits for a child whose exec failed) otherwise.
+/// that owns the child reaps it: this thread for registered trials, the spawning one
+/// (`posix_spawn` waits for a child whose exec failed) otherwise.
 fn next_ended_child() -> std::io::Result<u32> {
     // SAFETY: `siginfo_t` is plain data, for which all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -156,8 +153,9 @@ fn reap(shared: Shared, out: Arc<Out>) {
 }
 
 /// Start the trial of `req`: the trial dir is opened first, then the parent is checked,
-/// then the child claims `process.jsonl` and execs.
-fn spawn(req: &SpawnRequest, unique: u64, parent: Option<u32>) -> Result<(std::process::Child, OwnedFd), String> {
+/// then the child claims `process.jsonl` and execs (see [`super::spawn`]); its pid and
+/// start time are appended to the record once it runs.
+fn spawn(req: &SpawnRequest, parent: Option<u32>) -> Result<(u32, OwnedFd), String> {
     use rustix::fs::{open, Mode, OFlags};
     let program = req.argv.first().map_or("", |s| s.as_str());
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("`{program}`: {what}: {e}");
@@ -169,38 +167,39 @@ fn spawn(req: &SpawnRequest, unique: u64, parent: Option<u32>) -> Result<(std::p
     }
     let stdout = output(&dir, STDOUT_FILE).map_err(|e| fail("cannot create stdout.log", &e))?;
     let stderr = output(&dir, STDERR_FILE).map_err(|e| fail("cannot create stderr.log", &e))?;
-    let (prog, args) = req.argv.split_first().ok_or_else(|| "empty command".to_string())?;
-    let mut cmd = match &req.program {
-        Some(path) => {
-            let mut c = Command::new(path);
-            c.arg0(prog);
-            c
-        }
-        None => Command::new(prog),
+    let path_var = req.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| std::ffi::OsStr::new(v.as_str()));
+    let exe = match &req.program {
+        Some(p) => Some(p.clone()),
+        None => super::spawn::resolve(std::path::Path::new(program), path_var),
     };
-    let for_child = dir.try_clone().map_err(|e| fail("cannot prepare the start", &e))?;
-    let claim = ChildClaim::new(for_child, unique, &req.token).map_err(|e| fail("cannot prepare the start", &e))?;
-    cmd.args(args)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&req.cwd)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
-    // SAFETY: the closure runs in the child between fork and exec; `ChildClaim::run` makes
-    // only system calls on memory prepared before the fork (no allocation, no locks).
-    unsafe {
-        cmd.pre_exec(move || claim.run());
-    }
-    match cmd.spawn() {
-        Ok(child) => Ok((child, dir)),
+    let Some(exe) = exe else {
+        return Err(format!("`{program}`: could not start: No such file or directory (not found on PATH)"));
+    };
+    let spawned = super::spawn::spawn(&super::spawn::Spawn {
+        program: &exe,
+        argv: &req.argv,
+        env: &req.env,
+        cwd: &req.cwd,
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+        claim: &req.dir.join(super::PROCESS_FILE),
+    });
+    match spawned {
+        Ok(pid) => {
+            let record =
+                ProcessRecord::Started { pid, start: super::process_start_time(pid), token: Some(req.token.clone()) };
+            if let Err(e) = append_at(&dir, &record) {
+                eprintln!("optx shepherd: cannot record the pid of trial {}: {e}", req.trial);
+            }
+            Ok((pid, dir))
+        }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             // Not ours to write in: a resume claimed the trial as never started.
             Err(format!("trial {} was claimed as never started (by a resume): not starting it", req.trial))
         }
         Err(e) => {
             let why = fail("could not start", &e);
-            // If the child claimed the record before its exec failed, say how it ended.
+            // The child claimed the record before its exec failed: say how it ended.
             let record =
                 ProcessRecord::Ended { exit: ExitInfo::SpawnError(why.clone()), token: Some(req.token.clone()) };
             let _ = append_at(&dir, &record);
@@ -230,7 +229,6 @@ pub fn serve() -> i32 {
             }
         }
     };
-    let mut unique = 0u64;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let req: SpawnRequest = match serde_json::from_str(&line) {
@@ -240,17 +238,14 @@ pub fn serve() -> i32 {
                 continue;
             }
         };
-        unique += 1;
         let (lock, cvar) = &*shared;
         lock.lock().unwrap_or_else(|e| e.into_inner()).spawning = true;
-        let spawned = spawn(&req, unique, parent);
+        let spawned = spawn(&req, parent);
         let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
         c.spawning = false;
         match spawned {
-            Ok((child, dir)) => {
-                // The reaper waits for it; dropping `child` neither waits nor kills.
-                c.by_pid.insert(child.id(), Live { req, dir });
-                drop(child);
+            Ok((pid, dir)) => {
+                c.by_pid.insert(pid, Live { req, dir });
                 cvar.notify_all();
             }
             Err(why) => {

@@ -434,7 +434,8 @@ impl CommandRunner {
             if let Some(run) = st.run {
                 return Ok(Some(run));
             }
-            if st.claimed {
+            // Claimed by a resume, or its exec failed: it never ran.
+            if st.claimed || st.exit.is_some() {
                 return Ok(None);
             }
             if !st.exists {
@@ -446,9 +447,16 @@ impl CommandRunner {
                     Err(e) => return Err(format!("cannot claim {}: {e}", dir.display())),
                 }
             }
-            // The record is being written, or is not this trial's: look again shortly.
+            // Its process claimed the record and its pid is not written yet (or never will
+            // be: the shepherd died in between). Look again shortly, then for the process.
             if Instant::now() >= end {
-                return Err(format!("{} holds a process record that is not this trial's", dir.display()));
+                return match exec::find_by_output(&dir.join(exec::STDOUT_FILE)) {
+                    Some(info) => Ok(Some(info)),
+                    None => Err(format!(
+                        "its process started (it claimed {}) but left no pid, and no process has its output open",
+                        exec::PROCESS_FILE
+                    )),
+                };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
