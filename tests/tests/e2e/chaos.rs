@@ -42,6 +42,8 @@ fn kill_9_of_optx_and_its_shepherd_at_random_moments_loses_nothing_and_runs_noth
     let e = Exp::new("chaos", &toml("chaos", params, &runner, &orch, extra));
     let mut rng = Lcg(20261201);
     let mut kills = 0;
+    // What each round found completed: it must stay so, with the same values.
+    let mut completed: HashMap<u64, serde_json::Value> = HashMap::new();
     for round in 0..KILLS {
         // Killed before it recorded the experiment, a first run is started again as such.
         let started = e.count("SELECT count(*) FROM experiment") > 0;
@@ -62,11 +64,21 @@ fn kill_9_of_optx_and_its_shepherd_at_random_moments_loses_nothing_and_runs_noth
         } else {
             kills += 1;
         }
+        if e.count("SELECT count(*) FROM experiment") > 0 {
+            for t in e.trials().into_iter().filter(|t| status(t) == "COMPLETED") {
+                completed.entry(t["index"].as_u64().unwrap()).or_insert(t["metrics"].clone());
+            }
+        }
     }
     assert!(kills >= 50, "only {kills} kills landed");
     e.run_ok(&["resume", "experiment.toml", "-q"]);
 
     let trials = e.trials();
+    for (i, metrics) in &completed {
+        let t = &trials[*i as usize];
+        assert_eq!(status(t), "COMPLETED", "trial {i} was completed after a kill: {t}");
+        assert_eq!(&t["metrics"], metrics, "trial {i} kept its values");
+    }
     let not_lost: Vec<&serde_json::Value> = trials.iter().filter(|t| t["lost"] == false).collect();
     assert_eq!(not_lost.len(), MAX_TRIALS, "exact budget");
     let mut executions: HashMap<u64, Vec<(String, String)>> = HashMap::new();

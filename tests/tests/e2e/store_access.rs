@@ -91,14 +91,17 @@ fn a_store_that_cannot_be_written_can_still_be_read() {
     let e = quick("ro", 4);
     e.run_ok(&["run", "experiment.toml", "-q"]);
     let dot = e.path().join(".optx");
-    // Another user who may read but not write the store or its directory.
+    // Another user who may read but not write the store or its directory. The binary is
+    // copied beside the experiment: the checkout may be in a directory that user cannot enter.
+    let bin = e.path().join("optx-for-reader");
+    std::fs::copy(optx_bin(), &bin).unwrap();
     let as_reader = |args: &[&str]| {
         let mut c = if rustix::process::geteuid().is_root() {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(optx_bin());
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
             c
         } else {
-            Command::new(optx_bin())
+            Command::new(&bin)
         };
         c.args(args).current_dir(e.path()).output().unwrap()
     };
