@@ -129,7 +129,7 @@ fn init_tracing() {
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__shepherd") {
-        return crate::exec::serve_shepherd();
+        return crate::exec::serve_shepherd(args.get(2).and_then(|p| p.parse().ok()));
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,

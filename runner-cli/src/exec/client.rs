@@ -23,11 +23,17 @@ pub enum ProcEvent {
 
 type Routes = Arc<Mutex<HashMap<u64, Sender<ProcEvent>>>>;
 
+/// A spawn request for the writer thread: the trial and its JSON line.
+type Request = (u64, Vec<u8>);
+
 pub struct Shepherd {
     pid: u32,
     /// Its answers ended: it died (or was closed).
     gone: Arc<AtomicBool>,
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Requests go through a writer thread: a shepherd that is stopped (its pipe full) must
+    /// not block the workers that ask.
+    requests: Mutex<Option<Sender<Request>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     routes: Routes,
     child: Mutex<Option<Child>>,
     reader: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -39,6 +45,7 @@ impl Shepherd {
     pub fn start(exe: &std::path::Path) -> std::io::Result<Shepherd> {
         let mut child = Command::new(exe)
             .arg("__shepherd")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -65,10 +72,17 @@ impl Shepherd {
                 let _ = tx.send(ProcEvent::ShepherdGone);
             }
         })?;
+        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no shepherd stdin"))?;
+        let (requests, queue) = unbounded::<Request>();
+        let w = Arc::clone(&routes);
+        let writer = std::thread::Builder::new()
+            .name("optx-shepherd-writer".into())
+            .spawn(move || write_requests(stdin, queue, w))?;
         Ok(Shepherd {
             pid: child.id(),
             gone,
-            stdin: Mutex::new(child.stdin.take()),
+            requests: Mutex::new(Some(requests)),
+            writer: Mutex::new(Some(writer)),
             routes,
             child: Mutex::new(Some(child)),
             reader: Mutex::new(Some(reader)),
@@ -97,9 +111,13 @@ impl Shepherd {
         }
         let mut line = serde_json::to_vec(req).unwrap_or_default();
         line.push(b'\n');
-        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
-        let ok = stdin.as_mut().is_some_and(|s| s.write_all(&line).and_then(|_| s.flush()).is_ok());
-        if !ok {
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|r| r.send((req.trial, line)).is_ok());
+        if !sent {
             self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.trial);
             let _ = tx.send(ProcEvent::ShepherdGone);
         }
@@ -108,12 +126,27 @@ impl Shepherd {
 
     /// Stop sending requests; wait for the shepherd (it ends once its trials have ended).
     pub fn close(&self) {
-        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        // The writer ends (closing the shepherd's stdin) once its queue is written. It is
+        // not joined: a shepherd that is stopped would keep it (and this) waiting.
+        drop(self.requests.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = c.wait();
         }
         if let Some(h) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// Write each request to the shepherd's stdin; when a write fails (it died), tell the
+/// trial that asked. Ends (closing stdin) when no more requests will come.
+fn write_requests(mut stdin: ChildStdin, queue: Receiver<Request>, routes: Routes) {
+    for (trial, line) in queue {
+        if stdin.write_all(&line).and_then(|_| stdin.flush()).is_err() {
+            if let Some(tx) = routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&trial) {
+                let _ = tx.send(ProcEvent::ShepherdGone);
+            }
         }
     }
 }

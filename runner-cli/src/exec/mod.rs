@@ -124,6 +124,18 @@ pub fn alive(pid: u32, start: Option<u64>) -> bool {
     }
 }
 
+/// The parent of the process `pid` that started at `start`, if it is a zombie (it ended
+/// and its parent has not reaped it yet).
+pub fn zombie_parent(pid: u32, start: Option<u64>) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    let started: Option<u64> = fields.get(19)?.parse().ok();
+    if fields.first() != Some(&"Z") || start.is_some_and(|want| started != Some(want)) {
+        return None;
+    }
+    fields.get(1)?.parse().ok()
+}
+
 /// Send `sig` to a process group; false if the group is gone.
 pub fn kill_group(pgid: u32, kill: bool) -> bool {
     let Some(pid) = rustix::process::Pid::from_raw(pgid as i32) else { return false };
@@ -136,20 +148,31 @@ pub fn group_exists(pgid: u32) -> bool {
     rustix::process::Pid::from_raw(pgid as i32).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
-/// The group leader among the processes whose stdout is `output` (a trial's stdout.log):
-/// the trial's own process, found when its record was cut short. Scans /proc.
-pub fn find_by_output(output: &std::path::Path) -> Option<RunInfo> {
+/// The environment variable that marks every process of a trial with its token.
+pub const TOKEN_VAR: &str = "OPTX_TRIAL_TOKEN";
+
+/// The trial's own process (the leader of its process group) found by what it carries:
+/// its stdout is `output` (the trial's stdout.log), or its environment holds the trial's
+/// token. For a record cut short (the shepherd died before writing the pid). Scans /proc.
+pub fn find_trial_process(output: &std::path::Path, token: &str) -> Option<RunInfo> {
     use std::os::unix::fs::MetadataExt;
-    let want = std::fs::metadata(output).ok()?;
+    let want = std::fs::metadata(output).ok().map(|m| (m.dev(), m.ino()));
+    let marker = format!("{TOKEN_VAR}={token}");
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fd1) = std::fs::metadata(format!("/proc/{pid}/fd/1")) else { continue };
-        if fd1.dev() != want.dev() || fd1.ino() != want.ino() {
-            continue;
-        }
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
+        let leader = fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pid);
+        if !leader || fields.first() == Some(&"Z") {
+            continue;
+        }
+        let by_output =
+            want.is_some_and(|w| std::fs::metadata(format!("/proc/{pid}/fd/1")).is_ok_and(|m| (m.dev(), m.ino()) == w));
+        let by_env = || {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+        };
+        if by_output || by_env() {
             return Some(RunInfo { pid, start: process_start_time(pid) });
         }
     }

@@ -49,10 +49,9 @@ struct Live {
     dir: OwnedFd,
 }
 
-/// A trial ended: kill what it left in its group, record how it ended in its trial dir
-/// (through the descriptor, so a renamed dir still gets it), then tell optx.
-fn ended(out: &Out, live: &Live, pid: u32, exit: ExitInfo) {
-    super::kill_group(pid, true);
+/// A trial ended (what it left in its group is killed already): record how it ended in
+/// its trial dir (through the descriptor, so a renamed dir still gets it), then tell optx.
+fn ended(out: &Out, live: &Live, exit: ExitInfo) {
     let record = ProcessRecord::Ended { exit: exit.clone(), token: Some(live.req.token.clone()) };
     if let Err(e) = append_at(&live.dir, &record) {
         eprintln!("optx shepherd: cannot record the exit of trial {}: {e}", live.req.trial);
@@ -139,16 +138,18 @@ fn reap(shared: Shared, out: Arc<Out>) {
             c.by_pid.remove(&pid)
         };
         let Some(rpid) = rustix::process::Pid::from_raw(pid as i32) else { continue };
+        // What the trial left in its group is killed while its leader, a zombie not reaped
+        // yet, still holds the group's id: no other process can have it.
+        if live.is_some() {
+            super::kill_group(pid, true);
+        }
         let status = match rustix::process::waitpid(Some(rpid), rustix::process::WaitOptions::empty()) {
             Ok(Some((_, status))) => status,
             // Reaped by the spawning thread (a failed exec) in the meantime.
             _ => continue,
         };
         let Some(live) = live else { continue };
-        // The group is killed right after its leader is reaped. Its pid could in theory be
-        // reused in between, but Linux hands pids out in sequence up to pid_max (at least
-        // 32768): a reuse within these microseconds would take a full wrap of the pids.
-        ended(&out, &live, pid, exit_info(status));
+        ended(&out, &live, exit_info(status));
     }
 }
 
@@ -182,7 +183,8 @@ fn spawn(req: &SpawnRequest, parent: Option<u32>) -> Result<(u32, OwnedFd), Stri
         cwd: &req.cwd,
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
-        claim: &req.dir.join(super::PROCESS_FILE),
+        dir: dir.as_fd(),
+        claim: super::PROCESS_FILE,
     });
     match spawned {
         Ok(pid) => {
@@ -208,8 +210,9 @@ fn spawn(req: &SpawnRequest, parent: Option<u32>) -> Result<(u32, OwnedFd), Stri
     }
 }
 
-/// Run the shepherd until its input ends and its trials have ended. Returns the exit code.
-pub fn serve() -> i32 {
+/// Run the shepherd for the optx `parent` until its input ends and its trials have ended.
+/// Returns the exit code.
+pub fn serve(parent: Option<u32>) -> i32 {
     // A shepherd stopped when optx dies gets SIGHUP (its process group is orphaned): it
     // must live on to record how its trials end. A handler (not SIG_IGN) is reset by exec,
     // so trials get the default again.
@@ -218,7 +221,6 @@ pub fn serve() -> i32 {
     }
     let out: Arc<Out> = Arc::new(Mutex::new(std::io::stdout()));
     let shared: Shared = Arc::default();
-    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32).filter(|p| *p != 1);
     let reaper = {
         let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
         match std::thread::Builder::new().name("optx-reaper".into()).spawn(move || reap(shared, out)) {

@@ -23,8 +23,10 @@ pub(super) struct Spawn<'a> {
     pub cwd: &'a Path,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
-    /// The file the child creates exclusively before it execs.
-    pub claim: &'a Path,
+    /// The trial dir, open: the claim is made in it, whatever its path has become.
+    pub dir: BorrowedFd<'a>,
+    /// The file the child creates exclusively in `dir` before it execs.
+    pub claim: &'a str,
 }
 
 fn cstring(s: &OsStr) -> std::io::Result<CString> {
@@ -73,7 +75,7 @@ pub(super) fn spawn(s: &Spawn) -> std::io::Result<u32> {
         })
         .collect::<Result<_, _>>()?;
     let cwd = cstring(s.cwd.as_os_str())?;
-    let claim = cstring(s.claim.as_os_str())?;
+    let claim = cstring(OsStr::new(s.claim))?;
     let mut argv_p: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
     argv_p.push(std::ptr::null_mut());
     let mut envp_p: Vec<*mut libc::c_char> = envp.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
@@ -83,10 +85,14 @@ pub(super) fn spawn(s: &Spawn) -> std::io::Result<u32> {
     actions.open(0, c"/dev/null", libc::O_RDONLY, 0)?;
     actions.dup2(s.stdout.as_raw_fd(), 1)?;
     actions.dup2(s.stderr.as_raw_fd(), 2)?;
-    // The claim, opened onto fd 3 (dup'd there, so not close-on-exec) and closed at once.
+    // The claim, made in the trial dir as it was opened (a dir since deleted fails with
+    // ENOENT, one re-created at the same path is not it): onto fd 3 (dup'd there, so not
+    // close-on-exec) and closed at once. Then the working dir, and nothing else open.
+    actions.fchdir(s.dir.as_raw_fd())?;
     actions.open(3, &claim, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)?;
     actions.close(3)?;
     actions.chdir(&cwd)?;
+    actions.close_from(3)?;
     let attr = Attr::new()?;
 
     let mut pid: libc::pid_t = 0;
@@ -124,6 +130,17 @@ impl FileActions {
     fn close(&mut self, fd: libc::c_int) -> std::io::Result<()> {
         // SAFETY: `self.0` was initialized.
         check(unsafe { libc::posix_spawn_file_actions_addclose(&mut self.0, fd) })
+    }
+
+    fn fchdir(&mut self, dir: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: `self.0` was initialized.
+        check(unsafe { libc::posix_spawn_file_actions_addfchdir_np(&mut self.0, dir) })
+    }
+
+    /// Close every descriptor from `from` on (none a plugin or this process opened leaks).
+    fn close_from(&mut self, from: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: `self.0` was initialized.
+        check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(&mut self.0, from) })
     }
 
     fn chdir(&mut self, dir: &CStr) -> std::io::Result<()> {
@@ -187,6 +204,7 @@ mod tests {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let program = resolve(Path::new(&argv[0]), None).unwrap();
+        let d = std::fs::File::open(dir)?;
         let pid = spawn(&Spawn {
             program: &program,
             argv: &argv,
@@ -194,7 +212,8 @@ mod tests {
             cwd: dir,
             stdout: out.as_fd(),
             stderr: err.as_fd(),
-            claim: &dir.join("claim"),
+            dir: d.as_fd(),
+            claim: "claim",
         })?;
         let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
         rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()).unwrap();
@@ -204,11 +223,23 @@ mod tests {
     #[test]
     fn the_child_gets_its_argv_env_cwd_group_and_claims_its_file() {
         let d = tempfile::tempdir().unwrap();
-        let script =
-            "printf '%s|%s|%s|' \"$1\" \"$OPTX_X\" \"$PWD\"; cut -d' ' -f5 /proc/$$/stat | tr -d '\\n'; trap -p PIPE";
+        let script = "printf '%s|%s|%s|' \"$1\" \"$OPTX_X\" \"$PWD\"; cut -d' ' -f5 /proc/$$/stat | tr -d '\\n'; \
+                      grep SigIgn /proc/$$/status | cut -f2 | tr -d '\\n'; printf '|'; ls /proc/$$/fd | tr '\\n' ' '";
+        // A descriptor this process has open without close-on-exec must not reach the child.
+        let leak = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&leak);
+        // SAFETY: `fd` is a valid descriptor owned by `leak`, which outlives the call.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         let (pid, out) = run(d.path(), &["sh", "-c", script, "sh", "a b"], &[("OPTX_X", "1")]).unwrap();
         let cwd = d.path().canonicalize().unwrap();
-        assert_eq!(out, format!("a b|1|{}|{pid}", cwd.display()), "pgid is its own pid; SIGPIPE is not ignored");
+        let want = format!("a b|1|{}|{pid}", cwd.display());
+        assert!(out.starts_with(&want), "pgid is its own pid: {out}");
+        let (ignored, fds) = out[want.len()..].trim_start_matches('|').split_once('|').unwrap();
+        let ignored = u64::from_str_radix(ignored, 16).unwrap();
+        assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is not ignored in the child: {out}");
+        let fds: Vec<i32> = fds.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        assert!(!fds.contains(&fd), "fd {fd} leaked into the child: {fds:?}");
+        drop(leak);
         assert!(d.path().join("claim").exists());
         // Claimed already: the program never runs.
         let e = run(d.path(), &["sh", "-c", "echo ran"], &[]).unwrap_err();

@@ -119,6 +119,7 @@ impl CommandRunner {
         };
         let dir = job.trial_dir.to_string_lossy().into_owned();
         let mut env = vec![
+            (exec::TOKEN_VAR.to_string(), job.token.clone()),
             ("OPTX_TRIAL_INDEX".to_string(), job.index.to_string()),
             ("OPTX_TRIAL_DIR".to_string(), dir.clone()),
             ("OPTX_SLOT".to_string(), job.slot.to_string()),
@@ -231,7 +232,10 @@ impl CommandRunner {
             if let Some(e) = exec::read_exit(dir, token) {
                 return Some(Waited::Exited(e));
             }
-            if !exec::alive(info.pid, info.start) {
+            // A zombie whose parent (its shepherd) lives is about to be reaped and recorded:
+            // it has not ended as far as its record goes.
+            let reaping = exec::zombie_parent(info.pid, info.start).is_some_and(|p| p != 1 && exec::alive(p, None));
+            if !reaping && !exec::alive(info.pid, info.start) {
                 // The shepherd may be writing the status right now: look once more.
                 std::thread::sleep(Duration::from_millis(50));
                 return Some(exec::read_exit(dir, token).map_or(Waited::Gone, Waited::Exited));
@@ -273,12 +277,7 @@ impl CommandRunner {
                         control = never();
                         continue;
                     };
-                    let (w, killed) = self.stop(info, rx.as_ref(), job);
-                    let how = if killed { "SIGTERM, then SIGKILL" } else { "SIGTERM" };
-                    let stop = serde_json::json!({"reason": reason, "signals": how});
-                    let mut r = self.finish(job, w, tail, Some(stop));
-                    r.outcome = Outcome::Failed { reason: format!("{reason} (stopped with {how})"), lost };
-                    return r;
+                    return self.stopped(job, info, rx.as_ref(), tail, &reason, lost);
                 },
                 recv(dl) -> _ => {
                     let why = deadline.as_ref().map(|d| d.1.clone()).unwrap_or_default();
@@ -308,6 +307,24 @@ impl CommandRunner {
                 },
             }
         }
+    }
+
+    /// Stop a running trial at the dispatcher's request, and say so in its outcome.
+    fn stopped(
+        &self,
+        job: &TrialJob,
+        info: RunInfo,
+        rx: Option<&Receiver<ProcEvent>>,
+        tail: &mut Tail,
+        reason: &str,
+        lost: bool,
+    ) -> TrialResult {
+        let (w, killed) = self.stop(info, rx, job);
+        let how = if killed { "SIGTERM, then SIGKILL" } else { "SIGTERM" };
+        let stop = serde_json::json!({"reason": reason, "signals": how});
+        let mut r = self.finish(job, w, tail, Some(stop));
+        r.outcome = Outcome::Failed { reason: format!("{reason} (stopped with {how})"), lost };
+        r
     }
 
     /// Read everything the trial left and decide its outcome.
@@ -405,12 +422,18 @@ fn new_trial_dir(dir: &Path) -> std::io::Result<()> {
     }
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let aside = (1..)
-                .map(|n| PathBuf::from(format!("{}.stale-{n}", dir.display())))
-                .find(|p| !p.exists())
-                .unwrap_or_default();
-            tracing::warn!("{} exists already: set aside as {}", dir.display(), aside.display());
-            std::fs::rename(dir, &aside)?;
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            for n in 1.. {
+                let aside = PathBuf::from(format!("{}.stale-{n}", dir.display()));
+                match renameat_with(CWD, dir, CWD, &aside, RenameFlags::NOREPLACE) {
+                    Ok(()) => {
+                        tracing::warn!("{} exists already: set aside as {}", dir.display(), aside.display());
+                        break;
+                    }
+                    Err(rustix::io::Errno::EXIST) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             std::fs::create_dir(dir)
         }
         r => r,
@@ -424,7 +447,8 @@ fn run_metadata(job: &TrialJob, info: RunInfo) -> serde_json::Value {
 impl CommandRunner {
     /// Claim a trial whose process has not recorded its start as never started, so that
     /// it never can (a shepherd that is frozen or slow would otherwise start it later).
-    /// `Ok(None)`: claimed, it never ran; `Ok(Some(info))`: it started after all.
+    /// `Ok(None)`: claimed, it never ran; `Ok(Some(info))`: it started after all (pid 0:
+    /// it started, its pid was never written, and no process of it runs any more).
     fn claim_unstarted(&self, job: &TrialJob, why: &str) -> Result<Option<RunInfo>, String> {
         let dir = &job.trial_dir;
         let token = job.token.as_str();
@@ -450,12 +474,10 @@ impl CommandRunner {
             // Its process claimed the record and its pid is not written yet (or never will
             // be: the shepherd died in between). Look again shortly, then for the process.
             if Instant::now() >= end {
-                return match exec::find_by_output(&dir.join(exec::STDOUT_FILE)) {
+                return match exec::find_trial_process(&dir.join(exec::STDOUT_FILE), token) {
                     Some(info) => Ok(Some(info)),
-                    None => Err(format!(
-                        "its process started (it claimed {}) but left no pid, and no process has its output open",
-                        exec::PROCESS_FILE
-                    )),
+                    // It started and is gone: what it left decides (a result file or lost).
+                    None => Ok(Some(RunInfo { pid: 0, start: None })),
                 };
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -479,6 +501,8 @@ impl CommandRunner {
         // wake-up of the dispatcher); a longer one reports it after REPORT_DELAY.
         let mut wait = REPORT_DELAY;
         let mut control = control.clone();
+        // A stop asked for before the start was seen: carried out once it is.
+        let mut stop: Option<(String, bool)> = None;
         loop {
             let why = select! {
                 recv(rx) -> ev => match ev {
@@ -496,7 +520,11 @@ impl CommandRunner {
                     }
                 },
                 recv(control) -> c => match c {
-                    Ok(Control::Stop { reason, .. }) => Some(format!("{reason} before it started")),
+                    Ok(Control::Stop { reason, lost }) => {
+                        let why = format!("{reason} before it started");
+                        stop = Some((reason, lost));
+                        Some(why)
+                    }
                     Err(_) => {
                         control = never();
                         None
@@ -504,9 +532,16 @@ impl CommandRunner {
                 },
                 default(wait) => None,
             };
-            if let Some(info) = exec::read_run_info(&job.trial_dir, &job.token) {
+            let started = |info: RunInfo, tail: &mut Tail| {
                 deployed(info);
-                return Ok(info);
+                match &stop {
+                    _ if info.pid == 0 => Err(Box::new(self.finish(job, Waited::Gone, tail, None))),
+                    Some((reason, lost)) => Err(Box::new(self.stopped(job, info, Some(rx), tail, reason, *lost))),
+                    None => Ok(info),
+                }
+            };
+            if let Some(info) = exec::read_run_info(&job.trial_dir, &job.token) {
+                return started(info, tail);
             }
             let why = why.or_else(|| {
                 (Instant::now() >= give_up).then(|| {
@@ -515,10 +550,7 @@ impl CommandRunner {
             });
             if let Some(why) = why {
                 return match self.claim_unstarted(job, &why) {
-                    Ok(Some(info)) => {
-                        deployed(info);
-                        Ok(info)
-                    }
+                    Ok(Some(info)) => started(info, tail),
                     Ok(None) => Err(Box::new(Self::lost(format!("{why}; it never ran and runs again")))),
                     Err(e) => Err(Box::new(Self::lost(format!("{why}; {e}")))),
                 };
@@ -541,7 +573,9 @@ impl TrialRunner for CommandRunner {
                 .filter(|i| i.pid != 0)
                 .or_else(|| exec::read_run_info(&job.trial_dir, &job.token));
             let Some(info) = info else {
-                return finished(Self::lost("optx stopped while deploying this trial; it never ran".into()));
+                // It started but no pid was ever written, and its process is gone.
+                let r = self.finish(&job, Waited::Gone, &mut tail, None);
+                return finished(r);
             };
             let r = self.follow(&job, info, None, control, events, &mut tail);
             return finished(r);

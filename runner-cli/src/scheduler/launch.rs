@@ -99,7 +99,13 @@ fn set_aside_as(paths: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, RunError>
                 Ok(()) => moved.push(((*p).clone(), to)),
                 Err(e) => {
                     for (from, to) in moved.iter().rev() {
-                        let _ = renameat_with(CWD, to, CWD, from, RenameFlags::NOREPLACE);
+                        if let Err(back) = renameat_with(CWD, to, CWD, from, RenameFlags::NOREPLACE) {
+                            return Err(RunError::Runtime(format!(
+                                "cannot rename {} back to {} after a failed move ({back}): move it back by hand",
+                                to.display(),
+                                from.display()
+                            )));
+                        }
                     }
                     if e == rustix::io::Errno::EXIST {
                         continue 'suffix;
@@ -139,11 +145,17 @@ fn stop_old_trials(store: &mut Store, spec: &ExperimentSpec, sink: &mut dyn Even
     let mut stopped = Vec::new();
     for t in &open {
         let dir = spec.trials_root().join(t.index.to_string());
-        if let Some(run) = exec::read_run_info(&dir, &exec::token(&id, t.index)) {
-            if exec::alive(run.pid, run.start) {
-                exec::kill_group(run.pid, false);
-                stopped.push(run);
+        let token = exec::token(&id, t.index);
+        let run = match exec::read_process(&dir, &token) {
+            // A record cut short: the process, if any, is found by what it carries.
+            st if st.run.is_none() && st.exists && !st.claimed => {
+                exec::find_trial_process(&dir.join(exec::STDOUT_FILE), &token)
             }
+            st => st.run,
+        };
+        if let Some(run) = run.filter(|r| exec::alive(r.pid, r.start)) {
+            exec::kill_group(run.pid, false);
+            stopped.push(run);
         }
     }
     if !stopped.is_empty() {
@@ -250,6 +262,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let opened = if l.resume { Store::open_existing(&path) } else { Store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
     store.acquire(&me, &alive).map_err(store_err(&path))?;
+    store.upgrade().map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
     let mut store = match (l.resume, has_trials, existing.is_some()) {
@@ -262,6 +275,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
             }
             let mut s = Store::open(&path, spec.durability).map_err(store_err(&path))?;
             s.acquire(&me, &alive).map_err(store_err(&path))?;
+            s.upgrade().map_err(store_err(&path))?;
             s
         }
         (false, true, _) => {

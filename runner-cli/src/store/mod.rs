@@ -309,10 +309,8 @@ impl Store {
             Ok(())
         })();
         let linked = built.and_then(|_| {
-            std::fs::hard_link(&tmp, path).or_else(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(StoreError::Unusable(format!("cannot create the store {}: {e}", path.display()))),
-            })
+            place_new(&tmp, path)
+                .map_err(|e| StoreError::Unusable(format!("cannot create the store {}: {e}", path.display())))
         });
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
@@ -360,8 +358,8 @@ impl Store {
         let uri = sqlite_uri(path, mode.contains(F::SQLITE_OPEN_READ_ONLY));
         let conn = match open(&uri) {
             Ok(c) => c,
-            // A WAL store in a directory this user cannot write (no `-shm` can be made): if
-            // nobody can write it either, it is immutable for as long as it is read.
+            // A WAL store at rest (no `-wal` and `-shm`: a writer would have made them) in a
+            // directory this user cannot write, so they cannot be made: read as immutable.
             Err(_) if !writable(path) => open(&format!("{uri}&immutable=1")).map_err(sqlite_err(path))?,
             Err(e) => return Err(sqlite_err(path)(e)),
         };
@@ -403,18 +401,22 @@ impl Store {
         // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(&err)?;
         let mut store = Store { conn, path: path.to_path_buf(), owner: false };
-        store.migrate(version)?;
+        // An empty file becomes a new store now; an older store is upgraded only by its
+        // owner (`upgrade`, once it holds the store), never under an optx that runs it.
+        if version == 0 {
+            store.upgrade()?;
+        }
         Ok(store)
     }
 
     /// Bring the schema up to this version, in one transaction that checks again.
-    fn migrate(&mut self, seen: i64) -> Result<()> {
-        if seen == SCHEMA_VERSION {
-            return Ok(());
-        }
+    pub fn upgrade(&mut self) -> Result<()> {
         let path = self.path.clone();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err(&path))?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
         if version == 0 {
             // An empty SQLite file (a truncated store, say) becomes a new store.
             let tables: i64 =
@@ -452,8 +454,13 @@ impl Store {
         let copied = (|| -> Result<()> {
             let mut to = Connection::open(&tmp)?;
             {
+                // One step that copies every page inside one read transaction: a consistent
+                // snapshot, which a writer's commits cannot make start over.
                 let b = rusqlite::backup::Backup::new(&self.conn, &mut to)?;
-                b.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+                match b.step(-1)? {
+                    rusqlite::backup::StepResult::Done => {}
+                    other => return Err(StoreError::Other(format!("the copy did not complete ({other:?})"))),
+                }
             }
             to.pragma_update(None, "journal_mode", "WAL")?;
             to.close().map_err(|(_, e)| e)?;
@@ -847,6 +854,22 @@ impl Tx<'_> {
     }
 }
 
+/// Put the new file `tmp` at `path` unless something is there already (then `tmp` is left
+/// for the caller to remove, and the store there is used): a hard link where the
+/// filesystem has them, else a rename that replaces nothing.
+fn place_new(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
 /// `file:` URI of a path, for SQLite's URI parameters.
 fn sqlite_uri(path: &Path, read_only: bool) -> String {
     let mut uri = String::from("file:");
@@ -990,6 +1013,46 @@ mod tests {
         assert_eq!(best(Direction::Minimize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(2, vec![2.0])]);
         assert_eq!(best(Direction::Maximize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(0, vec![3.0])]);
         assert_eq!(s.final_observations().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_of_schema_1_is_upgraded_by_its_owner_only() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        // Opened (by a reader, or by a run that is refused), it stays as it is.
+        let s = Store::open_existing(&path).unwrap();
+        assert!(s.id().is_err());
+        drop(s);
+        let r = Store::open_read(&path).unwrap();
+        assert_eq!(r.trial_counts().unwrap(), (0, 0));
+        drop(r);
+        let mut s = Store::open_existing(&path).unwrap();
+        s.upgrade().unwrap();
+        let id = s.id().unwrap();
+        assert_eq!(id.len(), 32);
+        s.upgrade().unwrap();
+        assert_eq!(s.id().unwrap(), id, "upgrading twice changes nothing");
+        let v: i64 = s.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_backup_is_a_whole_store_and_never_overwrites() {
+        let (d, mut s) = store();
+        for i in 0..50 {
+            new_trial(&mut s, i);
+        }
+        let dest = d.path().join("copy.db");
+        s.backup(&dest).unwrap();
+        let c = Store::open_read(&dest).unwrap();
+        assert_eq!(c.trial_counts().unwrap(), (50, 50));
+        assert_eq!(c.id().unwrap(), s.id().unwrap());
+        assert!(matches!(s.backup(&dest), Err(StoreError::Unusable(_))));
     }
 
     #[test]

@@ -100,7 +100,10 @@ fn placeholders_where_no_quoting_is_safe_are_refused() {
     for (command, want) in [
         ("echo `echo {c}`; echo f=1", "inside backticks"),
         ("echo ${{{c}}}; echo f=1", "inside `${...}`"),
-        ("echo \\{c}; echo f=1", "follows a backslash"),
+        ("echo \\{c}; echo f=1", "right after a backslash"),
+        ("echo f=1 # {c}", "in a comment"),
+        ("cat > cfg <<EOF\nc: {c}\nEOF\necho f=1", "after a here-document"),
+        ("echo $(({c} * 2)); echo f=1", "inside `$((...))`"),
     ] {
         let runner = format!("shell = true\ncommand = {}", serde_json::to_string(command).unwrap());
         let e = Exp::new("refuse", &toml("refuse", params, &runner, "max_trials = 2", ""));
