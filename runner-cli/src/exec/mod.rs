@@ -181,14 +181,10 @@ pub fn find_trial_process(output: &std::path::Path, token: &str) -> Option<RunIn
 
 /// The file `PATH` would run for `program` (a name without `/`), looked up once.
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     if program.contains('/') || program.is_empty() {
         return None;
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    spawn::resolve(std::path::Path::new(program), None)
 }
 
 /// This machine's name, for store ownership.

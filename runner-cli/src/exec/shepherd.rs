@@ -11,6 +11,7 @@
 //! status recorded) when optx dies.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
@@ -156,7 +157,7 @@ fn reap(shared: Shared, out: Arc<Out>) {
 /// Start the trial of `req`: the trial dir is opened first, then the parent is checked,
 /// then the child claims `process.jsonl` and execs (see [`super::spawn`]); its pid and
 /// start time are appended to the record once it runs.
-fn spawn(req: &SpawnRequest, parent: Option<u32>) -> Result<(u32, OwnedFd), String> {
+fn spawn(req: &SpawnRequest, parent: Option<u32>, base_env: &[(OsString, OsString)]) -> Result<(u32, OwnedFd), String> {
     use rustix::fs::{open, Mode, OFlags};
     let program = req.argv.first().map_or("", |s| s.as_str());
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("`{program}`: {what}: {e}");
@@ -179,6 +180,7 @@ fn spawn(req: &SpawnRequest, parent: Option<u32>) -> Result<(u32, OwnedFd), Stri
     let spawned = super::spawn::spawn(&super::spawn::Spawn {
         program: &exe,
         argv: &req.argv,
+        base_env,
         env: &req.env,
         cwd: &req.cwd,
         stdout: stdout.as_fd(),
@@ -221,6 +223,7 @@ pub fn serve(parent: Option<u32>) -> i32 {
     }
     let out: Arc<Out> = Arc::new(Mutex::new(std::io::stdout()));
     let shared: Shared = Arc::default();
+    let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let reaper = {
         let (shared, out) = (Arc::clone(&shared), Arc::clone(&out));
         match std::thread::Builder::new().name("optx-reaper".into()).spawn(move || reap(shared, out)) {
@@ -242,7 +245,7 @@ pub fn serve(parent: Option<u32>) -> i32 {
         };
         let (lock, cvar) = &*shared;
         lock.lock().unwrap_or_else(|e| e.into_inner()).spawning = true;
-        let spawned = spawn(&req, parent);
+        let spawned = spawn(&req, parent, &base_env);
         let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
         c.spawning = false;
         match spawned {

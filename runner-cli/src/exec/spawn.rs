@@ -18,7 +18,9 @@ pub(super) struct Spawn<'a> {
     pub program: &'a Path,
     /// argv[0] included.
     pub argv: &'a [String],
-    /// Added to (or overriding) this process's environment.
+    /// This process's environment, read once.
+    pub base_env: &'a [(std::ffi::OsString, std::ffi::OsString)],
+    /// Added to (or overriding) `base_env`.
     pub env: &'a [(String, String)],
     pub cwd: &'a Path,
     pub stdout: BorrowedFd<'a>,
@@ -58,7 +60,7 @@ pub(super) fn resolve(program: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
 pub(super) fn spawn(s: &Spawn) -> std::io::Result<u32> {
     let program = cstring(s.program.as_os_str())?;
     let argv: Vec<CString> = s.argv.iter().map(|a| cstring(OsStr::new(a))).collect::<Result<_, _>>()?;
-    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = s.base_env.to_vec();
     for (k, v) in s.env {
         match env.iter_mut().find(|(ek, _)| ek.as_bytes() == k.as_bytes()) {
             Some(slot) => slot.1 = v.into(),
@@ -205,9 +207,11 @@ mod tests {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let program = resolve(Path::new(&argv[0]), None).unwrap();
         let d = std::fs::File::open(dir)?;
+        let base: Vec<_> = std::env::vars_os().collect();
         let pid = spawn(&Spawn {
             program: &program,
             argv: &argv,
+            base_env: &base,
             env: &env,
             cwd: dir,
             stdout: out.as_fd(),
