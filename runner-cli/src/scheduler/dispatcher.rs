@@ -1,0 +1,248 @@
+//! The dispatcher loop: one thread that owns the run state, wakes up on worker events,
+//! signals and the deadline, applies what arrived in one transaction, and then carries out
+//! what was decided.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, unbounded, Receiver, Sender};
+
+use super::pool::{Pool, Work};
+use super::resume::pending_reruns;
+use super::state::{Effect, State};
+use super::stop;
+use super::{EventSink, RunEnd, RunEvent};
+use crate::domain::{Arm, ExperimentSpec, TrialStatus};
+use crate::generate::{GenState, Generator};
+use crate::runners::{Control, RunnerEvent, TrialRunner};
+use crate::store::{self, Store};
+
+struct Dispatcher<'a> {
+    store: &'a mut Store,
+    st: State<'a>,
+    runner: Arc<dyn TrialRunner>,
+    sink: &'a mut dyn EventSink,
+    jobs: Sender<Work>,
+    events: Receiver<RunnerEvent>,
+    signals: u32,
+    pool: Pool,
+    parallelism: usize,
+}
+
+impl Dispatcher<'_> {
+    /// Carry out what the committed transaction decided.
+    fn act(&mut self) {
+        let mut batch = Vec::new();
+        for e in std::mem::take(&mut self.st.effects) {
+            match e {
+                Effect::Print(ev) => self.sink.event(&ev),
+                Effect::Deploy(job) if self.st.interrupted.load(Ordering::SeqCst) => {
+                    let msg = self.st.not_deployed(job.index);
+                    self.sink.event(&RunEvent::Notice(msg));
+                }
+                Effect::Deploy(job) => batch.push(job),
+                Effect::Dispatch(job, ctl) => {
+                    if job.attach.is_none() && self.st.interrupted.load(Ordering::SeqCst) {
+                        // Interrupted between its commit and now: it stays a candidate that
+                        // has not started, which a resume deploys as it is.
+                        let msg = self.st.not_deployed(job.index);
+                        self.sink.event(&RunEvent::Notice(msg));
+                        continue;
+                    }
+                    // Workers stuck for good in a runner's call are replaced, so that
+                    // `parallelism` trials still run.
+                    let want = self.parallelism + self.runner.stuck();
+                    if let Err(e) = self.pool.grow_to(want) {
+                        tracing::warn!("{e}");
+                    }
+                    let _ = self.jobs.send(Work::One(job, ctl));
+                }
+                Effect::Cleanup { index, failed } => self.runner.cleanup(&self.st.trial_dir(index), failed),
+            }
+        }
+        if !batch.is_empty() {
+            let _ = self.jobs.send(Work::Batch(batch));
+        }
+    }
+
+    fn on_signal(&mut self) {
+        self.signals += 1;
+        let n = self.st.running.len();
+        match self.signals {
+            1 => {
+                self.st.halt_for(stop::interrupted());
+                let msg = if n > 0 {
+                    format!("interrupted: deploying nothing more; waiting for {n} running trial(s) to finish (interrupt again to stop them)")
+                } else {
+                    "interrupted: deploying nothing more".into()
+                };
+                self.sink.event(&RunEvent::Notice(msg));
+            }
+            2 => {
+                self.st.halt_for(stop::interrupted());
+                self.sink.event(&RunEvent::Notice(format!(
+                    "interrupted again: stopping {n} running trial(s); they will run again on `optx resume` (interrupt a third time to exit at once)"
+                )));
+                for r in self.st.running.values() {
+                    let _ = r
+                        .control
+                        .send(Control::Stop { reason: "stopped by a second interrupt of optx".into(), lost: true });
+                }
+            }
+            _ => {
+                // Every commit so far is durable: the store is consistent.
+                std::process::exit(130);
+            }
+        }
+    }
+
+    fn run(&mut self, deadline: Option<Instant>, signals: &Receiver<i32>) -> Result<RunEnd, store::StoreError> {
+        let st = &mut self.st;
+        let runner = Arc::clone(&self.runner);
+        self.store.tx(|tx| st.reconcile(tx, runner.as_ref()))?;
+        self.act();
+        let timeout = deadline.map_or_else(never, crossbeam_channel::at);
+        let events = self.events.clone();
+        loop {
+            if self.st.running.is_empty() {
+                break;
+            }
+            let mut batch = Vec::new();
+            select! {
+                recv(events) -> ev => {
+                    let Ok(ev) = ev else { break };
+                    batch.push(ev);
+                },
+                recv(signals) -> _ => self.on_signal(),
+                recv(timeout) -> _ => {
+                    self.st.stop(stop::deadline());
+                },
+            }
+            while let Ok(more) = events.try_recv() {
+                batch.push(more);
+            }
+            let st = &mut self.st;
+            self.store.tx(|tx| st.apply(tx, batch))?;
+            self.act();
+        }
+        Ok(match &self.st.halt {
+            Some(s) => s.kind.end(),
+            None if self.st.interrupted.load(Ordering::SeqCst) => RunEnd::Interrupted,
+            None => RunEnd::Done,
+        })
+    }
+}
+
+/// Interrupts (SIGINT, SIGTERM) as the dispatcher sees them: each one as a message, which
+/// it counts, and a flag set at once, which a proposal being computed checks.
+pub(crate) struct Interrupts {
+    pub signals: Receiver<i32>,
+    pub flag: Arc<AtomicBool>,
+}
+
+/// Run the loop on an open, owned store. Returns how it ended.
+pub(crate) fn drive(
+    spec: &ExperimentSpec,
+    store: &mut Store,
+    runner: Arc<dyn TrialRunner>,
+    seed: u64,
+    session: i64,
+    sink: &mut dyn EventSink,
+    interrupts: &Interrupts,
+) -> Result<RunEnd, store::StoreError> {
+    let (signals, interrupted) = (&interrupts.signals, Arc::clone(&interrupts.flag));
+    let trials = store.trials()?;
+    let store_id = store.id()?;
+    let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
+    let stored_points = store.curve_points(&open)?;
+    let state: GenState =
+        store.generator_state("sequence")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    let mut taken = HashMap::new();
+    for t in trials.iter().filter(|t| !t.lost && t.status != TrialStatus::Failed) {
+        *taken.entry(t.arm_key.clone()).or_insert(0) += 1;
+    }
+    let finals = crate::domain::final_values(&store.final_observations()?);
+    let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
+    let cost: f64 = trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Completed)
+        .filter_map(|t| finals.get(&t.index).and_then(|m| m.get("cost")).map(|o| o.mean))
+        .sum();
+    let parallelism = spec.orchestration.parallelism;
+    let attach = trials.iter().filter(|t| !t.status.is_terminal()).count();
+    let (jobs_tx, jobs_rx) = unbounded::<Work>();
+    let (events_tx, events_rx) = unbounded();
+    let mut pool = Pool { jobs: jobs_rx, events: events_tx, runner: Arc::clone(&runner), workers: Vec::new() };
+    pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;
+    let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
+    let reruns = pending_reruns(spec, &trials);
+    let mut generator = Generator::new(spec, seed, state);
+    let learns = generator.learns();
+    for t in trials.iter().filter(|_| learns) {
+        let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
+        if t.status == TrialStatus::Completed {
+            let values = finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());
+            generator.observe(t.index, &arm, values.unwrap_or_default());
+        } else if !t.status.is_terminal() {
+            generator.pending(t.index, &arm);
+        }
+    }
+    let mut trials = trials;
+    for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
+        t.shrink();
+    }
+    let st = State {
+        spec,
+        generator,
+        session,
+        reruns,
+        trials,
+        taken,
+        running: HashMap::new(),
+        free_slots: (0..parallelism).collect(),
+        deployed_now: 0,
+        failed_now: 0,
+        best,
+        cost,
+        halt: None,
+        exhausted: false,
+        nonlost,
+        undeployed: BTreeSet::new(),
+        effects: Vec::new(),
+        trials_root: spec.trials_root(),
+        lost_now: 0,
+        lost_streak: 0,
+        store_id,
+        stored_points,
+        interrupted,
+    };
+    let mut d = Dispatcher {
+        store,
+        st,
+        runner: Arc::clone(&runner),
+        sink,
+        jobs: jobs_tx,
+        events: events_rx,
+        signals: 0,
+        pool,
+        parallelism: parallelism.max(1),
+    };
+    let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
+    let end = d.run(deadline, signals);
+    let workers = std::mem::take(&mut d.pool.workers);
+    drop(d);
+    // A worker stuck in a call that never returns (a plugin's) cannot be joined: leave it.
+    if end.is_ok() && runner.stuck() == 0 {
+        for w in workers {
+            let _ = w.join();
+        }
+        runner.close();
+    } else if end.is_ok() {
+        runner.close();
+    }
+    // On an error optx exits without waiting: running trials go on under the shepherd,
+    // which records how they end, and `optx resume` reconciles them.
+    end
+}

@@ -1,0 +1,450 @@
+//! The run state of one dispatcher: the trials it knows, the arms taken, the running
+//! trials and their slots, the accounting of this session, and why deployment stopped. It
+//! changes only inside a store transaction, which also records the change; what it leads
+//! to (printing, deploying) waits for the commit as [`Effect`]s.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::stop::{self, Stop};
+use super::RunEvent;
+use crate::domain::{Arm, ExperimentSpec, Observation, OutcomeConstraint, Trial, TrialStatus};
+use crate::generate::Generator;
+use crate::runners::{Control, Outcome, RunnerEvent, TrialJob};
+use crate::store::{self, NewTrial, TransitionData, Tx};
+
+pub(super) struct Running {
+    pub(super) control: Sender<Control>,
+    pub(super) slot: usize,
+    /// A trial deployed in a batch: the job that follows it once its deployment is committed.
+    pub(super) follow: Option<(TrialJob, Receiver<Control>)>,
+}
+
+/// An arm to run again as a new trial: a retry of a failed arm or a re-run of a lost one.
+pub(super) struct Rerun {
+    pub(super) arm: Arm,
+    pub(super) of: u64,
+    pub(super) attempt: u32,
+    pub(super) label: &'static str,
+}
+
+/// What the dispatcher does once a transaction has committed.
+pub(super) enum Effect {
+    Print(RunEvent),
+    Dispatch(TrialJob, Receiver<Control>),
+    /// Deploy with the other `Deploy`s of this wake-up in one runner call
+    /// (`run_trials_in_batches`).
+    Deploy(TrialJob),
+    Cleanup {
+        index: u64,
+        failed: bool,
+    },
+}
+
+/// The run state. It changes only inside a store transaction, which also records the
+/// change; what it leads to (printing, deploying) waits for the commit as [`Effect`]s.
+pub(super) struct State<'a> {
+    pub(super) spec: &'a ExperimentSpec,
+    pub(super) generator: Generator<'a>,
+    pub(super) session: i64,
+    pub(super) trials: Vec<Trial>,
+    /// Arms deployed and neither lost nor failed: never proposed again.
+    pub(super) taken: HashMap<String, u32>,
+    pub(super) reruns: VecDeque<Rerun>,
+    pub(super) running: HashMap<u64, Running>,
+    pub(super) free_slots: BTreeSet<usize>,
+    /// This session's counts for the failure rate.
+    pub(super) deployed_now: u64,
+    pub(super) failed_now: u64,
+    /// The best trial so far, or the Pareto front.
+    pub(super) best: Vec<crate::domain::Point>,
+    pub(super) cost: f64,
+    /// Why deployment stopped, if it did.
+    pub(super) halt: Option<Stop>,
+    pub(super) exhausted: bool,
+    /// Trials that are not lost (a count: the budget is checked per deployment).
+    pub(super) nonlost: u64,
+    /// Candidates handed to a worker and not deployed yet.
+    pub(super) undeployed: BTreeSet<u64>,
+    pub(super) effects: Vec<Effect>,
+    /// `<store name>.trials/`, where every trial dir goes.
+    pub(super) trials_root: PathBuf,
+    /// Trials of this session that were lost (the failure rate leaves them out).
+    pub(super) lost_now: u64,
+    /// Trials of this session lost one after the other, with no other end between them.
+    pub(super) lost_streak: u64,
+    /// The store's identity, in the token of every trial's records.
+    pub(super) store_id: String,
+    /// Points of learning curves stored for each trial that was running (to re-attach).
+    pub(super) stored_points: HashMap<u64, usize>,
+    /// Set by the signal thread as soon as an interrupt arrives, before the dispatcher
+    /// reads it: a proposal that was being computed is then not deployed.
+    pub(super) interrupted: Arc<AtomicBool>,
+}
+
+/// Each objective's value from a trial's final metrics.
+pub(super) fn objective_values(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Vec<Option<f64>> {
+    let metric = |m: &str| finals.iter().find(|p| p.metric == m).map(|p| p.mean);
+    spec.goal.objectives.iter().map(|o| o.value(metric)).collect()
+}
+
+pub(super) fn feasible(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> bool {
+    let values = finals.iter().map(|p| (p.metric.clone(), p.mean)).collect();
+    OutcomeConstraint::all_satisfied(&spec.outcome_constraints, &values)
+}
+
+pub(super) fn observation(trial: u64, p: &crate::runners::MetricPoint, is_final: bool) -> Observation {
+    Observation { trial, metric: p.metric.clone(), progression: p.progression, mean: p.mean, sem: p.sem, is_final }
+}
+
+impl<'a> State<'a> {
+    pub(super) fn trial_dir(&self, index: u64) -> PathBuf {
+        self.trials_root.join(index.to_string())
+    }
+
+    pub(super) fn take_arm(&mut self, key: &str) {
+        *self.taken.entry(key.to_string()).or_default() += 1;
+    }
+
+    pub(super) fn release_arm(&mut self, key: &str) {
+        if let Some(n) = self.taken.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.taken.remove(key);
+            }
+        }
+    }
+
+    pub(super) fn print(&mut self, e: RunEvent) {
+        self.effects.push(Effect::Print(e));
+    }
+
+    /// Hand a trial to a worker once the transaction commits.
+    pub(super) fn dispatch(&mut self, index: u64, arm: Arm, attach: Option<serde_json::Value>, slot: Option<usize>) {
+        let slot = match slot.filter(|s| self.free_slots.remove(s)) {
+            Some(s) => s,
+            None => self.free_slots.pop_first().unwrap_or(self.running.len()),
+        };
+        let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
+        let (ctl_tx, ctl_rx) = unbounded();
+        let job = TrialJob {
+            index,
+            arm,
+            slot,
+            trial_dir: self.trial_dir(index),
+            attach,
+            started_at,
+            token: crate::exec::token(&self.store_id, index),
+            stored_points: self.stored_points.remove(&index).unwrap_or(0),
+        };
+        if self.spec.orchestration.run_trials_in_batches && job.attach.is_none() {
+            self.running.insert(index, Running { control: ctl_tx, slot, follow: Some((job.clone(), ctl_rx)) });
+            self.effects.push(Effect::Deploy(job));
+        } else {
+            self.running.insert(index, Running { control: ctl_tx, slot, follow: None });
+            self.effects.push(Effect::Dispatch(job, ctl_rx));
+        }
+    }
+
+    /// Create new trials while there is room, budget and no reason to stop.
+    pub(super) fn fill(&mut self, tx: &mut Tx) -> Result<(), store::StoreError> {
+        let o = &self.spec.orchestration;
+        let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
+        while self.halt.is_none()
+            && !self.exhausted
+            && self.running.len() < o.parallelism
+            && self.nonlost < o.max_trials
+            && self.undeployed.len() < max_pending
+        {
+            if self.interrupted.load(Ordering::SeqCst) {
+                break;
+            }
+            let (arm, generation, rerun_of, attempt) = match self.reruns.pop_front() {
+                Some(r) => (r.arm, r.label.to_string(), Some(r.of), r.attempt),
+                None => {
+                    let taken = &self.taken;
+                    match self.generator.next(&|k| taken.contains_key(k)) {
+                        Ok(p) => (p.arm, p.method.to_string(), None, 1),
+                        Err(e) => {
+                            self.exhausted = true;
+                            self.print(RunEvent::Notice(format!("{e}; no more trials will be deployed")));
+                            break;
+                        }
+                    }
+                }
+            };
+            // An interrupt that came while the proposal was computed: it is not deployed
+            // (the generator's state is not saved, so a resume proposes it again).
+            if self.interrupted.load(Ordering::SeqCst) {
+                break;
+            }
+            let index = self.trials.len() as u64;
+            let params = arm.to_json();
+            // The trial gets exactly what the store holds: the arm as read back from it.
+            let arm = Arm::from_json(&self.spec.space, &params).unwrap_or(arm);
+            let key = arm.key();
+            let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
+            let session = self.session;
+            tx.insert_trial(&NewTrial {
+                index,
+                arm_key: &key,
+                parameters: &params,
+                generation: &generation,
+                rerun_of,
+                attempt,
+                session,
+            })?;
+            tx.set_generator_state("sequence", &state)?;
+            self.trials.push(Trial {
+                index,
+                status: TrialStatus::Candidate,
+                lost: false,
+                arm_key: key.clone(),
+                parameters: params.clone(),
+                generation: generation.clone(),
+                rerun_of,
+                attempt,
+                slot: None,
+                session,
+                feasible: None,
+                reason: None,
+                run_metadata: None,
+                stop_metadata: None,
+                trial_dir: None,
+                created_at: tx.time().to_string(),
+                staged_at: None,
+                started_at: None,
+                completed_at: None,
+            });
+            self.take_arm(&key);
+            self.nonlost += 1;
+            self.undeployed.insert(index);
+            self.deployed_now += 1;
+            tracing::debug!(trial = index, %generation, "new trial");
+            self.print(RunEvent::Deployed { index, params, generation });
+            if self.generator.learns() {
+                self.generator.pending(index, &arm);
+            }
+            self.dispatch(index, arm, None, None);
+        }
+        Ok(())
+    }
+
+    /// Record that a trial runs (through STAGED if it is still a candidate), with the run
+    /// metadata that lets a restarted optx find it.
+    pub(super) fn mark_running(
+        &mut self,
+        tx: &mut Tx,
+        index: u64,
+        meta: serde_json::Value,
+        slot: Option<usize>,
+    ) -> Result<(), store::StoreError> {
+        let dir = meta.get("trial_dir").and_then(|d| d.as_str()).map(str::to_string);
+        let data = TransitionData { run_metadata: Some(&meta), slot, trial_dir: dir.as_deref(), ..Default::default() };
+        let t = &mut self.trials[index as usize];
+        if t.status == TrialStatus::Candidate {
+            tx.transition(index, TrialStatus::Candidate, TrialStatus::Staged, &data)?;
+            t.status = TrialStatus::Staged;
+        }
+        tx.transition(index, TrialStatus::Staged, TrialStatus::Running, &data)?;
+        t.status = TrialStatus::Running;
+        t.started_at = Some(tx.time().to_string());
+        t.run_metadata = Some(meta);
+        self.undeployed.remove(&index);
+        Ok(())
+    }
+
+    /// Record a batch of worker events and decide what follows, in one transaction.
+    pub(super) fn apply(&mut self, tx: &mut Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
+        for ev in batch {
+            match ev {
+                RunnerEvent::Deployed { index, run_metadata } => {
+                    let slot = self.running.get(&index).map(|r| r.slot);
+                    let follow = self.running.get_mut(&index).and_then(|r| r.follow.take());
+                    if let Some((mut job, ctl)) = follow {
+                        // Deployed in a batch: a worker follows it from here, as after a resume.
+                        job.attach = Some(run_metadata.clone());
+                        job.started_at = Some(std::time::SystemTime::now());
+                        self.effects.push(Effect::Dispatch(job, ctl));
+                    }
+                    self.mark_running(tx, index, run_metadata, slot)?;
+                }
+                RunnerEvent::Progress { index, points } => {
+                    // SQLite has no NaN (it would be NULL): a non-finite value is kept in
+                    // the failure reason, not as an observation.
+                    for p in points.iter().filter(|p| p.mean.is_finite()) {
+                        tx.observation(&observation(index, p, false))?;
+                    }
+                }
+                RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
+                RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),
+            }
+        }
+        self.fill(tx)
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        tx: &mut Tx,
+        index: u64,
+        result: crate::runners::TrialResult,
+    ) -> Result<(), store::StoreError> {
+        let spec = self.spec;
+        for p in result.curve.iter().filter(|p| p.mean.is_finite()) {
+            tx.observation(&observation(index, p, false))?;
+        }
+        for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
+            tx.observation(&observation(index, p, true))?;
+        }
+        let (to, reason, lost, feas) = match &result.outcome {
+            Outcome::Completed => {
+                (TrialStatus::Completed, result.note.clone(), false, Some(feasible(spec, &result.finals)))
+            }
+            Outcome::Failed { reason, lost } => (TrialStatus::Failed, Some(reason.clone()), *lost, None),
+            Outcome::Abandoned { reason } => (TrialStatus::Abandoned, Some(reason.clone()), false, None),
+        };
+        let data = TransitionData {
+            reason: reason.as_deref(),
+            lost,
+            feasible: feas,
+            stop_metadata: result.stop_metadata.as_ref(),
+            ..Default::default()
+        };
+        // A trial that never started fails straight from CANDIDATE or STAGED.
+        let t = &mut self.trials[index as usize];
+        tx.transition(index, t.status, to, &data)?;
+        t.status = to;
+        if lost && !t.lost {
+            self.nonlost -= 1;
+            if t.session == self.session {
+                self.lost_now += 1;
+            }
+        }
+        t.lost = lost;
+        t.reason = reason;
+        t.feasible = feas;
+        t.completed_at = Some(tx.time().to_string());
+        let t = t.clone();
+        if self.generator.learns() {
+            match (&result.outcome, Arm::from_json(&spec.space, &t.parameters)) {
+                (Outcome::Completed, Some(arm)) => {
+                    let values = result.finals.iter().map(|p| (p.metric.clone(), (p.mean, p.sem))).collect();
+                    self.generator.observe(index, &arm, values);
+                }
+                _ => self.generator.forget(index),
+            }
+        }
+        // What an ended trial keeps in memory: enough for accounting (the store has the rest),
+        // so that a long run's memory does not grow with each trial's parameters and metadata.
+        self.trials[index as usize].shrink();
+        self.undeployed.remove(&index);
+        if let Some(r) = self.running.remove(&index) {
+            self.free_slots.insert(r.slot);
+        }
+        tracing::debug!(trial = index, status = %to, "trial ended");
+        match &result.outcome {
+            Outcome::Completed => {
+                self.lost_streak = 0;
+                let values = objective_values(spec, &result.finals);
+                let feas = feas.unwrap_or(false);
+                let all: Option<Vec<f64>> = values.iter().copied().collect();
+                let best = match all {
+                    Some(v) if feas => spec.goal.admit(&mut self.best, index, v),
+                    _ => false,
+                };
+                self.cost += result.finals.iter().find(|p| p.metric == "cost").map_or(0.0, |p| p.mean);
+                let note = result.note.clone();
+                self.print(RunEvent::Completed {
+                    index,
+                    values: spec.goal.objectives.iter().map(|o| o.name.clone()).zip(values).collect(),
+                    feasible: feas,
+                    best,
+                    note,
+                });
+                self.effects.push(Effect::Cleanup { index, failed: false });
+                if let Some(s) = stop::cost(&spec.orchestration, self.cost) {
+                    self.stop(s);
+                }
+            }
+            Outcome::Failed { reason, .. } | Outcome::Abandoned { reason } => {
+                let abandoned = matches!(result.outcome, Outcome::Abandoned { .. });
+                // An abandoned arm is not run again (CONFIG.md "No duplicates"); a failed or
+                // lost one may be, as a retry or a re-run.
+                if !abandoned {
+                    self.release_arm(&t.arm_key);
+                }
+                let retry = !lost && !abandoned && t.attempt <= spec.orchestration.retries_per_failed_arm;
+                if let Some(arm) = Arm::from_json(&spec.space, &t.parameters) {
+                    if lost {
+                        self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt, label: "rerun" });
+                    } else if retry {
+                        self.reruns.push_back(Rerun { arm, of: index, attempt: t.attempt + 1, label: "retry" });
+                    }
+                }
+                let shown = if abandoned { format!("abandoned: {reason}") } else { reason.clone() };
+                self.print(RunEvent::Failed { index, reason: shown, lost, will_retry: retry });
+                self.effects.push(Effect::Cleanup { index, failed: true });
+                if !lost {
+                    self.lost_streak = 0;
+                }
+                if !lost && t.session == self.session {
+                    self.failed_now += 1;
+                    self.check_failure_rate();
+                }
+                if lost && t.session == self.session {
+                    self.lost_streak += 1;
+                    if let Some(s) = stop::lost_streak(&spec.orchestration, self.lost_streak, reason) {
+                        self.stop(s);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_failure_rate(&mut self) {
+        let deployed = self.deployed_now.saturating_sub(self.lost_now);
+        if let Some(s) = stop::failure_rate(&self.spec.orchestration, self.failed_now, deployed) {
+            self.stop(s);
+        }
+    }
+
+    /// A new trial that will not be deployed after all (an interrupt came first).
+    pub(super) fn not_deployed(&mut self, index: u64) -> String {
+        self.undeployed.remove(&index);
+        if let Some(r) = self.running.remove(&index) {
+            self.free_slots.insert(r.slot);
+        }
+        format!("trial {index} was not started: interrupted first; `optx resume` starts it")
+    }
+
+    /// Stop deploying for `s`, if it is more severe than what the run stopped for (if
+    /// anything), and say so.
+    pub(super) fn stop(&mut self, s: Stop) {
+        if self.halt_for(s) {
+            self.announce_halt();
+        }
+    }
+
+    /// Stop deploying for `s` if it is more severe than the current reason; whether it was.
+    pub(super) fn halt_for(&mut self, s: Stop) -> bool {
+        let more = stop::supersedes(self.halt.as_ref(), &s);
+        if more {
+            self.halt = Some(s);
+        }
+        more
+    }
+
+    pub(super) fn announce_halt(&mut self) {
+        if let Some(Stop { why, .. }) = &self.halt {
+            let n = self.running.len();
+            let wait = if n > 0 { format!("; waiting for {n} running trial(s)") } else { String::new() };
+            let msg = format!("{why}{wait}");
+            self.print(RunEvent::Notice(msg));
+        }
+    }
+}
