@@ -14,7 +14,7 @@ use crate::domain::ExperimentSpec;
 use crate::generate::Generator;
 use crate::report::{self, Snapshot};
 use crate::scheduler::{self, EventSink, Launch, RunEnd, RunError, RunEvent};
-use crate::store::Store;
+use crate::store::{self, Ledger};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
@@ -272,14 +272,14 @@ fn is_store(p: &Path) -> bool {
 }
 
 /// Open the store of TARGET (a store, or an experiment file) with the spec it holds.
-fn open_target(target: &Path) -> Result<(Store, ExperimentSpec, PathBuf), i32> {
+fn open_target(target: &Path) -> Result<(Box<dyn Ledger>, ExperimentSpec, PathBuf), i32> {
     let path = if is_store(target) {
         target.to_path_buf()
     } else {
         let (spec, _) = load(target)?;
         spec.store_path
     };
-    let store = Store::open_read(&path).map_err(|e| {
+    let store = store::open_read(&path).map_err(|e| {
         let hint = match &e {
             crate::store::StoreError::Unusable(m) if m.starts_with("there is no store") && !is_store(target) => {
                 format!(" (has `optx run {}` run yet?)", target.display())
@@ -323,7 +323,7 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
             Err(c) => return c,
         },
     };
-    let st = match Store::open_read(&store_path) {
+    let st = match store::open_read(&store_path) {
         Ok(s) => s,
         Err(e) => {
             let advice = match &e {
@@ -524,7 +524,7 @@ fn start(l: Launch, o: &Overrides) -> i32 {
     };
     // The summary, from the store as committed (aggregates: a long run is not loaded).
     // Read-write, as the run was: its connection, the last, leaves the store one file.
-    if let Ok(store) = Store::open_existing(&store_path) {
+    if let Ok(store) = store::open_existing(&store_path) {
         let summary = (|| -> Result<report::Summary, crate::store::StoreError> {
             let mut counts = std::collections::BTreeMap::new();
             for (status, lost, n) in store.status_counts()? {
@@ -558,7 +558,7 @@ fn cmd_backup(target: &Path, dest: &Path) -> i32 {
     if let Err(e) = store.backup(dest) {
         return fail(code(&e), e);
     }
-    match Store::open_read(dest).and_then(|b| b.trial_counts()) {
+    match store::open_read(dest).and_then(|b| b.trial_counts()) {
         Ok((n, _)) => {
             println!("optx: copied {} ({n} trials) to {}", path.display(), dest.display());
             EXIT_OK

@@ -17,10 +17,10 @@ use super::{EventSink, RunEnd, RunEvent};
 use crate::domain::{Arm, ExperimentSpec, TrialStatus};
 use crate::generate::{GenState, Generator};
 use crate::runners::{Control, RunnerEvent, TrialRunner};
-use crate::store::{self, Store};
+use crate::store::{self, Ledger, LedgerExt};
 
 struct Dispatcher<'a> {
-    store: &'a mut Store,
+    store: &'a mut dyn Ledger,
     st: State<'a>,
     runner: Arc<dyn TrialRunner>,
     sink: &'a mut dyn EventSink,
@@ -145,7 +145,7 @@ pub(crate) struct Interrupts {
 /// Run the loop on an open, owned store. Returns how it ended.
 pub(crate) fn drive(
     spec: &ExperimentSpec,
-    store: &mut Store,
+    store: &mut dyn Ledger,
     runner: Arc<dyn TrialRunner>,
     seed: u64,
     session: i64,

@@ -14,7 +14,7 @@ use crate::domain::{ExperimentSpec, RunnerSpec};
 use crate::exec;
 use crate::generate::Generator;
 use crate::runners::{CommandRunner, PluginMetrics, PluginRunner, PollSchedule, TrialRunner};
-use crate::store::{Owner, Store, StoreError};
+use crate::store::{self, Ledger, LedgerExt, Owner, StoreError};
 
 /// What `optx run` / `optx resume` start with.
 pub struct Launch {
@@ -135,7 +135,7 @@ fn store_files(spec: &ExperimentSpec) -> Vec<PathBuf> {
 /// `--fresh` on a store whose trials still run (optx was killed): they belong to the
 /// experiment being set aside, so they are stopped (TERM, grace, KILL) and recorded as
 /// lost in the old store, rather than left to compete with the new run's trials.
-fn stop_old_trials(store: &mut Store, spec: &ExperimentSpec, sink: &mut dyn EventSink) -> Result<(), StoreError> {
+fn stop_old_trials(store: &mut dyn Ledger, spec: &ExperimentSpec, sink: &mut dyn EventSink) -> Result<(), StoreError> {
     let id = store.id()?;
     let open: Vec<_> = store.trials()?.into_iter().filter(|t| !t.status.is_terminal()).collect();
     let grace = match &spec.runner {
@@ -192,7 +192,7 @@ const ROOT_MARK: &str = ".optx-store";
 /// Make `<store>.trials/` this store's: a root left by another store (one deleted, or
 /// emptied, or replaced) is set aside, never reused, so that no new trial reads an old
 /// trial's files or overwrites them.
-fn claim_trials_root(spec: &ExperimentSpec, store: &Store, sink: &mut dyn EventSink) -> Result<(), RunError> {
+fn claim_trials_root(spec: &ExperimentSpec, store: &dyn Ledger, sink: &mut dyn EventSink) -> Result<(), RunError> {
     let root = spec.trials_root();
     let path = &spec.store_path;
     let id = store.id().map_err(store_err(path))?;
@@ -259,7 +259,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let alive = |pid: u32, start: Option<u64>| exec::alive(pid, start);
     // Everything that can be refused is checked before the store is touched.
     let runner = runner(&l)?;
-    let opened = if l.resume { Store::open_existing(&path) } else { Store::open(&path, spec.durability) };
+    let opened = if l.resume { store::open_existing(&path) } else { store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
     store.acquire(&me, &alive).map_err(store_err(&path))?;
     store.upgrade().map_err(store_err(&path))?;
@@ -267,13 +267,13 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
     let mut store = match (l.resume, has_trials, existing.is_some()) {
         (false, true, _) if l.fresh => {
-            stop_old_trials(&mut store, spec, sink).map_err(store_err(&path))?;
+            stop_old_trials(store.as_mut(), spec, sink).map_err(store_err(&path))?;
             store.release(&me).map_err(store_err(&path))?;
             drop(store);
             for m in set_aside_as(&store_files(spec), "bak")? {
                 sink.event(&RunEvent::Notice(format!("--fresh: set aside {}", m.display())));
             }
-            let mut s = Store::open(&path, spec.durability).map_err(store_err(&path))?;
+            let mut s = store::open(&path, spec.durability).map_err(store_err(&path))?;
             s.acquire(&me, &alive).map_err(store_err(&path))?;
             s.upgrade().map_err(store_err(&path))?;
             s
@@ -297,14 +297,15 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
         // A store with no trial yet (a first run that stopped before any) starts anew.
         _ => store,
     };
-    let result = claim_trials_root(spec, &store, sink).and_then(|_| run_owned(&l, &mut store, runner, sink));
+    let result =
+        claim_trials_root(spec, store.as_ref(), sink).and_then(|_| run_owned(&l, store.as_mut(), runner, sink));
     let _ = store.release(&me);
     result
 }
 
 fn run_owned(
     l: &Launch,
-    store: &mut Store,
+    store: &mut dyn Ledger,
     runner: Arc<dyn TrialRunner>,
     sink: &mut dyn EventSink,
 ) -> Result<RunEnd, RunError> {

@@ -11,7 +11,7 @@ use crate::store::{self, TransitionData, Tx};
 
 impl State<'_> {
     /// Reconcile trials that were not finished when optx last stopped.
-    pub(super) fn reconcile(&mut self, tx: &mut Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
+    pub(super) fn reconcile(&mut self, tx: &mut dyn Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
         let open: Vec<Trial> = self.trials.iter().filter(|t| !t.status.is_terminal()).cloned().collect();
         for t in open {
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };

@@ -151,7 +151,7 @@ impl<'a> State<'a> {
     }
 
     /// Create new trials while there is room, budget and no reason to stop.
-    pub(super) fn fill(&mut self, tx: &mut Tx) -> Result<(), store::StoreError> {
+    pub(super) fn fill(&mut self, tx: &mut dyn Tx) -> Result<(), store::StoreError> {
         let o = &self.spec.orchestration;
         let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
         while self.halt.is_none()
@@ -238,7 +238,7 @@ impl<'a> State<'a> {
     /// metadata that lets a restarted optx find it.
     pub(super) fn mark_running(
         &mut self,
-        tx: &mut Tx,
+        tx: &mut dyn Tx,
         index: u64,
         meta: serde_json::Value,
         slot: Option<usize>,
@@ -259,7 +259,7 @@ impl<'a> State<'a> {
     }
 
     /// Record a batch of worker events and decide what follows, in one transaction.
-    pub(super) fn apply(&mut self, tx: &mut Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
+    pub(super) fn apply(&mut self, tx: &mut dyn Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
         for ev in batch {
             match ev {
                 RunnerEvent::Deployed { index, run_metadata } => {
@@ -289,7 +289,7 @@ impl<'a> State<'a> {
 
     pub(super) fn finish(
         &mut self,
-        tx: &mut Tx,
+        tx: &mut dyn Tx,
         index: u64,
         result: crate::runners::TrialResult,
     ) -> Result<(), store::StoreError> {

@@ -8,7 +8,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::*;
 use crate::domain::{ExperimentSpec, TrialStatus};
 use crate::runners::{Control, MetricPoint, Outcome, RunnerEvent, TrialJob, TrialResult, TrialRunner};
-use crate::store::Store;
+use crate::store::{Ledger, SqliteStore};
 
 /// What the fake does with a trial: complete with f = x, fail, or lose it.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -66,7 +66,7 @@ fn spec(dir: &Path, orchestration: &str) -> ExperimentSpec {
 
 fn run(
     spec: &ExperimentSpec,
-    store: &mut Store,
+    store: &mut dyn Ledger,
     fate: impl Fn(u64, usize, f64) -> Fate + Send + Sync + 'static,
 ) -> (RunEnd, Vec<RunEvent>) {
     let runner = Arc::new(FakeRunner { fate: Box::new(fate), calls: Mutex::new(0) });
@@ -77,10 +77,10 @@ fn run(
     (end, sink.0)
 }
 
-fn setup(orchestration: &str) -> (tempfile::TempDir, ExperimentSpec, Store) {
+fn setup(orchestration: &str) -> (tempfile::TempDir, ExperimentSpec, SqliteStore) {
     let d = tempfile::tempdir().unwrap();
     let spec = spec(d.path(), orchestration);
-    let store = Store::open(&spec.store_path, spec.durability).unwrap();
+    let store = SqliteStore::open(&spec.store_path, spec.durability).unwrap();
     (d, spec, store)
 }
 

@@ -1,0 +1,950 @@
+//! The embedded store: one SQLite file per experiment, WAL, `PRAGMA user_version` for the
+//! schema with forward migrations; a store written by a newer optx is refused. The schema
+//! is documented in the README.
+//!
+//! A new store is built under a temporary name and linked into place whole, so nobody
+//! ever sees a store half-created: two `optx run` started at once agree on one store (the
+//! second is then refused by its owner), and a reader never waits for a creator. Readers
+//! (`status`, `trials`, `best`) open the file read-only and never write to it. Each store
+//! has an identity of its own (`store.uuid`), which its trial dirs carry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{fnv1a, now, ExperimentRow, Ledger, NewTrial, Owner, Result, StoreError, TransitionData, Tx};
+use crate::domain::{Durability, Goal, Observation, Trial, TrialStatus};
+
+/// The schema this optx writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: the store's identity.
+const MIGRATE_2: &str = r#"
+CREATE TABLE store (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    uuid        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+"#;
+
+const SCHEMA: &str = r#"
+CREATE TABLE experiment (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    name        TEXT NOT NULL,
+    spec_toml   TEXT NOT NULL,
+    spec_hash   TEXT NOT NULL,
+    spec_path   TEXT NOT NULL,
+    base_dir    TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    overrides   TEXT NOT NULL DEFAULT '{}',
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE trials (
+    idx           INTEGER PRIMARY KEY,
+    status        TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    lost          INTEGER NOT NULL DEFAULT 0,
+    arm_key       TEXT NOT NULL,
+    parameters    TEXT NOT NULL,
+    generation    TEXT NOT NULL,
+    rerun_of      INTEGER,
+    attempt       INTEGER NOT NULL DEFAULT 1,
+    slot          INTEGER,
+    session       INTEGER NOT NULL,
+    feasible      INTEGER,
+    reason        TEXT,
+    run_metadata  TEXT,
+    stop_metadata TEXT,
+    trial_dir     TEXT,
+    created_at    TEXT NOT NULL,
+    staged_at     TEXT,
+    started_at    TEXT,
+    completed_at  TEXT
+);
+CREATE INDEX trials_arm ON trials(arm_key);
+CREATE TABLE observations (
+    trial       INTEGER NOT NULL,
+    metric      TEXT NOT NULL,
+    progression REAL,
+    mean        REAL NOT NULL,
+    sem         REAL,
+    final       INTEGER NOT NULL DEFAULT 0,
+    time        TEXT NOT NULL
+);
+CREATE INDEX observations_trial ON observations(trial, metric);
+CREATE TABLE generator_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,
+    time    TEXT NOT NULL,
+    session INTEGER,
+    trial   INTEGER,
+    kind    TEXT NOT NULL,
+    message TEXT
+);
+CREATE TABLE sessions (
+    id         INTEGER PRIMARY KEY,
+    command    TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    exit_code  INTEGER
+);
+CREATE TABLE owner (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    pid           INTEGER NOT NULL,
+    process_start INTEGER,
+    host          TEXT NOT NULL,
+    since         TEXT NOT NULL
+);
+"#;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// This connection owns the store (run/resume): it folds the WAL in when closed.
+    owner: bool,
+}
+
+/// A random identity for a new store, as 32 hex digits.
+fn new_uuid() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the time and the pid, mixed.
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let x = t ^ ((std::process::id() as u128) << 64);
+        bytes = x.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What opening a store found wrong with the file, as advice.
+fn unusable(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
+    use rusqlite::ErrorCode;
+    let code = match e {
+        rusqlite::Error::SqliteFailure(f, _) => f.code,
+        _ => return None,
+    };
+    let p = path.display();
+    Some(StoreError::Unusable(match code {
+        ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => format!(
+            "{p} is not an optx store, or it is damaged (SQLite: {e}): restore it from a copy (`optx backup` makes one), or move it aside and start again with `optx run --fresh`"
+        ),
+        ErrorCode::CannotOpen => format!("cannot open {p} (SQLite: {e}): check that it exists and can be read"),
+        ErrorCode::ReadOnly => format!("{p} is read-only (SQLite: {e}): `optx run` and `resume` need to write it"),
+        ErrorCode::PermissionDenied => format!("no permission to open {p} (SQLite: {e})"),
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => format!(
+            "{p} stayed locked by another process for {}s (SQLite: {e}): is an optx frozen (stopped) while it writes?",
+            BUSY_TIMEOUT.as_secs()
+        ),
+        _ => return None,
+    }))
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| unusable(path, &e).unwrap_or(StoreError::Sqlite(e))
+}
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refuse a path that cannot hold a store before SQLite makes something of it.
+fn check_path(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(StoreError::Unusable(format!(
+            "{} is a directory, not a store: give the path of a file (such as `experiment.db`)",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() => {
+            Err(StoreError::Unusable(format!("{} is not a regular file: a store is a file", path.display())))
+        }
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Unusable(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+impl SqliteStore {
+    /// Open a store for `run`/`resume`, creating it (whole, atomically) if there is none.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unusable(format!("cannot create the directory {}: {e}", dir.display())))?;
+            }
+        }
+        if check_path(path)?.is_none() {
+            Self::create(path)?;
+        }
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(sqlite_err(path))?;
+        Self::setup(conn, path, durability)
+    }
+
+    /// Build a new store under a temporary name and link it into place if the path is
+    /// still free; if another optx was quicker, its store is used.
+    fn create(path: &Path) -> Result<()> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.new-{}-{}", std::process::id(), &new_uuid()[..8]));
+        let built = (|| -> Result<()> {
+            let conn = Connection::open(&tmp)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(MIGRATE_2)?;
+            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            // Closing the only connection folds the WAL in: the file is complete alone.
+            conn.close().map_err(|(_, e)| e)?;
+            Ok(())
+        })();
+        let linked = built.and_then(|_| {
+            place_new(&tmp, path)
+                .map_err(|e| StoreError::Unusable(format!("cannot create the store {}: {e}", path.display())))
+        });
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        linked
+    }
+
+    /// Open a store that must exist already, to resume it.
+    pub fn open_existing(path: &Path) -> Result<SqliteStore> {
+        match check_path(path)? {
+            None => return Err(StoreError::Unusable(format!("there is no store at {}", path.display()))),
+            Some(m) if m.len() == 0 => return Err(Self::empty(path)),
+            Some(_) => {}
+        }
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(sqlite_err(path))?;
+        Self::setup(conn, path, Durability::Normal)
+    }
+
+    fn empty(path: &Path) -> StoreError {
+        StoreError::Unusable(format!(
+            "{} is empty: it holds no experiment (it was never written, or it was truncated; restore a copy if you have one)",
+            path.display()
+        ))
+    }
+
+    /// Open a store to read it (`status`, `trials`, `best`): read-only, so that a store
+    /// without write permission can be read, and a writer is never waited for.
+    pub fn open_read(path: &Path) -> Result<SqliteStore> {
+        match check_path(path)? {
+            None => return Err(StoreError::Unusable(format!("there is no store at {}", path.display()))),
+            Some(m) if m.len() == 0 => return Err(Self::empty(path)),
+            Some(_) => {}
+        }
+        use rusqlite::OpenFlags as F;
+        // Read-write where allowed (it still writes nothing) so that, closing last, it folds
+        // the WAL in and leaves one file; read-only where not.
+        let mode = if writable(path) { F::SQLITE_OPEN_READ_WRITE } else { F::SQLITE_OPEN_READ_ONLY };
+        let open = |uri: &str| -> rusqlite::Result<Connection> {
+            let c = Connection::open_with_flags(uri, mode | F::SQLITE_OPEN_URI)?;
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?;
+            Ok(c)
+        };
+        let uri = sqlite_uri(path, mode.contains(F::SQLITE_OPEN_READ_ONLY));
+        let conn = match open(&uri) {
+            Ok(c) => c,
+            // A WAL store at rest (no `-wal` and `-shm`: a writer would have made them) in a
+            // directory this user cannot write, so they cannot be made: read as immutable.
+            Err(_) if !writable(path) => open(&format!("{uri}&immutable=1")).map_err(sqlite_err(path))?,
+            Err(e) => return Err(sqlite_err(path)(e)),
+        };
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err(path))?;
+        if version > SCHEMA_VERSION {
+            return Err(Self::newer(path, version));
+        }
+        if version == 0 {
+            return Err(StoreError::Unusable(format!(
+                "{} holds no experiment yet (an optx may be creating it)",
+                path.display()
+            )));
+        }
+        Ok(SqliteStore { conn, path: path.to_path_buf(), owner: false })
+    }
+
+    fn newer(path: &Path, version: i64) -> StoreError {
+        StoreError::Unusable(format!(
+            "{} was written by a newer optx (store schema {version}; this optx reads up to {SCHEMA_VERSION}): upgrade optx",
+            path.display()
+        ))
+    }
+
+    fn setup(conn: Connection, path: &Path, durability: Durability) -> Result<SqliteStore> {
+        let err = sqlite_err(path);
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
+        if version > SCHEMA_VERSION {
+            return Err(Self::newer(path, version));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(&err)?;
+        // A checkpoint (which fsyncs) every ~40 MB of WAL rather than every 4 MB: commits
+        // stay durable against a crash of optx, and a run of short trials does not stall
+        // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(&err)?;
+        let mut store = SqliteStore { conn, path: path.to_path_buf(), owner: false };
+        // An empty file becomes a new store now; an older store is upgraded only by its
+        // owner (`upgrade`, once it holds the store), never under an optx that runs it.
+        if version == 0 {
+            store.upgrade()?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn query_observations(&self, filter: &str) -> Result<Vec<Observation>> {
+        let sql = format!(
+            "SELECT trial, metric, progression, mean, sem, final FROM observations {filter} ORDER BY trial, rowid"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map([], |r| {
+            Ok(Observation {
+                trial: r.get::<_, i64>(0)? as u64,
+                metric: r.get(1)?,
+                progression: r.get(2)?,
+                mean: r.get(3)?,
+                sem: r.get(4)?,
+                is_final: r.get::<_, i64>(5)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+impl Ledger for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn upgrade(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err(&path))?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        if version == 0 {
+            // An empty SQLite file (a truncated store, say) becomes a new store.
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(StoreError::Unusable(format!(
+                    "{} is an SQLite file but not an optx store",
+                    path.display()
+                )));
+            }
+            tx.execute_batch(SCHEMA)?;
+        }
+        if version < 2 {
+            tx.execute_batch(MIGRATE_2)?;
+            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn id(&self) -> Result<String> {
+        Ok(self.conn.query_row("SELECT uuid FROM store WHERE id = 1", [], |r| r.get(0))?)
+    }
+
+    /// SQLite's online backup: safe while optx writes the store, and it includes what only
+    /// the `-wal` file holds.
+    fn backup(&self, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(StoreError::Unusable(format!("{} exists already: give a new file", dest.display())));
+        }
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".{name}.part-{}", std::process::id()));
+        let copied = (|| -> Result<()> {
+            let mut to = Connection::open(&tmp)?;
+            {
+                // One step that copies every page inside one read transaction: a consistent
+                // snapshot, which a writer's commits cannot make start over.
+                let b = rusqlite::backup::Backup::new(&self.conn, &mut to)?;
+                match b.step(-1)? {
+                    rusqlite::backup::StepResult::Done => {}
+                    other => return Err(StoreError::Other(format!("the copy did not complete ({other:?})"))),
+                }
+            }
+            to.pragma_update(None, "journal_mode", "WAL")?;
+            to.close().map_err(|(_, e)| e)?;
+            std::fs::hard_link(&tmp, dest)
+                .map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", dest.display())))
+        })();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        copied
+    }
+
+    fn experiment(&self) -> Result<Option<ExperimentRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, spec_toml, spec_path, base_dir, seed, overrides, created_at FROM experiment WHERE id = 1",
+                [],
+                |r| {
+                    Ok(ExperimentRow {
+                        name: r.get(0)?,
+                        spec_toml: r.get(1)?,
+                        spec_path: PathBuf::from(r.get::<_, String>(2)?),
+                        base_dir: PathBuf::from(r.get::<_, String>(3)?),
+                        seed: r.get::<_, i64>(4)? as u64,
+                        overrides: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                        created_at: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn save_experiment(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        spec_path: &Path,
+        base_dir: &Path,
+        seed: u64,
+        overrides: &serde_json::Value,
+    ) -> Result<()> {
+        let now = now();
+        self.conn.execute(
+            "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, overrides, created_at, updated_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT(id) DO UPDATE SET spec_toml = ?2, spec_hash = ?3, spec_path = ?4, base_dir = ?5,
+               seed = ?6, overrides = ?7, updated_at = ?8",
+            params![
+                name,
+                spec_toml,
+                fnv1a(spec_toml),
+                spec_path.to_string_lossy(),
+                base_dir.to_string_lossy(),
+                seed as i64,
+                overrides.to_string(),
+                now
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn acquire(&mut self, me: &Owner, alive: &dyn Fn(u32, Option<u64>) -> bool) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<Owner> = tx
+            .query_row("SELECT pid, process_start, host, since FROM owner WHERE id = 1", [], |r| {
+                Ok(Owner {
+                    pid: r.get::<_, i64>(0)? as u32,
+                    process_start: r.get::<_, Option<i64>>(1)?.map(|x| x as u64),
+                    host: r.get(2)?,
+                    since: r.get(3)?,
+                })
+            })
+            .optional()?;
+        if let Some(o) = current {
+            let same_process = o.pid == me.pid && o.host == me.host;
+            let live = o.host != me.host || alive(o.pid, o.process_start);
+            if live && !same_process {
+                return Err(StoreError::Owned(o));
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO owner (id, pid, process_start, host, since) VALUES (1, ?1, ?2, ?3, ?4)",
+            params![me.pid as i64, me.process_start.map(|x| x as i64), me.host, now()],
+        )?;
+        tx.commit()?;
+        self.owner = true;
+        Ok(())
+    }
+
+    fn release(&mut self, me: &Owner) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM owner WHERE id = 1 AND pid = ?1 AND host = ?2", params![me.pid as i64, me.host])?;
+        Ok(())
+    }
+
+    fn begin_session(&mut self, command: &str, me: &Owner) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO sessions (command, pid, host, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![command, me.pid as i64, me.host, now()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn end_session(&mut self, id: i64, exit_code: i32) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3",
+            params![now(), exit_code, id],
+        )?;
+        Ok(())
+    }
+
+    fn trials(&self) -> Result<Vec<Trial>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
+                    reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at
+             FROM trials ORDER BY idx",
+        )?;
+        let rows = st.query_map([], |r| {
+            let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+                Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
+            };
+            Ok(Trial {
+                index: r.get::<_, i64>(0)? as u64,
+                status: r.get::<_, String>(1)?.parse().unwrap_or(TrialStatus::Failed),
+                lost: r.get::<_, i64>(2)? != 0,
+                arm_key: r.get(3)?,
+                parameters: json(4)?.unwrap_or(serde_json::Value::Null),
+                generation: r.get(5)?,
+                rerun_of: r.get::<_, Option<i64>>(6)?.map(|x| x as u64),
+                attempt: r.get::<_, i64>(7)? as u32,
+                slot: r.get::<_, Option<i64>>(8)?.map(|x| x as usize),
+                session: r.get(9)?,
+                feasible: r.get::<_, Option<i64>>(10)?.map(|x| x != 0),
+                reason: r.get(11)?,
+                run_metadata: json(12)?,
+                stop_metadata: json(13)?,
+                trial_dir: r.get(14)?,
+                created_at: r.get(15)?,
+                staged_at: r.get(16)?,
+                started_at: r.get(17)?,
+                completed_at: r.get(18)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn trial_counts(&self) -> Result<(u64, u64)> {
+        let (all, nonlost): (i64, i64) =
+            self.conn.query_row("SELECT count(*), coalesce(sum(lost = 0), 0) FROM trials", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok((all as u64, nonlost as u64))
+    }
+
+    fn curve_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, usize>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*) FROM observations WHERE trial = ?1 AND final = 0 AND progression IS NOT NULL",
+        )?;
+        let mut out = std::collections::HashMap::new();
+        for t in trials {
+            let n: i64 = st.query_row([*t as i64], |r| r.get(0))?;
+            out.insert(*t, n as usize);
+        }
+        Ok(out)
+    }
+
+    fn observations(&self) -> Result<Vec<Observation>> {
+        self.query_observations("")
+    }
+
+    fn final_observations(&self) -> Result<Vec<Observation>> {
+        self.query_observations("WHERE final = 1")
+    }
+
+    fn status_counts(&self) -> Result<Vec<(String, bool, u64)>> {
+        let mut st = self.conn.prepare_cached("SELECT status, lost, count(*) FROM trials GROUP BY status, lost")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn feasible_count(&self) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM trials WHERE status = 'COMPLETED' AND feasible = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn best(&self, goal: &Goal) -> Result<Vec<(u64, Vec<f64>, serde_json::Value)>> {
+        let metrics = goal.metrics();
+        let marks = vec!["?"; metrics.len()].join(", ");
+        let sql = format!(
+            "SELECT t.idx, o.metric, o.mean FROM trials t JOIN observations o ON o.trial = t.idx
+             WHERE t.status = 'COMPLETED' AND t.feasible = 1 AND o.final = 1 AND o.metric IN ({marks})
+             ORDER BY t.idx, o.rowid"
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(&metrics), |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, f64>(2)?))
+        })?;
+        let mut by_trial: Vec<(u64, BTreeMap<String, f64>)> = Vec::new();
+        for row in rows {
+            let (i, m, v) = row?;
+            match by_trial.last_mut() {
+                Some((j, values)) if *j == i => {
+                    values.insert(m, v);
+                }
+                _ => by_trial.push((i, BTreeMap::from([(m, v)]))),
+            }
+        }
+        let best = goal.best(by_trial.iter().filter_map(|(i, m)| Some((*i, goal.values(|k| m.get(k).copied())?))));
+        let mut out = Vec::with_capacity(best.len());
+        for (i, v) in best {
+            let p: String =
+                self.conn.query_row("SELECT parameters FROM trials WHERE idx = ?1", [i as i64], |r| r.get(0))?;
+            out.push((i, v, serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)));
+        }
+        Ok(out)
+    }
+
+    fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let s: Option<String> =
+            self.conn.query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+        Ok(match s {
+            Some(s) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
+    }
+
+    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let t = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = SqliteTx { t, time: now() };
+        f(&mut tx)?;
+        tx.t.commit()?;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The owner folds the WAL into the database file, so that the store is one file at
+        // rest; a reader (`optx status` beside a run) leaves the writer alone.
+        if self.owner {
+            let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        }
+    }
+}
+
+/// A write transaction of the SQLite store.
+pub struct SqliteTx<'c> {
+    t: rusqlite::Transaction<'c>,
+    time: String,
+}
+
+impl Tx for SqliteTx<'_> {
+    /// The time all writes of this transaction carry.
+    fn time(&self) -> &str {
+        &self.time
+    }
+
+    fn insert_trial(&mut self, n: &NewTrial) -> Result<()> {
+        let status = TrialStatus::Candidate;
+        self.t
+            .prepare_cached(
+                "INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                n.index as i64,
+                status.as_str(),
+                status.code(),
+                n.arm_key,
+                n.parameters.to_string(),
+                n.generation,
+                n.rerun_of.map(|x| x as i64),
+                n.attempt,
+                n.session,
+                self.time
+            ])?;
+        self.event(Some(n.index), "created", Some(n.generation))
+    }
+
+    /// Move a trial from `from` to `to` (checked by the lifecycle and against the stored
+    /// status), recording the time of the new status and `data`.
+    fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()> {
+        from.transition(to).map_err(|error| StoreError::Transition { trial: index, error })?;
+        let time_col = match to {
+            TrialStatus::Staged => "staged_at",
+            TrialStatus::Running => "started_at",
+            _ => "completed_at",
+        };
+        let sql = format!(
+            "UPDATE trials SET status = ?1, status_code = ?2, {time_col} = ?3,
+                reason = coalesce(?4, reason), lost = ?5 OR lost, feasible = coalesce(?6, feasible),
+                run_metadata = coalesce(?7, run_metadata), stop_metadata = coalesce(?8, stop_metadata),
+                slot = coalesce(?9, slot), trial_dir = coalesce(?10, trial_dir)
+             WHERE idx = ?11 AND status = ?12"
+        );
+        let changed = self.t.prepare_cached(&sql)?.execute(params![
+            to.as_str(),
+            to.code(),
+            self.time,
+            data.reason,
+            data.lost,
+            data.feasible,
+            data.run_metadata.map(|v| v.to_string()),
+            data.stop_metadata.map(|v| v.to_string()),
+            data.slot.map(|s| s as i64),
+            data.trial_dir,
+            index as i64,
+            from.as_str(),
+        ])?;
+        if changed != 1 {
+            return Err(StoreError::Other(format!(
+                "trial {index} is not {from} in the store: refusing {from} -> {to}"
+            )));
+        }
+        let msg = match data.reason {
+            Some(r) => format!("{from} -> {to}: {r}"),
+            None => format!("{from} -> {to}"),
+        };
+        self.event(Some(index), "transition", Some(&msg))
+    }
+
+    /// Update the run metadata of a trial without a transition.
+    fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()> {
+        self.t
+            .prepare_cached("UPDATE trials SET run_metadata = ?1 WHERE idx = ?2")?
+            .execute(params![meta.to_string(), index as i64])?;
+        Ok(())
+    }
+
+    fn observation(&mut self, o: &Observation) -> Result<()> {
+        self.t
+            .prepare_cached(
+                "INSERT INTO observations (trial, metric, progression, mean, sem, final, time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![o.trial as i64, o.metric, o.progression, o.mean, o.sem, o.is_final, self.time])?;
+        Ok(())
+    }
+
+    fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.t
+            .prepare_cached("INSERT OR REPLACE INTO generator_state (key, value) VALUES (?1, ?2)")?
+            .execute(params![key, value.to_string()])?;
+        Ok(())
+    }
+
+    fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()> {
+        self.t
+            .prepare_cached("INSERT INTO events (time, trial, kind, message) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![self.time, trial.map(|x| x as i64), kind, message])?;
+        Ok(())
+    }
+}
+
+/// Put the new file `tmp` at `path` unless something is there already (then `tmp` is left
+/// for the caller to remove, and the store there is used): a hard link where the
+/// filesystem has them, else a rename that replaces nothing.
+fn place_new(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => match renameat_with(CWD, tmp, CWD, path, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// `file:` URI of a path, for SQLite's URI parameters.
+fn sqlite_uri(path: &Path, read_only: bool) -> String {
+    let mut uri = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' | 0x80..=0xff => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(b as char),
+        }
+    }
+    uri.push_str(if read_only { "?mode=ro" } else { "?mode=rw" });
+    uri
+}
+
+/// Whether this process may write the file and create files beside it.
+fn writable(path: &Path) -> bool {
+    let ok = |p: &Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    ok(path) && path.parent().is_some_and(|d| ok(if d.as_os_str().is_empty() { Path::new(".") } else { d }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Direction, Objective};
+    use crate::store::LedgerExt;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("x.db"), Durability::Normal).unwrap();
+        (d, s)
+    }
+
+    fn new_trial(s: &mut SqliteStore, i: u64) {
+        let p = serde_json::json!({"x": 1});
+        s.tx(|t| {
+            t.insert_trial(&NewTrial {
+                index: i,
+                arm_key: "k",
+                parameters: &p,
+                generation: "sobol",
+                rerun_of: None,
+                attempt: 1,
+                session: 1,
+            })
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn transitions_are_checked_against_the_lifecycle_and_the_stored_status() {
+        let (_d, mut s) = store();
+        new_trial(&mut s, 0);
+        let d = TransitionData::default();
+        s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).unwrap();
+        // stored status is STAGED: claiming CANDIDATE is refused
+        assert!(s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).is_err());
+        // the lifecycle refuses STAGED -> COMPLETED
+        assert!(matches!(
+            s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Completed, &d)),
+            Err(StoreError::Transition { .. })
+        ));
+        s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Running, &d)).unwrap();
+        let rows = s.trials().unwrap();
+        assert_eq!(rows[0].status, TrialStatus::Running);
+        assert!(rows[0].staged_at.is_some() && rows[0].started_at.is_some());
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing_behind() {
+        let (_d, mut s) = store();
+        let p = serde_json::json!({});
+        let r: Result<()> = s.tx(|t| {
+            t.insert_trial(&NewTrial {
+                index: 0,
+                arm_key: "k",
+                parameters: &p,
+                generation: "g",
+                rerun_of: None,
+                attempt: 1,
+                session: 1,
+            })?;
+            Err(StoreError::Other("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(s.trials().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_live_owner_keeps_the_store_and_a_dead_one_does_not() {
+        let (_d, mut s) = store();
+        let a = Owner { pid: 10, process_start: Some(1), host: "h".into(), since: String::new() };
+        let b = Owner { pid: 11, process_start: Some(2), host: "h".into(), since: String::new() };
+        s.acquire(&a, &|_, _| true).unwrap();
+        assert!(matches!(s.acquire(&b, &|_, _| true), Err(StoreError::Owned(o)) if o.pid == 10));
+        s.acquire(&b, &|_, _| false).unwrap();
+        s.release(&b).unwrap();
+        s.acquire(&a, &|_, _| true).unwrap();
+    }
+
+    #[test]
+    fn summaries_are_computed_in_sql() {
+        let (_d, mut s) = store();
+        let d = TransitionData::default();
+        for (i, (value, feasible)) in [(3.0, true), (1.0, false), (2.0, true)].into_iter().enumerate() {
+            let i = i as u64;
+            new_trial(&mut s, i);
+            s.tx(|t| {
+                t.transition(i, TrialStatus::Candidate, TrialStatus::Staged, &d)?;
+                t.transition(i, TrialStatus::Staged, TrialStatus::Running, &d)?;
+                let data = TransitionData { feasible: Some(feasible), ..Default::default() };
+                t.transition(i, TrialStatus::Running, TrialStatus::Completed, &data)?;
+                t.observation(&Observation {
+                    trial: i,
+                    metric: "f".into(),
+                    progression: None,
+                    mean: value,
+                    sem: None,
+                    is_final: true,
+                })
+            })
+            .unwrap();
+        }
+        new_trial(&mut s, 3);
+        let lost = TransitionData { lost: true, ..Default::default() };
+        s.tx(|t| t.transition(3, TrialStatus::Candidate, TrialStatus::Failed, &lost)).unwrap();
+        assert_eq!(s.trial_counts().unwrap(), (4, 3));
+        assert_eq!(s.feasible_count().unwrap(), 2);
+        let mut counts = s.status_counts().unwrap();
+        counts.sort();
+        assert_eq!(counts, vec![("COMPLETED".into(), false, 3), ("FAILED".into(), true, 1)]);
+        // The infeasible 1.0 is not the best.
+        let best = |d| s.best(&Goal::single(Objective::metric("f", d))).unwrap();
+        assert_eq!(best(Direction::Minimize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(2, vec![2.0])]);
+        assert_eq!(best(Direction::Maximize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(0, vec![3.0])]);
+        assert_eq!(s.final_observations().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_of_schema_1_is_upgraded_by_its_owner_only() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        // Opened (by a reader, or by a run that is refused), it stays as it is.
+        let s = SqliteStore::open_existing(&path).unwrap();
+        assert!(s.id().is_err());
+        drop(s);
+        let r = SqliteStore::open_read(&path).unwrap();
+        assert_eq!(r.trial_counts().unwrap(), (0, 0));
+        drop(r);
+        let mut s = SqliteStore::open_existing(&path).unwrap();
+        s.upgrade().unwrap();
+        let id = s.id().unwrap();
+        assert_eq!(id.len(), 32);
+        s.upgrade().unwrap();
+        assert_eq!(s.id().unwrap(), id, "upgrading twice changes nothing");
+        let v: i64 = s.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_backup_is_a_whole_store_and_never_overwrites() {
+        let (d, mut s) = store();
+        for i in 0..50 {
+            new_trial(&mut s, i);
+        }
+        let dest = d.path().join("copy.db");
+        s.backup(&dest).unwrap();
+        let c = SqliteStore::open_read(&dest).unwrap();
+        assert_eq!(c.trial_counts().unwrap(), (50, 50));
+        assert_eq!(c.id().unwrap(), s.id().unwrap());
+        assert!(matches!(s.backup(&dest), Err(StoreError::Unusable(_))));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let (d, s) = store();
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        let e = SqliteStore::open_existing(&d.path().join("x.db")).err().unwrap();
+        assert!(e.to_string().contains("newer optx"), "{e}");
+    }
+}
