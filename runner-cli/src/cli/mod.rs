@@ -306,12 +306,38 @@ fn with_store(target: &Path, f: impl FnOnce(&Snapshot, &Path) -> i32) -> i32 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let (trials, obs) = match (store.trials(), store.observations()) {
-        (Ok(t), Ok(o)) => (t, o),
-        (Err(e), _) | (_, Err(e)) => return fail(EXIT_RUNTIME, e),
+    let (trials, obs, workers) = match (store.trials(), store.observations(), store.workers()) {
+        (Ok(t), Ok(o), Ok(w)) => (t, o, w),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(EXIT_RUNTIME, e),
     };
-    let snap = Snapshot::new(&spec, &trials, &obs);
+    let mut snap = Snapshot::new(&spec, &trials, &obs);
+    snap.workers = workers.iter().map(|w| worker_view(w, &trials)).collect();
     f(&snap, &path)
+}
+
+/// A worker as the reports show it: its state decided here (liveness needs the processes).
+fn worker_view(w: &crate::store::Worker, trials: &[crate::domain::Trial]) -> report::WorkerView {
+    let state = if let Some(code) = w.exit_code.filter(|_| w.ended_at.is_some()) {
+        format!("ended, exit {code}")
+    } else if w.ended_at.is_some() {
+        "ended".into()
+    } else if w.taken_over.is_some() {
+        "dead (its trials were taken over)".into()
+    } else if scheduler::worker_alive(w) {
+        "live".into()
+    } else {
+        "dead (`optx resume` takes its trials over)".into()
+    };
+    let held = trials.iter().filter(|t| !t.status.is_terminal() && t.holder == Some(w.id)).count();
+    report::WorkerView {
+        id: w.id,
+        host: w.host.clone(),
+        pid: w.pid,
+        started: w.started_at.clone(),
+        renewed: w.renewed_at.clone(),
+        held,
+        state,
+    }
 }
 
 fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes: bool, line: &str) -> i32 {

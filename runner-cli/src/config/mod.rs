@@ -1051,6 +1051,7 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
             "max_pending_trials",
             "max_cost",
             "run_trials_in_batches",
+            "worker_lease_seconds",
         ],
         &[],
     );
@@ -1103,6 +1104,9 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
             .map(|x| x as usize),
         max_cost: t.f64_where(ctx, "max_cost", "a positive number", |x| x > 0.0),
         run_trials_in_batches: t.bool(ctx, "run_trials_in_batches").unwrap_or(false),
+        worker_lease_seconds: t
+            .f64_where(ctx, "worker_lease_seconds", "a number of seconds of at least 1", |x| x >= 1.0 && x.is_finite())
+            .unwrap_or(d.worker_lease_seconds),
     };
     if o.run_trials_in_batches && runner_is_command {
         ctx.err(

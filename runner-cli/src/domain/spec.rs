@@ -151,6 +151,8 @@ pub struct Orchestration {
     pub max_cost: Option<f64>,
     /// Deploy the candidates of one decision in one runner call (plugin runners).
     pub run_trials_in_batches: bool,
+    /// A worker renews its lease every third of this; one silent this long is dead.
+    pub worker_lease_seconds: f64,
 }
 
 impl Orchestration {
@@ -191,6 +193,7 @@ impl Default for Orchestration {
             timeout_hours: None,
             retries_per_failed_arm: 0,
             max_pending_trials: None,
+            worker_lease_seconds: 60.0,
             max_cost: None,
             run_trials_in_batches: false,
         }

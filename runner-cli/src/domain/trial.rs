@@ -124,6 +124,8 @@ pub struct Trial {
     pub attempt: u32,
     pub slot: Option<usize>,
     pub session: i64,
+    /// The worker (session) that follows the trial now, if any.
+    pub holder: Option<i64>,
     pub feasible: Option<bool>,
     pub reason: Option<String>,
     pub run_metadata: Option<serde_json::Value>,

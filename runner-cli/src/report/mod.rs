@@ -13,11 +13,27 @@ pub struct Snapshot<'a> {
     pub spec: &'a ExperimentSpec,
     pub trials: &'a [Trial],
     pub finals: HashMap<u64, BTreeMap<String, Observation>>,
+    /// The optx processes that worked on the experiment (newest last).
+    pub workers: Vec<WorkerView>,
+}
+
+/// One worker (a run, resume or join of the experiment), as reports show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub id: i64,
+    pub host: String,
+    pub pid: u32,
+    pub started: String,
+    pub renewed: Option<String>,
+    /// Trials that have not ended and that it follows.
+    pub held: usize,
+    /// live, ended (exit code), or dead.
+    pub state: String,
 }
 
 impl<'a> Snapshot<'a> {
     pub fn new(spec: &'a ExperimentSpec, trials: &'a [Trial], observations: &[Observation]) -> Self {
-        Snapshot { spec, trials, finals: final_values(observations) }
+        Snapshot { spec, trials, finals: final_values(observations), workers: Vec::new() }
     }
 
     /// The best trial, or the Pareto front.
@@ -178,6 +194,26 @@ pub fn status(s: &Snapshot, store: &str) -> String {
         }
     }
     let _ = writeln!(out, "{}", best_line(s.spec, &summary));
+    // The workers that still matter: the live and dead ones, and the last one that ended.
+    let shown: Vec<&WorkerView> = s
+        .workers
+        .iter()
+        .enumerate()
+        .filter(|(i, w)| !w.state.starts_with("ended") || *i + 1 == s.workers.len())
+        .map(|(_, w)| w)
+        .collect();
+    if !shown.is_empty() {
+        let _ = writeln!(out, "workers:");
+        for w in shown {
+            let renewed = w.renewed.as_deref().map(|r| format!(", lease renewed {r}")).unwrap_or_default();
+            let held = if w.held > 0 { format!(", {} trial(s) held", w.held) } else { String::new() };
+            let _ = writeln!(
+                out,
+                "  #{} pid {} on {} since {}{renewed}{held}: {}",
+                w.id, w.pid, w.host, w.started, w.state
+            );
+        }
+    }
     out
 }
 
@@ -314,6 +350,7 @@ pub fn trials_json(s: &Snapshot) -> serde_json::Value {
                     "reason": t.reason,
                     "lost": t.lost,
                     "attempt": t.attempt,
+                    "worker": t.session,
                     "rerun_of": t.rerun_of,
                     "created_at": t.created_at,
                     "started_at": t.started_at,

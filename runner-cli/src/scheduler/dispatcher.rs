@@ -105,6 +105,9 @@ impl Dispatcher<'_> {
         self.act();
         let timeout = deadline.map_or_else(never, crossbeam_channel::at);
         let events = self.events.clone();
+        // The lease is renewed every third of its length, whatever else happens.
+        let lease = Duration::from_secs_f64(self.st.spec.orchestration.worker_lease_seconds / 3.0);
+        let renew = crossbeam_channel::tick(lease);
         loop {
             if self.st.running.is_empty() {
                 break;
@@ -118,6 +121,10 @@ impl Dispatcher<'_> {
                 recv(signals) -> _ => self.on_signal(),
                 recv(timeout) -> _ => {
                     self.st.stop(stop::deadline());
+                },
+                recv(renew) -> _ => {
+                    self.store.renew(self.st.session)?;
+                    continue;
                 },
             }
             while let Ok(more) = events.try_recv() {

@@ -14,7 +14,7 @@ use crate::domain::{ExperimentSpec, RunnerSpec};
 use crate::exec;
 use crate::generate::Generator;
 use crate::runners::{CommandRunner, PluginMetrics, PluginRunner, PollSchedule, TrialRunner};
-use crate::store::{self, Ledger, LedgerExt, Owner, StoreError};
+use crate::store::{self, Ledger, LedgerExt, NewWorker, StoreError, Worker};
 
 /// What `optx run` / `optx resume` start with.
 pub struct Launch {
@@ -37,7 +37,7 @@ pub enum RunError {
     /// Bad input: exit 2.
     Usage(String),
     /// The store belongs to another live optx: exit 2.
-    Owned { store: PathBuf, owner: Owner },
+    Owned { store: PathBuf, owner: Box<Worker> },
     /// Something failed at run time: exit 1.
     Runtime(String),
 }
@@ -52,7 +52,7 @@ impl fmt::Display for RunError {
                 store.display(),
                 owner.pid,
                 owner.host,
-                owner.since
+                owner.started_at
             ),
         }
     }
@@ -68,10 +68,10 @@ fn store_err(path: &Path) -> impl Fn(StoreError) -> RunError + '_ {
     }
 }
 
-/// This process, as a store owner.
-pub fn me() -> Owner {
-    let pid = std::process::id();
-    Owner { pid, process_start: exec::process_start_time(pid), host: exec::hostname(), since: String::new() }
+/// Whether a worker of the store still lives: its lease runs, and on this host its
+/// process too (a process gone is dead at once; one frozen past its lease is dead too).
+pub fn worker_alive(w: &Worker) -> bool {
+    w.lease_runs(std::time::SystemTime::now()) && (w.host != exec::hostname() || exec::alive(w.pid, w.process_start))
 }
 
 /// Rename `paths` (those that exist) to `<path><suffix>`, with one suffix for all that no
@@ -255,31 +255,38 @@ fn runner(l: &Launch) -> Result<Arc<dyn TrialRunner>, RunError> {
 pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
     let path = spec.store_path.clone();
-    let me = me();
-    let alive = |pid: u32, start: Option<u64>| exec::alive(pid, start);
+    let pid = std::process::id();
+    let host = exec::hostname();
+    let me = NewWorker {
+        command: &l.command_line,
+        pid,
+        process_start: exec::process_start_time(pid),
+        host: &host,
+        lease_seconds: spec.orchestration.worker_lease_seconds,
+    };
     // Everything that can be refused is checked before the store is touched.
     let runner = runner(&l)?;
     let opened = if l.resume { store::open_existing(&path) } else { store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
-    store.acquire(&me, &alive).map_err(store_err(&path))?;
+    let mut session = store.join(&me, true, &worker_alive).map_err(store_err(&path))?;
     store.upgrade().map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
     let mut store = match (l.resume, has_trials, existing.is_some()) {
         (false, true, _) if l.fresh => {
             stop_old_trials(store.as_mut(), spec, sink).map_err(store_err(&path))?;
-            store.release(&me).map_err(store_err(&path))?;
+            store.leave(session, None).map_err(store_err(&path))?;
             drop(store);
             for m in set_aside_as(&store_files(spec), "bak")? {
                 sink.event(&RunEvent::Notice(format!("--fresh: set aside {}", m.display())));
             }
             let mut s = store::open(&path, spec.durability).map_err(store_err(&path))?;
-            s.acquire(&me, &alive).map_err(store_err(&path))?;
+            session = s.join(&me, true, &worker_alive).map_err(store_err(&path))?;
             s.upgrade().map_err(store_err(&path))?;
             s
         }
         (false, true, _) => {
-            let _ = store.release(&me);
+            let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} already holds the experiment `{}`: continue it with `optx resume {}`, or start over with `optx run --fresh` (the old store is kept as a backup)",
                 path.display(),
@@ -288,7 +295,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
             )));
         }
         (true, _, false) => {
-            let _ = store.release(&me);
+            let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} holds no experiment yet: start it with `optx run FILE.toml`",
                 path.display()
@@ -297,9 +304,19 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
         // A store with no trial yet (a first run that stopped before any) starts anew.
         _ => store,
     };
-    let result =
-        claim_trials_root(spec, store.as_ref(), sink).and_then(|_| run_owned(&l, store.as_mut(), runner, sink));
-    let _ = store.release(&me);
+    let result = claim_trials_root(spec, store.as_ref(), sink)
+        .and_then(|_| run_owned(&l, store.as_mut(), runner, session, sink));
+    let code = match &result {
+        Ok(RunEnd::Done) => Some(0),
+        Ok(RunEnd::Interrupted) => Some(130),
+        Ok(_) => Some(1),
+        Err(RunError::Usage(_) | RunError::Owned { .. }) => Some(2),
+        Err(RunError::Runtime(_)) => Some(1),
+    };
+    if let Some(code) = code {
+        // A worker whose lease was taken over records nothing (`leave` does not touch it).
+        let _ = store.leave(session, Some(code));
+    }
     result
 }
 
@@ -307,6 +324,7 @@ fn run_owned(
     l: &Launch,
     store: &mut dyn Ledger,
     runner: Arc<dyn TrialRunner>,
+    session: i64,
     sink: &mut dyn EventSink,
 ) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
@@ -319,7 +337,6 @@ fn run_owned(
     store
         .save_experiment(&spec.name, &l.spec_text, &l.spec_path, &spec.base_dir, seed, &l.overrides)
         .map_err(store_err(&path))?;
-    let session = store.begin_session(&l.command_line, &me()).map_err(store_err(&path))?;
     let existing = store.trial_counts().map_err(store_err(&path))?.1;
     sink.event(&RunEvent::Started {
         name: spec.name.clone(),
@@ -350,12 +367,5 @@ fn run_owned(
     let outcome = drive(spec, store, runner, seed, session, sink, &interrupts);
     handle.close();
     let _ = sig_thread.join();
-    let end = outcome.map_err(store_err(&path))?;
-    let code = match end {
-        RunEnd::Done => 0,
-        RunEnd::FailureRate | RunEnd::TooManyLost => 1,
-        RunEnd::Interrupted => 130,
-    };
-    store.end_session(session, code).map_err(store_err(&path))?;
-    Ok(end)
+    outcome.map_err(store_err(&path))
 }

@@ -27,7 +27,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub(crate) use dispatcher::{drive, Interrupts};
-pub use launch::{launch, Launch, RunError};
+pub use launch::{launch, worker_alive, Launch, RunError};
 
 /// What the run tells whoever watches it (the CLI prints these).
 #[derive(Debug, Clone, PartialEq)]

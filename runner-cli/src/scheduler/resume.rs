@@ -16,6 +16,8 @@ impl State<'_> {
         for t in open {
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
             let idx = t.index;
+            // This worker follows it from now on.
+            tx.hold(idx, self.session)?;
             if t.status == TrialStatus::Running {
                 let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
                 self.print(RunEvent::Reattached { index: idx, pid });

@@ -210,6 +210,7 @@ impl<'a> State<'a> {
                 attempt,
                 slot: None,
                 session,
+                holder: Some(session),
                 feasible: None,
                 reason: None,
                 run_metadata: None,

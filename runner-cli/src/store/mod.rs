@@ -40,8 +40,10 @@ pub enum StoreError {
         trial: u64,
         error: TransitionError,
     },
-    /// The store is held by another live optx.
-    Owned(Owner),
+    /// The store is held by another live optx (a worker whose lease runs).
+    Owned(Box<Worker>),
+    /// This worker's lease ran out and another optx took its trials over: it must stop.
+    LeaseLost,
     /// The file cannot be used as a store (not one, damaged, empty, a directory): the
     /// message says what to do. Bad input, not a failure of optx.
     Unusable(String),
@@ -54,9 +56,12 @@ impl fmt::Display for StoreError {
             StoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
             StoreError::Json(e) => write!(f, "stored JSON: {e}"),
             StoreError::Transition { trial, error } => write!(f, "trial {trial}: {error}"),
-            StoreError::Owned(o) => {
-                write!(f, "the store is in use by optx (pid {} on {}, since {})", o.pid, o.host, o.since)
+            StoreError::Owned(w) => {
+                write!(f, "the store is in use by optx (pid {} on {}, since {})", w.pid, w.host, w.started_at)
             }
+            StoreError::LeaseLost => f.write_str(
+                "this optx's lease on the store ran out (it did not renew it for worker_lease_seconds) and another optx took its trials over",
+            ),
             StoreError::Unusable(s) | StoreError::Other(s) => f.write_str(s),
         }
     }
@@ -72,13 +77,49 @@ impl From<serde_json::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The process that holds a store.
+/// An optx process that acts on the store (a run, resume or join): a worker. It holds a
+/// lease that it renews while it lives; one whose lease ran out is dead, and another
+/// worker takes its trials over.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Owner {
+pub struct Worker {
+    pub id: i64,
+    pub command: String,
     pub pid: u32,
     pub process_start: Option<u64>,
     pub host: String,
-    pub since: String,
+    pub started_at: String,
+    /// When it last renewed its lease (none for a worker of an optx before leases).
+    pub renewed_at: Option<String>,
+    pub lease_seconds: Option<f64>,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i32>,
+    /// When another worker found it dead and took its trials over.
+    pub taken_over: Option<String>,
+}
+
+impl Worker {
+    /// It has neither ended nor been taken over (it may still be dead: see its lease).
+    pub fn open(&self) -> bool {
+        self.ended_at.is_none() && self.taken_over.is_none()
+    }
+
+    /// Whether its lease still runs at `now`.
+    pub fn lease_runs(&self, now: SystemTime) -> bool {
+        let (Some(at), Some(secs)) = (self.renewed_at.as_deref().and_then(parse_time), self.lease_seconds) else {
+            return false;
+        };
+        now < at + std::time::Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
+/// A worker about to join a store.
+#[derive(Debug, Clone)]
+pub struct NewWorker<'a> {
+    pub command: &'a str,
+    pub pid: u32,
+    pub process_start: Option<u64>,
+    pub host: &'a str,
+    pub lease_seconds: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -135,11 +176,18 @@ pub trait Ledger {
     fn id(&self) -> Result<String>;
     /// Bring the schema up to this optx's version (by the owner, once it holds the store).
     fn upgrade(&mut self) -> Result<()>;
-    /// Take the store for `me`, unless a live optx holds it; `alive` tells whether a
-    /// (pid, start time) of this host still runs.
-    fn acquire(&mut self, me: &Owner, alive: &dyn Fn(u32, Option<u64>) -> bool) -> Result<()>;
-    /// Give the store up, if `me` holds it.
-    fn release(&mut self, me: &Owner) -> Result<()>;
+    /// Join the store as a worker, in one transaction: the workers that `alive` says are
+    /// dead are marked taken over (a dead one that wakes up finds it and stops); with
+    /// `exclusive`, a live one refuses the join (`Owned`). Upgrades the schema first, once
+    /// no older optx holds the store. Returns the new worker's id (its session). From then
+    /// on, every transaction of this store checks that the worker still holds its lease.
+    fn join(&mut self, me: &NewWorker, exclusive: bool, alive: &dyn Fn(&Worker) -> bool) -> Result<i64>;
+    /// Renew this worker's lease; `LeaseLost` if it was taken over.
+    fn renew(&mut self, worker: i64) -> Result<()>;
+    /// The worker ends (with the exit code it ends with).
+    fn leave(&mut self, worker: i64, exit_code: Option<i32>) -> Result<()>;
+    /// Every worker that ever joined, oldest first.
+    fn workers(&self) -> Result<Vec<Worker>>;
     fn experiment(&self) -> Result<Option<ExperimentRow>>;
     /// Record the experiment (first run) or its new file (resume).
     fn save_experiment(
@@ -151,8 +199,6 @@ pub trait Ledger {
         seed: u64,
         overrides: &serde_json::Value,
     ) -> Result<()>;
-    fn begin_session(&mut self, command: &str, me: &Owner) -> Result<i64>;
-    fn end_session(&mut self, id: i64, exit_code: i32) -> Result<()>;
     fn trials(&self) -> Result<Vec<Trial>>;
     /// The number of trials, and of those that are not lost.
     fn trial_counts(&self) -> Result<(u64, u64)>;
@@ -187,6 +233,8 @@ pub trait Tx {
     fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()>;
     /// Update the run metadata of a trial without a transition.
     fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()>;
+    /// The worker that follows a trial from now on.
+    fn hold(&mut self, index: u64, worker: i64) -> Result<()>;
     fn observation(&mut self, o: &Observation) -> Result<()>;
     fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()>;

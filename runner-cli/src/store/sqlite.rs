@@ -14,11 +14,11 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{fnv1a, now, ExperimentRow, Ledger, NewTrial, Owner, Result, StoreError, TransitionData, Tx};
+use super::{fnv1a, now, ExperimentRow, Ledger, NewTrial, NewWorker, Result, StoreError, TransitionData, Tx, Worker};
 use crate::domain::{Durability, Goal, Observation, Trial, TrialStatus};
 
 /// The schema this optx writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2: the store's identity.
 const MIGRATE_2: &str = r#"
@@ -27,6 +27,15 @@ CREATE TABLE store (
     uuid        TEXT NOT NULL,
     created_at  TEXT NOT NULL
 );
+"#;
+
+/// Version 3: workers (sessions) hold leases; a trial says which worker follows it.
+const MIGRATE_3: &str = r#"
+ALTER TABLE sessions ADD COLUMN process_start INTEGER;
+ALTER TABLE sessions ADD COLUMN renewed_at TEXT;
+ALTER TABLE sessions ADD COLUMN lease_seconds REAL;
+ALTER TABLE sessions ADD COLUMN taken_over TEXT;
+ALTER TABLE trials ADD COLUMN holder INTEGER;
 "#;
 
 const SCHEMA: &str = r#"
@@ -113,6 +122,49 @@ pub struct SqliteStore {
     path: PathBuf,
     /// This connection owns the store (run/resume): it folds the WAL in when closed.
     owner: bool,
+    /// The worker whose lease every transaction checks first.
+    fence: Option<i64>,
+}
+
+/// A connection that closes last neither checkpoints nor deletes the WAL: doing so takes
+/// the database file's exclusive lock, and a process stopped (or slow) in that moment would
+/// keep every reader waiting. The owner checkpoints at its end instead (`Drop`), so that
+/// the `.db` file holds everything and its `-wal` is empty at rest.
+fn keep_wal_on_close(c: &Connection) -> rusqlite::Result<()> {
+    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map(|_| ())
+}
+
+/// Migrate an optx store of schema `from` (0: its tables were just created) to this
+/// version, inside the caller's transaction.
+fn migrate(tx: &rusqlite::Transaction, from: i64) -> Result<()> {
+    if from < 2 {
+        tx.execute_batch(MIGRATE_2)?;
+        tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
+    }
+    if from < 3 {
+        tx.execute_batch(MIGRATE_3)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+const WORKER_COLUMNS: &str =
+    "id, command, pid, process_start, host, started_at, renewed_at, lease_seconds, ended_at, exit_code, taken_over";
+
+fn worker_row(r: &rusqlite::Row) -> rusqlite::Result<Worker> {
+    Ok(Worker {
+        id: r.get(0)?,
+        command: r.get(1)?,
+        pid: r.get::<_, i64>(2)? as u32,
+        process_start: r.get::<_, Option<i64>>(3)?.map(|x| x as u64),
+        host: r.get(4)?,
+        started_at: r.get(5)?,
+        renewed_at: r.get(6)?,
+        lease_seconds: r.get(7)?,
+        ended_at: r.get(8)?,
+        exit_code: r.get(9)?,
+        taken_over: r.get(10)?,
+    })
 }
 
 /// A random identity for a new store, as 32 hex digits.
@@ -202,9 +254,7 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(MIGRATE_2)?;
-            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            migrate(&tx, 0)?;
             tx.commit()?;
             // Closing the only connection folds the WAL in: the file is complete alone.
             conn.close().map_err(|(_, e)| e)?;
@@ -253,6 +303,7 @@ impl SqliteStore {
         let mode = if writable(path) { F::SQLITE_OPEN_READ_WRITE } else { F::SQLITE_OPEN_READ_ONLY };
         let open = |uri: &str| -> rusqlite::Result<Connection> {
             let c = Connection::open_with_flags(uri, mode | F::SQLITE_OPEN_URI)?;
+            keep_wal_on_close(&c)?;
             c.busy_timeout(BUSY_TIMEOUT)?;
             c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?;
             Ok(c)
@@ -275,7 +326,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        Ok(SqliteStore { conn, path: path.to_path_buf(), owner: false })
+        Ok(SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None })
     }
 
     fn newer(path: &Path, version: i64) -> StoreError {
@@ -288,6 +339,14 @@ impl SqliteStore {
     fn setup(conn: Connection, path: &Path, durability: Durability) -> Result<SqliteStore> {
         let err = sqlite_err(path);
         conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        keep_wal_on_close(&conn).map_err(&err)?;
+        // SQLite opens a file it may not write read-only, silently: run and resume write.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(&err)? {
+            return Err(StoreError::Unusable(format!(
+                "{} is read-only for this user: `optx run` and `resume` need to write it (`status`, `best` and `trials` can read it)",
+                path.display()
+            )));
+        }
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
         if version > SCHEMA_VERSION {
             return Err(Self::newer(path, version));
@@ -302,7 +361,7 @@ impl SqliteStore {
         // stay durable against a crash of optx, and a run of short trials does not stall
         // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(&err)?;
-        let mut store = SqliteStore { conn, path: path.to_path_buf(), owner: false };
+        let mut store = SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None };
         // An empty file becomes a new store now; an older store is upgraded only by its
         // owner (`upgrade`, once it holds the store), never under an optx that runs it.
         if version == 0 {
@@ -358,11 +417,7 @@ impl Ledger for SqliteStore {
             }
             tx.execute_batch(SCHEMA)?;
         }
-        if version < 2 {
-            tx.execute_batch(MIGRATE_2)?;
-            tx.execute("INSERT INTO store (id, uuid, created_at) VALUES (1, ?1, ?2)", params![new_uuid(), now()])?;
-        }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        migrate(&tx, version)?;
         tx.commit()?;
         Ok(())
     }
@@ -451,60 +506,95 @@ impl Ledger for SqliteStore {
         Ok(())
     }
 
-    fn acquire(&mut self, me: &Owner, alive: &dyn Fn(u32, Option<u64>) -> bool) -> Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current: Option<Owner> = tx
-            .query_row("SELECT pid, process_start, host, since FROM owner WHERE id = 1", [], |r| {
-                Ok(Owner {
-                    pid: r.get::<_, i64>(0)? as u32,
-                    process_start: r.get::<_, Option<i64>>(1)?.map(|x| x as u64),
-                    host: r.get(2)?,
-                    since: r.get(3)?,
+    fn join(&mut self, me: &NewWorker, exclusive: bool, alive: &dyn Fn(&Worker) -> bool) -> Result<i64> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err(&path))?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < 3 {
+            // The owner of an optx from before leases, if it still runs, keeps the store
+            // (and its schema, which it reads).
+            let owner = tx
+                .query_row("SELECT pid, process_start, host, since FROM owner WHERE id = 1", [], |r| {
+                    Ok(Worker {
+                        id: 0,
+                        command: String::new(),
+                        pid: r.get::<_, i64>(0)? as u32,
+                        process_start: r.get::<_, Option<i64>>(1)?.map(|x| x as u64),
+                        host: r.get(2)?,
+                        started_at: r.get(3)?,
+                        renewed_at: Some(now()),
+                        lease_seconds: Some(f64::MAX / 4.0),
+                        ended_at: None,
+                        exit_code: None,
+                        taken_over: None,
+                    })
                 })
-            })
-            .optional()?;
-        if let Some(o) = current {
-            let same_process = o.pid == me.pid && o.host == me.host;
-            let live = o.host != me.host || alive(o.pid, o.process_start);
-            if live && !same_process {
-                return Err(StoreError::Owned(o));
+                .optional()?;
+            if let Some(o) = owner.filter(|o| alive(o)) {
+                return Err(StoreError::Owned(Box::new(o)));
+            }
+            migrate(&tx, version)?;
+            tx.execute("DELETE FROM owner", [])?;
+        }
+        let open: Vec<Worker> = {
+            let sql = format!(
+                "SELECT {WORKER_COLUMNS} FROM sessions WHERE ended_at IS NULL AND taken_over IS NULL ORDER BY id"
+            );
+            let mut st = tx.prepare(&sql)?;
+            let rows = st.query_map([], worker_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let time = now();
+        for w in &open {
+            if !alive(w) {
+                tx.execute("UPDATE sessions SET taken_over = ?1 WHERE id = ?2", params![time, w.id])?;
+            } else if exclusive {
+                return Err(StoreError::Owned(Box::new(w.clone())));
             }
         }
         tx.execute(
-            "INSERT OR REPLACE INTO owner (id, pid, process_start, host, since) VALUES (1, ?1, ?2, ?3, ?4)",
-            params![me.pid as i64, me.process_start.map(|x| x as i64), me.host, now()],
+            "INSERT INTO sessions (command, pid, process_start, host, started_at, renewed_at, lease_seconds)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![me.command, me.pid as i64, me.process_start.map(|x| x as i64), me.host, time, me.lease_seconds],
         )?;
+        let id = tx.last_insert_rowid();
         tx.commit()?;
         self.owner = true;
-        Ok(())
+        self.fence = Some(id);
+        Ok(id)
     }
 
-    fn release(&mut self, me: &Owner) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM owner WHERE id = 1 AND pid = ?1 AND host = ?2", params![me.pid as i64, me.host])?;
-        Ok(())
-    }
-
-    fn begin_session(&mut self, command: &str, me: &Owner) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO sessions (command, pid, host, started_at) VALUES (?1, ?2, ?3, ?4)",
-            params![command, me.pid as i64, me.host, now()],
+    fn renew(&mut self, worker: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE sessions SET renewed_at = ?1 WHERE id = ?2 AND taken_over IS NULL AND ended_at IS NULL",
+            params![now(), worker],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
     }
 
-    fn end_session(&mut self, id: i64, exit_code: i32) -> Result<()> {
+    fn leave(&mut self, worker: i64, exit_code: Option<i32>) -> Result<()> {
         self.conn.execute(
-            "UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3",
-            params![now(), exit_code, id],
+            "UPDATE sessions SET ended_at = ?1, exit_code = ?2 WHERE id = ?3 AND taken_over IS NULL",
+            params![now(), exit_code, worker],
         )?;
+        self.fence = None;
         Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<Worker>> {
+        let mut st = self.conn.prepare_cached(&format!("SELECT {WORKER_COLUMNS} FROM sessions ORDER BY id"))?;
+        let rows = st.query_map([], worker_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn trials(&self) -> Result<Vec<Trial>> {
         let mut st = self.conn.prepare_cached(
             "SELECT idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
-                    reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at
+                    reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at, holder
              FROM trials ORDER BY idx",
         )?;
         let rows = st.query_map([], |r| {
@@ -531,6 +621,7 @@ impl Ledger for SqliteStore {
                 staged_at: r.get(16)?,
                 started_at: r.get(17)?,
                 completed_at: r.get(18)?,
+                holder: r.get(19)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -622,6 +713,16 @@ impl Ledger for SqliteStore {
 
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let t = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(worker) = self.fence {
+            // Fenced: a worker whose lease was taken over writes nothing more.
+            let taken: Option<String> = t
+                .query_row("SELECT taken_over FROM sessions WHERE id = ?1", [worker], |r| r.get(0))
+                .optional()?
+                .flatten();
+            if taken.is_some() {
+                return Err(StoreError::LeaseLost);
+            }
+        }
         let mut tx = SqliteTx { t, time: now() };
         f(&mut tx)?;
         tx.t.commit()?;
@@ -655,8 +756,8 @@ impl Tx for SqliteTx<'_> {
         let status = TrialStatus::Candidate;
         self.t
             .prepare_cached(
-                "INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, holder, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
             )?
             .execute(params![
                 n.index as i64,
@@ -720,6 +821,13 @@ impl Tx for SqliteTx<'_> {
         self.t
             .prepare_cached("UPDATE trials SET run_metadata = ?1 WHERE idx = ?2")?
             .execute(params![meta.to_string(), index as i64])?;
+        Ok(())
+    }
+
+    fn hold(&mut self, index: u64, worker: i64) -> Result<()> {
+        self.t
+            .prepare_cached("UPDATE trials SET holder = ?1 WHERE idx = ?2")?
+            .execute(params![worker, index as i64])?;
         Ok(())
     }
 
@@ -849,16 +957,35 @@ mod tests {
         assert!(s.trials().unwrap().is_empty());
     }
 
+    fn worker(pid: u32) -> NewWorker<'static> {
+        NewWorker { command: "optx run", pid, process_start: Some(1), host: "h", lease_seconds: 60.0 }
+    }
+
     #[test]
-    fn a_live_owner_keeps_the_store_and_a_dead_one_does_not() {
-        let (_d, mut s) = store();
-        let a = Owner { pid: 10, process_start: Some(1), host: "h".into(), since: String::new() };
-        let b = Owner { pid: 11, process_start: Some(2), host: "h".into(), since: String::new() };
-        s.acquire(&a, &|_, _| true).unwrap();
-        assert!(matches!(s.acquire(&b, &|_, _| true), Err(StoreError::Owned(o)) if o.pid == 10));
-        s.acquire(&b, &|_, _| false).unwrap();
-        s.release(&b).unwrap();
-        s.acquire(&a, &|_, _| true).unwrap();
+    fn a_live_worker_keeps_the_store_and_a_dead_one_is_taken_over_and_fenced() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("x.db");
+        let mut a = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let mut b = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let wa = a.join(&worker(10), true, &|_| true).unwrap();
+        // A live worker refuses an exclusive join, and names itself.
+        assert!(matches!(b.join(&worker(11), true, &|_| true), Err(StoreError::Owned(w)) if w.pid == 10));
+        // A join beside it is allowed.
+        let wb = b.join(&worker(11), false, &|_| true).unwrap();
+        assert_ne!(wa, wb);
+        // a is found dead: it is taken over, and its next renewal or write is refused.
+        let mut c = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let wc = c.join(&worker(12), false, &|w| w.pid != 10).unwrap();
+        assert!(matches!(a.renew(wa), Err(StoreError::LeaseLost)));
+        assert!(matches!(a.tx(|_| Ok(())), Err(StoreError::LeaseLost)));
+        b.renew(wb).unwrap();
+        b.tx(|_| Ok(())).unwrap();
+        let ws = c.workers().unwrap();
+        assert_eq!(ws.iter().map(|w| (w.pid, w.open())).collect::<Vec<_>>(), [(10, false), (11, true), (12, true)]);
+        assert!(ws[0].taken_over.is_some());
+        assert!(ws[1].lease_runs(SystemTime::now()));
+        c.leave(wc, Some(0)).unwrap();
+        assert_eq!(c.workers().unwrap()[2].exit_code, Some(0));
     }
 
     #[test]

@@ -15,3 +15,4 @@ mod run;
 mod shell;
 mod store_access;
 mod trial_dirs;
+mod workers;

@@ -1,0 +1,67 @@
+//! Workers hold leases on the store: a live one keeps it (on this host or another), a dead
+//! one (gone, or silent past its lease) is taken over, and one taken over stops writing.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+const X: &str = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
+
+fn exp(name: &str, sleep: &str, max_trials: u32, extra_orch: &str) -> Exp {
+    let runner = format!("command = [\"sh\", \"-c\", \"sleep {sleep}; echo f={{x}}\"]");
+    let orch = format!("max_trials = {max_trials}\nparallelism = 1\ninitial_seconds_between_polls = 0.1\n{extra_orch}");
+    Exp::new(name, &toml(name, X, &runner, &orch, "[generation]\nmethod = \"sobol\""))
+}
+
+#[test]
+fn a_worker_on_another_host_keeps_the_store_while_its_lease_runs_and_not_after() {
+    let e = exp("remote", "0", 2, "");
+    e.run_ok(&["run", "experiment.toml", "-q"]);
+    // Another host's optx renewed its lease a moment ago.
+    let conn = rusqlite::Connection::open(e.store()).unwrap();
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    conn.execute(
+        "INSERT INTO sessions (command, pid, host, started_at, renewed_at, lease_seconds) VALUES ('optx run', 4242, 'elsewhere', ?1, ?1, 60)",
+        [&now],
+    )
+    .unwrap();
+    let out = e.optx(&["resume", "experiment.toml", "--max-trials", "3"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("in use by another optx (pid 4242 on elsewhere"), "{}", text(&out));
+    // Its lease ran out long ago: it is dead, and the store can be taken over.
+    conn.execute("UPDATE sessions SET renewed_at = '2026-01-01T00:00:00.000Z' WHERE pid = 4242", []).unwrap();
+    e.run_ok(&["resume", "experiment.toml", "--max-trials", "3", "-q"]);
+    assert_eq!(e.trials().len(), 3);
+    let taken: i64 = conn
+        .query_row("SELECT count(*) FROM sessions WHERE pid = 4242 AND taken_over IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(taken, 1);
+    let status = e.optx(&["status", "experiment.toml"]);
+    assert!(text(&status).contains("pid 4242 on elsewhere"), "{}", text(&status));
+    assert!(text(&status).contains("dead (its trials were taken over)"), "{}", text(&status));
+    // Every trial names the worker that created it.
+    assert!(e.trials().iter().all(|t| t["worker"].as_i64().is_some()));
+}
+
+#[test]
+fn a_frozen_worker_loses_its_lease_and_stops_when_it_wakes_up() {
+    let e = exp("frozen_worker", "0.4", 6, "worker_lease_seconds = 1");
+    let old = e.spawn(&["run", "experiment.toml"], "old");
+    e.wait_for(60, "a running trial", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 1);
+    freeze(old.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    // Silent past its lease: a resume takes its trials over and finishes the experiment.
+    let out = e.run_ok(&["resume", "experiment.toml"]);
+    assert!(text(&out).contains("re-attached"), "{}", text(&out));
+    signal(old.id(), "CONT");
+    let mut old = old;
+    let st = old.wait().unwrap();
+    assert_eq!(st.code(), Some(1), "{}", e.log("old"));
+    assert!(e.log("old").contains("lease on the store ran out"), "{}", e.log("old"));
+    let trials = e.trials();
+    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), 6, "{trials:?}");
+    assert!(trials.iter().all(|t| status(t) == "COMPLETED" || t["lost"] == true), "{trials:?}");
+    let arms: std::collections::HashSet<String> =
+        trials.iter().filter(|t| status(t) == "COMPLETED").map(|t| t["parameters"].to_string()).collect();
+    assert_eq!(arms.len(), 6, "no arm completed twice");
+}
