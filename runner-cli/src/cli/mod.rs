@@ -58,8 +58,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         store: Option<PathBuf>,
         /// Set an existing store aside (renamed to *.bak-<time>, never deleted) and start anew
-        #[arg(long)]
+        #[arg(long, conflicts_with = "join")]
         fresh: bool,
+        /// One more worker of this experiment: create the store if nobody has yet, else
+        /// join it (the file must match, as on resume) beside the workers already there
+        #[arg(long)]
+        join: bool,
+        /// With --join: this worker creates at most N trials
+        #[arg(long, value_name = "N", requires = "join", value_parser = clap::value_parser!(u64).range(1..))]
+        max_trials_per_worker: Option<u64>,
     },
     /// Continue an experiment after a crash, an interrupt or a timeout, or to raise --max-trials
     Resume {
@@ -142,7 +149,10 @@ pub fn main() -> i32 {
     init_tracing();
     let line = args.join(" ");
     match cli.command {
-        Command::Run { file, overrides, seed, store, fresh } => cmd_run(&file, overrides, seed, store, fresh, &line),
+        Command::Run { file, overrides, seed, store, fresh, join, max_trials_per_worker } => {
+            let worker = Worker { join, max_trials: max_trials_per_worker };
+            cmd_run(&file, overrides, seed, store, fresh, worker, &line)
+        }
         Command::Resume { target, overrides, store, allow_changes } => {
             cmd_resume(&target, overrides, store, allow_changes, &line)
         }
@@ -237,7 +247,21 @@ fn exe() -> Result<PathBuf, i32> {
     std::env::current_exe().map_err(|e| fail(EXIT_RUNTIME, format!("cannot find the optx executable: {e}")))
 }
 
-fn cmd_run(file: &Path, o: Overrides, seed: Option<u64>, store: Option<PathBuf>, fresh: bool, line: &str) -> i32 {
+/// How `run` takes part in the experiment: alone, or as one more worker.
+struct Worker {
+    join: bool,
+    max_trials: Option<u64>,
+}
+
+fn cmd_run(
+    file: &Path,
+    o: Overrides,
+    seed: Option<u64>,
+    store: Option<PathBuf>,
+    fresh: bool,
+    worker: Worker,
+    line: &str,
+) -> i32 {
     let (mut spec, text) = match load(file) {
         Ok(x) => x,
         Err(c) => return c,
@@ -252,13 +276,24 @@ fn cmd_run(file: &Path, o: Overrides, seed: Option<u64>, store: Option<PathBuf>,
     if let Err(c) = check_overrides(&spec, &o) {
         return c;
     }
+    spec.orchestration.max_trials_per_worker = worker.max_trials;
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,
     };
     let spec_path = absolute(file);
     start(
-        Launch { spec, spec_text: text, spec_path, resume: false, fresh, exe, command_line: line.into(), overrides },
+        Launch {
+            spec,
+            spec_text: text,
+            spec_path,
+            resume: false,
+            fresh,
+            join: worker.join,
+            exe,
+            command_line: line.into(),
+            overrides,
+        },
         &o,
     )
 }
@@ -428,6 +463,7 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
             spec_path,
             resume: true,
             fresh: false,
+            join: false,
             exe,
             command_line: line.into(),
             overrides,

@@ -153,6 +153,9 @@ pub struct Orchestration {
     pub run_trials_in_batches: bool,
     /// A worker renews its lease every third of this; one silent this long is dead.
     pub worker_lease_seconds: f64,
+    /// The most trials this worker creates (`run --join --max-trials-per-worker`, not a
+    /// key of the file).
+    pub max_trials_per_worker: Option<u64>,
 }
 
 impl Orchestration {
@@ -194,6 +197,7 @@ impl Default for Orchestration {
             retries_per_failed_arm: 0,
             max_pending_trials: None,
             worker_lease_seconds: 60.0,
+            max_trials_per_worker: None,
             max_cost: None,
             run_trials_in_batches: false,
         }

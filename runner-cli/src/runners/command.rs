@@ -441,7 +441,7 @@ fn new_trial_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn run_metadata(job: &TrialJob, info: RunInfo) -> serde_json::Value {
-    serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir})
+    serde_json::json!({"pid": info.pid, "start": info.start, "trial_dir": job.trial_dir, "host": exec::hostname()})
 }
 
 impl CommandRunner {
@@ -567,6 +567,11 @@ impl TrialRunner for CommandRunner {
         };
         let mut tail = self.tail(&job);
         if let Some(meta) = &job.attach {
+            // A local process of another host (a worker there died) cannot be followed here.
+            if let Some(host) = meta.get("host").and_then(|h| h.as_str()).filter(|h| *h != exec::hostname()) {
+                let why = format!("it ran on {host}, whose optx died: its outcome cannot be read from this host");
+                return finished(Self::lost(why));
+            }
             // A trial that was running when optx stopped: follow it through its files.
             let info: Option<RunInfo> = serde_json::from_value::<RunInfo>(meta.clone())
                 .ok()

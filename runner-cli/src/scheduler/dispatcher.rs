@@ -53,7 +53,7 @@ impl Dispatcher<'_> {
                     }
                     // Workers stuck for good in a runner's call are replaced, so that
                     // `parallelism` trials still run.
-                    let want = self.parallelism + self.runner.stuck();
+                    let want = self.parallelism.max(self.st.running.len()) + self.runner.stuck();
                     if let Err(e) = self.pool.grow_to(want) {
                         tracing::warn!("{e}");
                     }
@@ -65,6 +65,24 @@ impl Dispatcher<'_> {
         if !batch.is_empty() {
             let _ = self.jobs.send(Work::Batch(batch));
         }
+    }
+
+    /// Workers of the store (but this one) that are dead: their trials are taken over by
+    /// whichever live worker notices first.
+    fn take_over_dead_peers(&mut self) -> Result<(), store::StoreError> {
+        let me = self.st.session;
+        let dead: Vec<i64> = self
+            .store
+            .workers()?
+            .into_iter()
+            .filter(|w| w.id != me && w.open() && !super::worker_alive(w))
+            .map(|w| w.id)
+            .collect();
+        for w in dead {
+            let (st, runner) = (&mut self.st, Arc::clone(&self.runner));
+            self.store.tx(|tx| st.adopt(tx, runner.as_ref(), w))?;
+        }
+        Ok(())
     }
 
     fn on_signal(&mut self) {
@@ -124,6 +142,8 @@ impl Dispatcher<'_> {
                 },
                 recv(renew) -> _ => {
                     self.store.renew(self.st.session)?;
+                    self.take_over_dead_peers()?;
+                    self.act();
                     continue;
                 },
             }
@@ -160,6 +180,8 @@ pub(crate) fn drive(
     interrupts: &Interrupts,
 ) -> Result<RunEnd, store::StoreError> {
     let (signals, interrupted) = (&interrupts.signals, Arc::clone(&interrupts.flag));
+    // The cursor first: what changes while the rest is read comes through the feed again.
+    let cursor = store.last_event()?;
     let trials = store.trials()?;
     let store_id = store.id()?;
     let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
@@ -224,6 +246,8 @@ pub(crate) fn drive(
         store_id,
         stored_points,
         interrupted,
+        cursor,
+        created_now: 0,
     };
     let mut d = Dispatcher {
         store,

@@ -25,6 +25,8 @@ pub struct Launch {
     pub resume: bool,
     /// `--fresh`: set an existing store aside (renamed, never deleted) and start anew.
     pub fresh: bool,
+    /// `--join`: one more worker beside those on the store (else it must be free).
+    pub join: bool,
     /// The optx executable (it also runs the shepherd).
     pub exe: PathBuf,
     pub command_line: String,
@@ -268,12 +270,25 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let runner = runner(&l)?;
     let opened = if l.resume { store::open_existing(&path) } else { store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
-    let mut session = store.join(&me, true, &worker_alive).map_err(store_err(&path))?;
+    let mut session = store.join(&me, !l.join, &worker_alive).map_err(store_err(&path))?;
     store.upgrade().map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
-    let mut store = match (l.resume, has_trials, existing.is_some()) {
-        (false, true, _) if l.fresh => {
+    if let Some(stored) = existing.as_ref().filter(|_| l.join) {
+        // A worker joins the experiment as the store holds it: the same file, as on resume.
+        let changes = crate::config::fixed_part_changes(&stored.spec_toml, &l.spec_text);
+        if !changes.is_empty() {
+            let _ = store.leave(session, Some(2));
+            return Err(RunError::Usage(format!(
+                "{} differs from the experiment that {} holds, in parts that workers share:\n  {}\nJoin with the same file (orchestration keys may differ).",
+                l.spec_path.display(),
+                path.display(),
+                changes.join("\n  ")
+            )));
+        }
+    }
+    let mut store = match (l.resume, l.join, has_trials, existing.is_some()) {
+        (false, false, true, _) if l.fresh => {
             stop_old_trials(store.as_mut(), spec, sink).map_err(store_err(&path))?;
             store.leave(session, None).map_err(store_err(&path))?;
             drop(store);
@@ -285,7 +300,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
             s.upgrade().map_err(store_err(&path))?;
             s
         }
-        (false, true, _) => {
+        (false, false, true, _) => {
             let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} already holds the experiment `{}`: continue it with `optx resume {}`, or start over with `optx run --fresh` (the old store is kept as a backup)",
@@ -294,7 +309,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
                 l.spec_path.display()
             )));
         }
-        (true, _, false) => {
+        (true, _, _, false) => {
             let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} holds no experiment yet: start it with `optx run FILE.toml`",
@@ -330,13 +345,16 @@ fn run_owned(
     let spec = &l.spec;
     let path = spec.store_path.clone();
     let stored_seed = store.experiment().map_err(store_err(&path))?.map(|e| e.seed);
-    let seed = match (l.resume, stored_seed) {
+    let seed = match (l.resume || l.join, stored_seed) {
         (true, Some(s)) => s,
         _ => spec.seed.unwrap_or_else(random_seed),
     };
+    // A worker that joins keeps the experiment as the first one recorded it (and its seed:
+    // every worker draws from one sequence).
     store
-        .save_experiment(&spec.name, &l.spec_text, &l.spec_path, &spec.base_dir, seed, &l.overrides)
+        .save_experiment(&spec.name, &l.spec_text, &l.spec_path, &spec.base_dir, seed, &l.overrides, !l.join)
         .map_err(store_err(&path))?;
+    let seed = if l.join { store.experiment().map_err(store_err(&path))?.map_or(seed, |e| e.seed) } else { seed };
     let existing = store.trial_counts().map_err(store_err(&path))?.1;
     sink.event(&RunEvent::Started {
         name: spec.name.clone(),

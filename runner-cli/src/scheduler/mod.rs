@@ -11,11 +11,12 @@
 //! failure rate, and its arm runs again as a new trial; everything else counts.
 //!
 //! Files: `dispatcher` (the loop and its wake-ups), `state` (the run state and how worker
-//! events change it), `stop` (why deployment stops, ranked; pure), `resume` (what became of
+//! events change it), `feed` (what other workers changed, read at each wake-up), `stop` (why deployment stops, ranked; pure), `resume` (what became of
 //! the trials that had not ended), `pool` (the worker threads), `launch` (the store, its
 //! ownership, the runner and the signals, before the loop).
 
 mod dispatcher;
+mod feed;
 mod launch;
 mod pool;
 mod resume;

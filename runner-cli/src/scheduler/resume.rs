@@ -12,7 +12,54 @@ use crate::store::{self, TransitionData, Tx};
 impl State<'_> {
     /// Reconcile trials that were not finished when optx last stopped.
     pub(super) fn reconcile(&mut self, tx: &mut dyn Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
-        let open: Vec<Trial> = self.trials.iter().filter(|t| !t.status.is_terminal()).cloned().collect();
+        self.sync(tx)?;
+        // The trials nobody follows any more: those of workers that ended or were taken over
+        // (joining marked the dead ones). A worker still open holds its own, even one that
+        // joined after this one looked at the workers.
+        let others: std::collections::HashSet<i64> =
+            tx.open_workers()?.into_iter().filter(|w| *w != self.session).collect();
+        let open: Vec<Trial> = self
+            .trials
+            .iter()
+            .filter(|t| !t.status.is_terminal() && !t.holder.is_some_and(|h| others.contains(&h)))
+            .cloned()
+            .collect();
+        self.settle(tx, runner, open)?;
+        self.fill(tx)
+    }
+
+    /// Take over the trials of the worker `dead`, found dead while this one runs (its lease
+    /// ran out, or its process is gone): if this transaction is the one that marks it,
+    /// its trials are settled here as a resume settles them. Says so.
+    pub(super) fn adopt(
+        &mut self,
+        tx: &mut dyn Tx,
+        runner: &dyn TrialRunner,
+        dead: i64,
+    ) -> Result<(), store::StoreError> {
+        self.sync(tx)?;
+        if !tx.take_over(dead)? {
+            return Ok(());
+        }
+        let held: Vec<u64> =
+            self.trials.iter().filter(|t| !t.status.is_terminal() && t.holder == Some(dead)).map(|t| t.index).collect();
+        let mut trials = Vec::new();
+        for index in held {
+            if let Some(t) = tx.trial(index)?.filter(|t| !t.status.is_terminal()) {
+                self.trials[index as usize] = t.clone();
+                trials.push(t);
+            }
+        }
+        self.print(RunEvent::Notice(format!(
+            "worker #{dead} is dead (its lease ran out, or its process is gone): taking over its {} trial(s)",
+            trials.len()
+        )));
+        self.settle(tx, runner, trials)
+    }
+
+    /// Settle trials that nobody alive follows: follow those that run, deploy those that
+    /// never started, and lose those that cannot be told.
+    fn settle(&mut self, tx: &mut dyn Tx, runner: &dyn TrialRunner, open: Vec<Trial>) -> Result<(), store::StoreError> {
         for t in open {
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
             let idx = t.index;
@@ -67,7 +114,7 @@ impl State<'_> {
                 }
             }
         }
-        self.fill(tx)
+        Ok(())
     }
 }
 

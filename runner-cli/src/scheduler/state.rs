@@ -84,6 +84,10 @@ pub(super) struct State<'a> {
     /// Set by the signal thread as soon as an interrupt arrives, before the dispatcher
     /// reads it: a proposal that was being computed is then not deployed.
     pub(super) interrupted: Arc<AtomicBool>,
+    /// The newest event of the store this state has read (the change feed's cursor).
+    pub(super) cursor: i64,
+    /// Trials this worker created (for `--max-trials-per-worker`).
+    pub(super) created_now: u64,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -156,6 +160,7 @@ impl<'a> State<'a> {
         let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
         while self.halt.is_none()
             && !self.exhausted
+            && o.max_trials_per_worker.is_none_or(|cap| self.created_now < cap)
             && self.running.len() < o.parallelism
             && self.nonlost < o.max_trials
             && self.undeployed.len() < max_pending
@@ -223,6 +228,7 @@ impl<'a> State<'a> {
             });
             self.take_arm(&key);
             self.nonlost += 1;
+            self.created_now += 1;
             self.undeployed.insert(index);
             self.deployed_now += 1;
             tracing::debug!(trial = index, %generation, "new trial");
@@ -261,6 +267,7 @@ impl<'a> State<'a> {
 
     /// Record a batch of worker events and decide what follows, in one transaction.
     pub(super) fn apply(&mut self, tx: &mut dyn Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
+        self.sync(tx)?;
         for ev in batch {
             match ev {
                 RunnerEvent::Deployed { index, run_metadata } => {

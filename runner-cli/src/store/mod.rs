@@ -189,7 +189,9 @@ pub trait Ledger {
     /// Every worker that ever joined, oldest first.
     fn workers(&self) -> Result<Vec<Worker>>;
     fn experiment(&self) -> Result<Option<ExperimentRow>>;
-    /// Record the experiment (first run) or its new file (resume).
+    /// Record the experiment (first run) or, with `replace`, its new file (resume); without
+    /// `replace` an experiment already recorded stays as it is.
+    #[allow(clippy::too_many_arguments)]
     fn save_experiment(
         &mut self,
         name: &str,
@@ -198,8 +200,11 @@ pub trait Ledger {
         base_dir: &Path,
         seed: u64,
         overrides: &serde_json::Value,
+        replace: bool,
     ) -> Result<()>;
     fn trials(&self) -> Result<Vec<Trial>>;
+    /// The id of the newest event: where a cache of the ledger starts reading changes.
+    fn last_event(&self) -> Result<i64>;
     /// The number of trials, and of those that are not lost.
     fn trial_counts(&self) -> Result<(u64, u64)>;
     /// The number of points of learning curves stored for each of `trials`.
@@ -235,9 +240,23 @@ pub trait Tx {
     fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()>;
     /// The worker that follows a trial from now on.
     fn hold(&mut self, index: u64, worker: i64) -> Result<()>;
+    /// The workers that have neither ended nor been taken over (alive, or dead and not
+    /// noticed yet): the trials they hold are theirs.
+    fn open_workers(&mut self) -> Result<Vec<i64>>;
+    /// Mark the worker `dead` as taken over; false if another worker marked it first (or it
+    /// ended), so that exactly one takes its trials.
+    fn take_over(&mut self, dead: i64) -> Result<bool>;
     fn observation(&mut self, o: &Observation) -> Result<()>;
     fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()>;
+    /// The change feed: the trials that workers other than `me` changed after event
+    /// `after`, and the id of the newest event (the cursor for the next look).
+    fn changes(&mut self, after: i64, me: i64) -> Result<(i64, Vec<u64>)>;
+    /// One trial as stored now.
+    fn trial(&mut self, index: u64) -> Result<Option<Trial>>;
+    /// The final observations of one trial.
+    fn finals_of(&mut self, index: u64) -> Result<Vec<Observation>>;
+    fn generator_state(&mut self, key: &str) -> Result<Option<serde_json::Value>>;
 }
 
 /// [`Ledger::transaction`] with a result.

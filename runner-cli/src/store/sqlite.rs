@@ -148,6 +148,49 @@ fn migrate(tx: &rusqlite::Transaction, from: i64) -> Result<()> {
     Ok(())
 }
 
+const TRIAL_COLUMNS: &str =
+    "idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
+     reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at, holder";
+
+fn trial_row(r: &rusqlite::Row) -> rusqlite::Result<Trial> {
+    let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+        Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
+    };
+    Ok(Trial {
+        index: r.get::<_, i64>(0)? as u64,
+        status: r.get::<_, String>(1)?.parse().unwrap_or(TrialStatus::Failed),
+        lost: r.get::<_, i64>(2)? != 0,
+        arm_key: r.get(3)?,
+        parameters: json(4)?.unwrap_or(serde_json::Value::Null),
+        generation: r.get(5)?,
+        rerun_of: r.get::<_, Option<i64>>(6)?.map(|x| x as u64),
+        attempt: r.get::<_, i64>(7)? as u32,
+        slot: r.get::<_, Option<i64>>(8)?.map(|x| x as usize),
+        session: r.get(9)?,
+        feasible: r.get::<_, Option<i64>>(10)?.map(|x| x != 0),
+        reason: r.get(11)?,
+        run_metadata: json(12)?,
+        stop_metadata: json(13)?,
+        trial_dir: r.get(14)?,
+        created_at: r.get(15)?,
+        staged_at: r.get(16)?,
+        started_at: r.get(17)?,
+        completed_at: r.get(18)?,
+        holder: r.get(19)?,
+    })
+}
+
+fn observation_row(r: &rusqlite::Row) -> rusqlite::Result<Observation> {
+    Ok(Observation {
+        trial: r.get::<_, i64>(0)? as u64,
+        metric: r.get(1)?,
+        progression: r.get(2)?,
+        mean: r.get(3)?,
+        sem: r.get(4)?,
+        is_final: r.get::<_, i64>(5)? != 0,
+    })
+}
+
 const WORKER_COLUMNS: &str =
     "id, command, pid, process_start, host, started_at, renewed_at, lease_seconds, ended_at, exit_code, taken_over";
 
@@ -379,16 +422,7 @@ impl SqliteStore {
             "SELECT trial, metric, progression, mean, sem, final FROM observations {filter} ORDER BY trial, rowid"
         );
         let mut st = self.conn.prepare_cached(&sql)?;
-        let rows = st.query_map([], |r| {
-            Ok(Observation {
-                trial: r.get::<_, i64>(0)? as u64,
-                metric: r.get(1)?,
-                progression: r.get(2)?,
-                mean: r.get(3)?,
-                sem: r.get(4)?,
-                is_final: r.get::<_, i64>(5)? != 0,
-            })
-        })?;
+        let rows = st.query_map([], observation_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
@@ -485,13 +519,19 @@ impl Ledger for SqliteStore {
         base_dir: &Path,
         seed: u64,
         overrides: &serde_json::Value,
+        replace: bool,
     ) -> Result<()> {
         let now = now();
+        let on_conflict = if replace {
+            "DO UPDATE SET spec_toml = ?2, spec_hash = ?3, spec_path = ?4, base_dir = ?5, seed = ?6, overrides = ?7, updated_at = ?8"
+        } else {
+            "DO NOTHING"
+        };
         self.conn.execute(
-            "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, overrides, created_at, updated_at)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             ON CONFLICT(id) DO UPDATE SET spec_toml = ?2, spec_hash = ?3, spec_path = ?4, base_dir = ?5,
-               seed = ?6, overrides = ?7, updated_at = ?8",
+            &format!(
+                "INSERT INTO experiment (id, name, spec_toml, spec_hash, spec_path, base_dir, seed, overrides, created_at, updated_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT(id) {on_conflict}"
+            ),
             params![
                 name,
                 spec_toml,
@@ -592,39 +632,13 @@ impl Ledger for SqliteStore {
     }
 
     fn trials(&self) -> Result<Vec<Trial>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT idx, status, lost, arm_key, parameters, generation, rerun_of, attempt, slot, session, feasible,
-                    reason, run_metadata, stop_metadata, trial_dir, created_at, staged_at, started_at, completed_at, holder
-             FROM trials ORDER BY idx",
-        )?;
-        let rows = st.query_map([], |r| {
-            let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
-                Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
-            };
-            Ok(Trial {
-                index: r.get::<_, i64>(0)? as u64,
-                status: r.get::<_, String>(1)?.parse().unwrap_or(TrialStatus::Failed),
-                lost: r.get::<_, i64>(2)? != 0,
-                arm_key: r.get(3)?,
-                parameters: json(4)?.unwrap_or(serde_json::Value::Null),
-                generation: r.get(5)?,
-                rerun_of: r.get::<_, Option<i64>>(6)?.map(|x| x as u64),
-                attempt: r.get::<_, i64>(7)? as u32,
-                slot: r.get::<_, Option<i64>>(8)?.map(|x| x as usize),
-                session: r.get(9)?,
-                feasible: r.get::<_, Option<i64>>(10)?.map(|x| x != 0),
-                reason: r.get(11)?,
-                run_metadata: json(12)?,
-                stop_metadata: json(13)?,
-                trial_dir: r.get(14)?,
-                created_at: r.get(15)?,
-                staged_at: r.get(16)?,
-                started_at: r.get(17)?,
-                completed_at: r.get(18)?,
-                holder: r.get(19)?,
-            })
-        })?;
+        let mut st = self.conn.prepare_cached(&format!("SELECT {TRIAL_COLUMNS} FROM trials ORDER BY idx"))?;
+        let rows = st.query_map([], trial_row)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn last_event(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
     }
 
     fn trial_counts(&self) -> Result<(u64, u64)> {
@@ -723,7 +737,7 @@ impl Ledger for SqliteStore {
                 return Err(StoreError::LeaseLost);
             }
         }
-        let mut tx = SqliteTx { t, time: now() };
+        let mut tx = SqliteTx { t, time: now(), worker: self.fence };
         f(&mut tx)?;
         tx.t.commit()?;
         Ok(())
@@ -744,6 +758,8 @@ impl Drop for SqliteStore {
 pub struct SqliteTx<'c> {
     t: rusqlite::Transaction<'c>,
     time: String,
+    /// The worker that writes (its events say so, and the others read them as changes).
+    worker: Option<i64>,
 }
 
 impl Tx for SqliteTx<'_> {
@@ -824,6 +840,24 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn open_workers(&mut self) -> Result<Vec<i64>> {
+        let mut st = self
+            .t
+            .prepare_cached("SELECT id FROM sessions WHERE ended_at IS NULL AND taken_over IS NULL ORDER BY id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+    }
+
+    fn take_over(&mut self, dead: i64) -> Result<bool> {
+        let n = self
+            .t
+            .prepare_cached(
+                "UPDATE sessions SET taken_over = ?1 WHERE id = ?2 AND taken_over IS NULL AND ended_at IS NULL",
+            )?
+            .execute(params![self.time, dead])?;
+        Ok(n == 1)
+    }
+
     fn hold(&mut self, index: u64, worker: i64) -> Result<()> {
         self.t
             .prepare_cached("UPDATE trials SET holder = ?1 WHERE idx = ?2")?
@@ -849,9 +883,41 @@ impl Tx for SqliteTx<'_> {
 
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()> {
         self.t
-            .prepare_cached("INSERT INTO events (time, trial, kind, message) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![self.time, trial.map(|x| x as i64), kind, message])?;
+            .prepare_cached("INSERT INTO events (time, session, trial, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![self.time, self.worker, trial.map(|x| x as i64), kind, message])?;
         Ok(())
+    }
+
+    fn changes(&mut self, after: i64, me: i64) -> Result<(i64, Vec<u64>)> {
+        let last: i64 = self.t.query_row("SELECT coalesce(max(id), ?1) FROM events", [after], |r| r.get(0))?;
+        let mut st = self.t.prepare_cached(
+            "SELECT DISTINCT trial FROM events WHERE id > ?1 AND id <= ?2 AND trial IS NOT NULL
+               AND (session IS NULL OR session != ?3) ORDER BY trial",
+        )?;
+        let rows = st.query_map(params![after, last, me], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok((last, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+    }
+
+    fn trial(&mut self, index: u64) -> Result<Option<Trial>> {
+        let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx = ?1");
+        Ok(self.t.prepare_cached(&sql)?.query_row([index as i64], trial_row).optional()?)
+    }
+
+    fn finals_of(&mut self, index: u64) -> Result<Vec<Observation>> {
+        let mut st = self.t.prepare_cached(
+            "SELECT trial, metric, progression, mean, sem, final FROM observations WHERE trial = ?1 AND final = 1 ORDER BY rowid",
+        )?;
+        let rows = st.query_map([index as i64], observation_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn generator_state(&mut self, key: &str) -> Result<Option<serde_json::Value>> {
+        let s: Option<String> =
+            self.t.query_row("SELECT value FROM generator_state WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+        Ok(match s {
+            Some(s) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
     }
 }
 

@@ -65,3 +65,68 @@ fn a_frozen_worker_loses_its_lease_and_stops_when_it_wakes_up() {
         trials.iter().filter(|t| status(t) == "COMPLETED").map(|t| t["parameters"].to_string()).collect();
     assert_eq!(arms.len(), 6, "no arm completed twice");
 }
+
+#[test]
+fn four_workers_share_one_store_and_a_killed_one_is_taken_over() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let runner = format!(
+        "command = [\"sh\", \"-c\", \"echo {{trial}} $PPID >> {}; sleep 0.3; echo f={{x}}\"]",
+        log.path().display()
+    );
+    let orch = "max_trials = 40\nparallelism = 1\ninitial_seconds_between_polls = 0.05\nworker_lease_seconds = 3";
+    let e = Exp::new("four", &toml("four", X, &runner, orch, "[generation]\nmethod = \"sobol\""));
+    let mut workers: Vec<(usize, Spawned)> =
+        (0..4).map(|i| (i, e.spawn(&["run", "experiment.toml", "--join"], &format!("w{i}")))).collect();
+    // Kill one while it runs a trial.
+    e.wait_for(60, "10 completed trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'COMPLETED'") >= 10);
+    let (_, mut victim) = workers.remove(1);
+    let victim_pid = victim.id();
+    e.wait_for(30, "the victim to run a trial", |e| {
+        e.count(&format!(
+            "SELECT count(*) FROM trials t JOIN sessions s ON s.id = t.holder WHERE s.pid = {victim_pid} AND t.status = 'RUNNING'"
+        )) == 1
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    for (i, w) in workers.iter_mut() {
+        let st = w.wait().unwrap();
+        assert_eq!(st.code(), Some(0), "worker {i}: {}", e.log(&format!("w{i}")));
+    }
+    let trials = e.trials();
+    let completed: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "COMPLETED").collect();
+    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), 40, "exact budget: {trials:?}");
+    assert_eq!(completed.len(), 40);
+    let arms: std::collections::HashSet<String> = completed.iter().map(|t| t["parameters"].to_string()).collect();
+    assert_eq!(arms.len(), 40, "no arm completed twice");
+    // Each trial ran once, whoever started it.
+    let runs = std::fs::read_to_string(log.path()).unwrap();
+    let mut per_trial = std::collections::HashMap::new();
+    for l in runs.lines() {
+        *per_trial.entry(l.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert!(per_trial.values().all(|n| *n == 1), "a trial ran twice: {runs}");
+    let creators: std::collections::HashSet<i64> = trials.iter().filter_map(|t| t["worker"].as_i64()).collect();
+    assert!(creators.len() >= 3, "the work was shared: {creators:?}");
+    let taken = e.count(&format!("SELECT count(*) FROM sessions WHERE pid = {victim_pid} AND taken_over IS NOT NULL"));
+    assert_eq!(taken, 1, "the dead worker was taken over");
+    let adopted = (0..4).filter(|i| *i != 1).any(|i| e.log(&format!("w{i}")).contains("taking over its 1 trial(s)"));
+    assert!(adopted, "its running trial was taken over");
+}
+
+#[test]
+fn a_worker_that_joins_with_another_file_is_refused_with_the_difference() {
+    let e = exp("joinfile", "0", 2, "");
+    e.run_ok(&["run", "experiment.toml", "--join", "-q"]);
+    let changed =
+        std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("[0.0, 1.0]", "[0.0, 2.0]");
+    e.file("other.toml", &changed);
+    let out = e.optx(&["run", "other.toml", "--join", "--store", ".optx/joinfile.db"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("[parameters] x:"), "{}", text(&out));
+    // Orchestration may differ: a worker with its own budget share joins.
+    let more =
+        std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("max_trials = 2", "max_trials = 3");
+    e.file("experiment.toml", &more);
+    e.run_ok(&["run", "experiment.toml", "--join", "--max-trials-per-worker", "1", "-q"]);
+    assert_eq!(e.trials().len(), 3);
+}
