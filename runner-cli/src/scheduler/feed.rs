@@ -15,20 +15,20 @@ use crate::store::{self, Tx};
 impl State<'_> {
     /// Read what changed since the last look and fold it into the state.
     pub(super) fn sync(&mut self, tx: &mut dyn Tx) -> Result<(), store::StoreError> {
-        let (cursor, changed) = tx.changes(self.cursor, self.session)?;
-        self.cursor = cursor;
-        if changed.is_empty() {
+        let changes = tx.changes(self.cursor, self.session)?;
+        self.cursor = changes.cursor;
+        if changes.trials.is_empty() {
             return Ok(());
         }
-        for index in changed {
+        let mut finals = changes.finals.into_iter().peekable();
+        for t in changes.trials {
+            let mine: Vec<Observation> = std::iter::from_fn(|| finals.next_if(|o| o.trial == t.index)).collect();
             // Our own trials are ours to know: the feed brings others' changes to them
             // only when this worker was taken over, and then it writes nothing more.
-            if self.running.contains_key(&index) {
+            if self.running.contains_key(&t.index) {
                 continue;
             }
-            let Some(t) = tx.trial(index)? else { continue };
-            let finals = if t.status.is_terminal() { tx.finals_of(index)? } else { Vec::new() };
-            self.absorb(t, &finals);
+            self.absorb(t, &mine);
         }
         // Another worker's proposals moved the shared sequence on.
         if let Some(v) = tx.generator_state("sequence")? {

@@ -250,13 +250,20 @@ pub trait Tx {
     fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()>;
     /// The change feed: the trials that workers other than `me` changed after event
-    /// `after`, and the id of the newest event (the cursor for the next look).
-    fn changes(&mut self, after: i64, me: i64) -> Result<(i64, Vec<u64>)>;
+    /// `after` (as stored now, in index order, with the final observations of those that
+    /// ended), and the id of the newest event (the cursor for the next look).
+    fn changes(&mut self, after: i64, me: i64) -> Result<Changes>;
     /// One trial as stored now.
     fn trial(&mut self, index: u64) -> Result<Option<Trial>>;
-    /// The final observations of one trial.
-    fn finals_of(&mut self, index: u64) -> Result<Vec<Observation>>;
     fn generator_state(&mut self, key: &str) -> Result<Option<serde_json::Value>>;
+}
+
+/// What the change feed brings.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub cursor: i64,
+    pub trials: Vec<Trial>,
+    pub finals: Vec<Observation>,
 }
 
 /// [`Ledger::transaction`] with a result.

@@ -14,7 +14,9 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{fnv1a, now, ExperimentRow, Ledger, NewTrial, NewWorker, Result, StoreError, TransitionData, Tx, Worker};
+use super::{
+    fnv1a, now, Changes, ExperimentRow, Ledger, NewTrial, NewWorker, Result, StoreError, TransitionData, Tx, Worker,
+};
 use crate::domain::{Durability, Goal, Observation, Trial, TrialStatus};
 
 /// The schema this optx writes.
@@ -726,7 +728,9 @@ impl Ledger for SqliteStore {
     }
 
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let asked = std::time::Instant::now();
         let t = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held = std::time::Instant::now();
         if let Some(worker) = self.fence {
             // Fenced: a worker whose lease was taken over writes nothing more.
             let taken: Option<String> = t
@@ -740,6 +744,13 @@ impl Ledger for SqliteStore {
         let mut tx = SqliteTx { t, time: now(), worker: self.fence };
         f(&mut tx)?;
         tx.t.commit()?;
+        // For the workers benchmark: how long the store's write lock was waited for and held.
+        tracing::debug!(
+            target: "optx::store::lock",
+            waited_us = held.duration_since(asked).as_micros() as u64,
+            held_us = held.elapsed().as_micros() as u64,
+            "transaction"
+        );
         Ok(())
     }
 }
@@ -888,27 +899,37 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn changes(&mut self, after: i64, me: i64) -> Result<(i64, Vec<u64>)> {
-        let last: i64 = self.t.query_row("SELECT coalesce(max(id), ?1) FROM events", [after], |r| r.get(0))?;
-        let mut st = self.t.prepare_cached(
-            "SELECT DISTINCT trial FROM events WHERE id > ?1 AND id <= ?2 AND trial IS NOT NULL
-               AND (session IS NULL OR session != ?3) ORDER BY trial",
-        )?;
-        let rows = st.query_map(params![after, last, me], |r| Ok(r.get::<_, i64>(0)? as u64))?;
-        Ok((last, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+    fn changes(&mut self, after: i64, me: i64) -> Result<Changes> {
+        let cursor: i64 = self.t.query_row("SELECT coalesce(max(id), ?1) FROM events", [after], |r| r.get(0))?;
+        if cursor == after {
+            return Ok(Changes { cursor, ..Default::default() });
+        }
+        // Two queries whatever the number of changes: the rows, and the finals of those.
+        let changed = "SELECT DISTINCT trial FROM events WHERE id > ?1 AND id <= ?2 AND trial IS NOT NULL
+                         AND (session IS NULL OR session != ?3)";
+        let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx IN ({changed}) ORDER BY idx");
+        let trials = self
+            .t
+            .prepare_cached(&sql)?
+            .query_map(params![after, cursor, me], trial_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let sql = format!(
+            "SELECT o.trial, o.metric, o.progression, o.mean, o.sem, o.final FROM observations o
+             JOIN trials t ON t.idx = o.trial
+             WHERE o.final = 1 AND t.status NOT IN ('CANDIDATE', 'STAGED', 'RUNNING') AND o.trial IN ({changed})
+             ORDER BY o.trial, o.rowid"
+        );
+        let finals = self
+            .t
+            .prepare_cached(&sql)?
+            .query_map(params![after, cursor, me], observation_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Changes { cursor, trials, finals })
     }
 
     fn trial(&mut self, index: u64) -> Result<Option<Trial>> {
         let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx = ?1");
         Ok(self.t.prepare_cached(&sql)?.query_row([index as i64], trial_row).optional()?)
-    }
-
-    fn finals_of(&mut self, index: u64) -> Result<Vec<Observation>> {
-        let mut st = self.t.prepare_cached(
-            "SELECT trial, metric, progression, mean, sem, final FROM observations WHERE trial = ?1 AND final = 1 ORDER BY rowid",
-        )?;
-        let rows = st.query_map([index as i64], observation_row)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn generator_state(&mut self, key: &str) -> Result<Option<serde_json::Value>> {
