@@ -97,6 +97,41 @@ enum Command {
     },
     /// Check an experiment file and print the resolved search space
     Validate { file: PathBuf },
+    /// New trials from the experiment's generator, for you to run; tell their results
+    Ask {
+        /// The store (or its experiment file)
+        target: PathBuf,
+        /// How many
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        count: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Complete a trial from `ask` (or `attach`) with its metrics: m=v or m=v:sem ...
+    Tell {
+        target: PathBuf,
+        trial: u64,
+        /// Metrics, `name=value` or `name=value:sem`
+        metrics: Vec<String>,
+        /// Report a point of its learning curve at this progression instead
+        #[arg(long, value_name = "P", conflicts_with_all = ["failed", "abandon"])]
+        progression: Option<f64>,
+        /// The trial failed, for this reason
+        #[arg(long, value_name = "REASON", conflicts_with = "abandon")]
+        failed: Option<String>,
+        /// The trial was given up on, for this reason
+        #[arg(long, value_name = "REASON")]
+        abandon: Option<String>,
+    },
+    /// Add a trial that ran outside optx: p=v ... for its parameters
+    Attach {
+        target: PathBuf,
+        /// Parameters, `name=value`
+        params: Vec<String>,
+        /// Its results too: m=v or m=v:sem ...
+        #[arg(long = "tell", value_name = "METRIC", num_args = 1..)]
+        tell: Vec<String>,
+    },
     /// A consistent copy of a store, while or after it runs (copying the .db file alone can
     /// miss what its -wal file holds)
     Backup {
@@ -187,6 +222,11 @@ pub fn main() -> i32 {
         }),
         Command::Validate { file } => cmd_validate(&file),
         Command::Backup { target, dest } => cmd_backup(&target, &dest),
+        Command::Ask { target, count, json } => cmd_ask(&target, count, json, &line),
+        Command::Tell { target, trial, metrics, progression, failed, abandon } => {
+            cmd_tell(&target, trial, &metrics, progression, failed, abandon, &line)
+        }
+        Command::Attach { target, params, tell } => cmd_attach(&target, &params, &tell, &line),
     }
 }
 
@@ -606,6 +646,169 @@ fn start(l: Launch, o: &Overrides) -> i32 {
         }
     }
     code
+}
+
+/// The store of `target` opened to act on it, with its experiment, joined as a worker
+/// beside those that run it; its session id.
+fn act_on(target: &Path, line: &str) -> Result<(Box<dyn Ledger>, ExperimentSpec, u64, i64), i32> {
+    let (_, spec, path) = open_target(target)?;
+    let mut store = store::open_existing(&path).map_err(|e| fail(EXIT_USAGE, e))?;
+    let seed = match store.experiment() {
+        Ok(Some(e)) => e.seed,
+        Ok(None) => return Err(fail(EXIT_USAGE, format!("{} holds no experiment", path.display()))),
+        Err(e) => return Err(fail(EXIT_RUNTIME, e)),
+    };
+    let pid = std::process::id();
+    let host = crate::exec::hostname();
+    let me = store::NewWorker {
+        command: line,
+        pid,
+        process_start: crate::exec::process_start_time(pid),
+        host: &host,
+        lease_seconds: spec.orchestration.worker_lease_seconds,
+    };
+    let session = store.join(&me, false, &scheduler::worker_alive).map_err(|e| fail(EXIT_USAGE, e))?;
+    Ok((store, spec, seed, session))
+}
+
+fn run_error(e: RunError) -> i32 {
+    match e {
+        e @ (RunError::Usage(_) | RunError::Owned { .. }) => fail(EXIT_USAGE, e),
+        e @ RunError::Runtime(_) => fail(EXIT_RUNTIME, e),
+    }
+}
+
+/// `name=value` pairs of the command line.
+fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, i32> {
+    items
+        .iter()
+        .map(|i| match i.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(fail(EXIT_USAGE, format!("`{i}`: give {what} as name=value"))),
+        })
+        .collect()
+}
+
+/// `m=v` or `m=v:sem` values.
+fn reported(items: &[String]) -> Result<Vec<scheduler::Reported>, i32> {
+    pairs(items, "each metric")?
+        .into_iter()
+        .map(|(metric, v)| {
+            let (mean, sem) = match v.split_once(':') {
+                Some((m, s)) => (m, Some(s)),
+                None => (v.as_str(), None),
+            };
+            let num = |x: &str| {
+                x.trim().parse::<f64>().map_err(|_| fail(EXIT_USAGE, format!("`{metric}={v}`: `{x}` is not a number")))
+            };
+            Ok(scheduler::Reported { mean: num(mean)?, sem: sem.map(num).transpose()?, metric })
+        })
+        .collect()
+}
+
+fn print_asked(a: &scheduler::Asked, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({"index": a.index, "parameters": a.parameters, "generation": a.generation}));
+    } else {
+        println!("{}\t{}", a.index, report::params_inline(&a.parameters));
+    }
+}
+
+fn cmd_ask(target: &Path, count: u64, json: bool, line: &str) -> i32 {
+    let (mut store, spec, seed, session) = match act_on(target, line) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let asked = scheduler::ask(&spec, store.as_mut(), session, seed, count);
+    let _ = store.leave(session, Some(if asked.is_ok() { 0 } else { 1 }));
+    match asked {
+        Ok(list) => {
+            for a in &list {
+                print_asked(a, json);
+            }
+            if (list.len() as u64) < count {
+                eprintln!(
+                    "optx: {} of {count} trial(s): the budget (max_trials = {}) or the search space is spent",
+                    list.len(),
+                    spec.orchestration.max_trials
+                );
+            }
+            EXIT_OK
+        }
+        Err(e) => run_error(e),
+    }
+}
+
+fn cmd_tell(
+    target: &Path,
+    trial: u64,
+    metrics: &[String],
+    progression: Option<f64>,
+    failed: Option<String>,
+    abandon: Option<String>,
+    line: &str,
+) -> i32 {
+    let values = match reported(metrics) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let what = match (progression, failed, abandon) {
+        (Some(p), _, _) => scheduler::Tell::Point { progression: p, values },
+        (_, Some(why), _) => scheduler::Tell::Failed(why),
+        (_, _, Some(why)) => scheduler::Tell::Abandon(why),
+        _ => scheduler::Tell::Results(values),
+    };
+    let (mut store, spec, _, session) = match act_on(target, line) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let told = scheduler::tell(&spec, store.as_mut(), trial, &what);
+    let _ = store.leave(session, Some(if told.is_ok() { 0 } else { 2 }));
+    match told {
+        Ok(scheduler::Told::Point) => {
+            // Until early stopping exists, every point lets the trial go on.
+            println!("continue");
+            EXIT_OK
+        }
+        Ok(scheduler::Told::Completed { feasible }) => {
+            let note = if feasible { "" } else { " (infeasible)" };
+            println!("optx: trial {trial} completed{note}");
+            EXIT_OK
+        }
+        Ok(scheduler::Told::Failed) => {
+            println!("optx: trial {trial} failed");
+            EXIT_OK
+        }
+        Ok(scheduler::Told::Abandoned) => {
+            println!("optx: trial {trial} abandoned");
+            EXIT_OK
+        }
+        Err(e) => run_error(e),
+    }
+}
+
+fn cmd_attach(target: &Path, params: &[String], results: &[String], line: &str) -> i32 {
+    let (given, results) = match (pairs(params, "each parameter"), reported(results)) {
+        (Ok(g), Ok(r)) => (g, r),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let (mut store, spec, _, session) = match act_on(target, line) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let done = scheduler::arm_of(&spec, &given).and_then(|arm| {
+        let r = (!results.is_empty()).then_some(results.as_slice());
+        scheduler::attach(&spec, store.as_mut(), session, &arm, r)
+    });
+    let _ = store.leave(session, Some(if done.is_ok() { 0 } else { 2 }));
+    match done {
+        Ok((a, told)) => {
+            let how = if told.is_some() { "attached and completed" } else { "attached, running: tell its results" };
+            println!("optx: trial {} {how}: {}", a.index, report::params_inline(&a.parameters));
+            EXIT_OK
+        }
+        Err(e) => run_error(e),
+    }
 }
 
 fn cmd_backup(target: &Path, dest: &Path) -> i32 {

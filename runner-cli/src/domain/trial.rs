@@ -150,6 +150,12 @@ pub struct Observation {
 
 impl Trial {
     /// Drop what only the store needs to keep (parameters, metadata, reason, times).
+    /// A trial handed out by `optx ask` (or added by `optx attach`): the user runs it and
+    /// tells its results; no worker follows it.
+    pub fn is_asked(&self) -> bool {
+        self.run_metadata.as_ref().is_some_and(|m| m.get("asked_by").is_some())
+    }
+
     pub fn shrink(&mut self) {
         self.parameters = serde_json::Value::Null;
         self.run_metadata = None;

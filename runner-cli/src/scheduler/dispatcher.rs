@@ -170,6 +170,84 @@ pub(crate) struct Interrupts {
 }
 
 /// Run the loop on an open, owned store. Returns how it ended.
+impl<'a> State<'a> {
+    /// The state of a worker that joins `store` as `session`, built from the ledger: the
+    /// trials, the arms taken, the budget spent, the best so far, the arms to run again,
+    /// and the model fed with what ended and what runs.
+    pub(super) fn load(
+        spec: &'a ExperimentSpec,
+        store: &mut dyn Ledger,
+        seed: u64,
+        session: i64,
+        interrupted: Arc<AtomicBool>,
+    ) -> Result<State<'a>, store::StoreError> {
+        // The cursor first: what changes while the rest is read comes through the feed again.
+        let cursor = store.last_event()?;
+        let trials = store.trials()?;
+        let store_id = store.id()?;
+        let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
+        let stored_points = store.curve_points(&open)?;
+        let state: GenState =
+            store.generator_state("sequence")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+        let mut taken = HashMap::new();
+        for t in trials.iter().filter(|t| !t.lost && t.status != TrialStatus::Failed) {
+            *taken.entry(t.arm_key.clone()).or_insert(0) += 1;
+        }
+        let finals = crate::domain::final_values(&store.final_observations()?);
+        let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
+        let cost: f64 = trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Completed)
+            .filter_map(|t| finals.get(&t.index).and_then(|m| m.get("cost")).map(|o| o.mean))
+            .sum();
+        let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
+        let reruns = pending_reruns(spec, &trials);
+        let mut generator = Generator::new(spec, seed, state);
+        let learns = generator.learns();
+        for t in trials.iter().filter(|_| learns) {
+            let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
+            if t.status == TrialStatus::Completed {
+                let values =
+                    finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());
+                generator.observe(t.index, &arm, values.unwrap_or_default());
+            } else if !t.status.is_terminal() {
+                generator.pending(t.index, &arm);
+            }
+        }
+        let mut trials = trials;
+        for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
+            t.shrink();
+        }
+        Ok(State {
+            spec,
+            generator,
+            session,
+            reruns,
+            trials,
+            taken,
+            running: HashMap::new(),
+            free_slots: (0..spec.orchestration.parallelism).collect(),
+            deployed_now: 0,
+            failed_now: 0,
+            best,
+            cost,
+            halt: None,
+            exhausted: false,
+            nonlost,
+            undeployed: BTreeSet::new(),
+            effects: Vec::new(),
+            trials_root: spec.trials_root(),
+            lost_now: 0,
+            lost_streak: 0,
+            store_id,
+            stored_points,
+            interrupted,
+            cursor,
+            created_now: 0,
+        })
+    }
+}
+
 pub(crate) fn drive(
     spec: &ExperimentSpec,
     store: &mut dyn Ledger,
@@ -180,75 +258,13 @@ pub(crate) fn drive(
     interrupts: &Interrupts,
 ) -> Result<RunEnd, store::StoreError> {
     let (signals, interrupted) = (&interrupts.signals, Arc::clone(&interrupts.flag));
-    // The cursor first: what changes while the rest is read comes through the feed again.
-    let cursor = store.last_event()?;
-    let trials = store.trials()?;
-    let store_id = store.id()?;
-    let open: Vec<u64> = trials.iter().filter(|t| t.status == TrialStatus::Running).map(|t| t.index).collect();
-    let stored_points = store.curve_points(&open)?;
-    let state: GenState =
-        store.generator_state("sequence")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
-    let mut taken = HashMap::new();
-    for t in trials.iter().filter(|t| !t.lost && t.status != TrialStatus::Failed) {
-        *taken.entry(t.arm_key.clone()).or_insert(0) += 1;
-    }
-    let finals = crate::domain::final_values(&store.final_observations()?);
-    let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
-    let cost: f64 = trials
-        .iter()
-        .filter(|t| t.status == TrialStatus::Completed)
-        .filter_map(|t| finals.get(&t.index).and_then(|m| m.get("cost")).map(|o| o.mean))
-        .sum();
+    let st = State::load(spec, store, seed, session, interrupted)?;
     let parallelism = spec.orchestration.parallelism;
-    let attach = trials.iter().filter(|t| !t.status.is_terminal()).count();
+    let attach = st.trials.iter().filter(|t| !t.status.is_terminal()).count();
     let (jobs_tx, jobs_rx) = unbounded::<Work>();
     let (events_tx, events_rx) = unbounded();
     let mut pool = Pool { jobs: jobs_rx, events: events_tx, runner: Arc::clone(&runner), workers: Vec::new() };
     pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;
-    let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
-    let reruns = pending_reruns(spec, &trials);
-    let mut generator = Generator::new(spec, seed, state);
-    let learns = generator.learns();
-    for t in trials.iter().filter(|_| learns) {
-        let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
-        if t.status == TrialStatus::Completed {
-            let values = finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());
-            generator.observe(t.index, &arm, values.unwrap_or_default());
-        } else if !t.status.is_terminal() {
-            generator.pending(t.index, &arm);
-        }
-    }
-    let mut trials = trials;
-    for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
-        t.shrink();
-    }
-    let st = State {
-        spec,
-        generator,
-        session,
-        reruns,
-        trials,
-        taken,
-        running: HashMap::new(),
-        free_slots: (0..parallelism).collect(),
-        deployed_now: 0,
-        failed_now: 0,
-        best,
-        cost,
-        halt: None,
-        exhausted: false,
-        nonlost,
-        undeployed: BTreeSet::new(),
-        effects: Vec::new(),
-        trials_root: spec.trials_root(),
-        lost_now: 0,
-        lost_streak: 0,
-        store_id,
-        stored_points,
-        interrupted,
-        cursor,
-        created_now: 0,
-    };
     let mut d = Dispatcher {
         store,
         st,

@@ -15,6 +15,7 @@
 //! the trials that had not ended), `pool` (the worker threads), `launch` (the store, its
 //! ownership, the runner and the signals, before the loop).
 
+mod actors;
 mod dispatcher;
 mod feed;
 mod launch;
@@ -27,6 +28,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use actors::{arm_of, ask, attach, tell, Asked, Reported, Tell, Told};
 pub(crate) use dispatcher::{drive, Interrupts};
 pub use launch::{launch, worker_alive, Launch, RunError};
 

@@ -21,7 +21,7 @@ impl State<'_> {
         let open: Vec<Trial> = self
             .trials
             .iter()
-            .filter(|t| !t.status.is_terminal() && !t.holder.is_some_and(|h| others.contains(&h)))
+            .filter(|t| !t.status.is_terminal() && !t.holder.is_some_and(|h| others.contains(&h)) && !t.is_asked())
             .cloned()
             .collect();
         self.settle(tx, runner, open)?;
@@ -64,7 +64,7 @@ impl State<'_> {
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
             let idx = t.index;
             // This worker follows it from now on.
-            tx.hold(idx, self.session)?;
+            tx.hold(idx, Some(self.session))?;
             if t.status == TrialStatus::Running {
                 let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
                 self.print(RunEvent::Reattached { index: idx, pid });

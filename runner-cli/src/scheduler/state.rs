@@ -32,6 +32,14 @@ pub(super) struct Rerun {
     pub(super) label: &'static str,
 }
 
+/// A trial just created: its index, its arm (as the store holds it) and how it came.
+pub(super) struct NewArm {
+    pub index: u64,
+    pub arm: Arm,
+    pub params: serde_json::Value,
+    pub generation: String,
+}
+
 /// What the dispatcher does once a transaction has committed.
 pub(super) enum Effect {
     Print(RunEvent),
@@ -165,80 +173,88 @@ impl<'a> State<'a> {
             && self.nonlost < o.max_trials
             && self.undeployed.len() < max_pending
         {
-            if self.interrupted.load(Ordering::SeqCst) {
-                break;
-            }
-            let (arm, generation, rerun_of, attempt) = match self.reruns.pop_front() {
-                Some(r) => (r.arm, r.label.to_string(), Some(r.of), r.attempt),
-                None => {
-                    let taken = &self.taken;
-                    match self.generator.next(&|k| taken.contains_key(k)) {
-                        Ok(p) => (p.arm, p.method.to_string(), None, 1),
-                        Err(e) => {
-                            self.exhausted = true;
-                            self.print(RunEvent::Notice(format!("{e}; no more trials will be deployed")));
-                            break;
-                        }
-                    }
-                }
-            };
-            // An interrupt that came while the proposal was computed: it is not deployed
-            // (the generator's state is not saved, so a resume proposes it again).
-            if self.interrupted.load(Ordering::SeqCst) {
-                break;
-            }
-            let index = self.trials.len() as u64;
-            let params = arm.to_json();
-            // The trial gets exactly what the store holds: the arm as read back from it.
-            let arm = Arm::from_json(&self.spec.space, &params).unwrap_or(arm);
-            let key = arm.key();
-            let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
-            let session = self.session;
-            tx.insert_trial(&NewTrial {
-                index,
-                arm_key: &key,
-                parameters: &params,
-                generation: &generation,
-                rerun_of,
-                attempt,
-                session,
-            })?;
-            tx.set_generator_state("sequence", &state)?;
-            self.trials.push(Trial {
-                index,
-                status: TrialStatus::Candidate,
-                lost: false,
-                arm_key: key.clone(),
-                parameters: params.clone(),
-                generation: generation.clone(),
-                rerun_of,
-                attempt,
-                slot: None,
-                session,
-                holder: Some(session),
-                feasible: None,
-                reason: None,
-                run_metadata: None,
-                stop_metadata: None,
-                trial_dir: None,
-                created_at: tx.time().to_string(),
-                staged_at: None,
-                started_at: None,
-                completed_at: None,
-            });
-            self.take_arm(&key);
-            self.nonlost += 1;
-            self.created_now += 1;
-            self.undeployed.insert(index);
+            let Some(new) = self.create(tx)? else { break };
+            self.undeployed.insert(new.index);
             self.deployed_now += 1;
-            tracing::debug!(trial = index, %generation, "new trial");
-            self.print(RunEvent::Deployed { index, params, generation });
-            if self.generator.learns() {
-                self.generator.pending(index, &arm);
-            }
-            self.dispatch(index, arm, None, None);
+            self.print(RunEvent::Deployed { index: new.index, params: new.params, generation: new.generation });
+            self.dispatch(new.index, new.arm, None, None);
         }
         Ok(())
+    }
+
+    /// Propose the next arm (an arm to run again first) and record it as a new trial of
+    /// this worker: CANDIDATE, counted, its arm taken, pending in the model. `None`: nothing
+    /// more to propose (an interrupt came, or the search space is exhausted).
+    pub(super) fn create(&mut self, tx: &mut dyn Tx) -> Result<Option<NewArm>, store::StoreError> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let (arm, generation, rerun_of, attempt) = match self.reruns.pop_front() {
+            Some(r) => (r.arm, r.label.to_string(), Some(r.of), r.attempt),
+            None => {
+                let taken = &self.taken;
+                match self.generator.next(&|k| taken.contains_key(k)) {
+                    Ok(p) => (p.arm, p.method.to_string(), None, 1),
+                    Err(e) => {
+                        self.exhausted = true;
+                        self.print(RunEvent::Notice(format!("{e}; no more trials will be deployed")));
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        // An interrupt that came while the proposal was computed: it is not deployed
+        // (the generator's state is not saved, so a resume proposes it again).
+        if self.interrupted.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let index = self.trials.len() as u64;
+        let params = arm.to_json();
+        // The trial gets exactly what the store holds: the arm as read back from it.
+        let arm = Arm::from_json(&self.spec.space, &params).unwrap_or(arm);
+        let key = arm.key();
+        let state = serde_json::to_value(&self.generator.state).unwrap_or_default();
+        let session = self.session;
+        tx.insert_trial(&NewTrial {
+            index,
+            arm_key: &key,
+            parameters: &params,
+            generation: &generation,
+            rerun_of,
+            attempt,
+            session,
+        })?;
+        tx.set_generator_state("sequence", &state)?;
+        self.trials.push(Trial {
+            index,
+            status: TrialStatus::Candidate,
+            lost: false,
+            arm_key: key.clone(),
+            parameters: params.clone(),
+            generation: generation.clone(),
+            rerun_of,
+            attempt,
+            slot: None,
+            session,
+            holder: Some(session),
+            feasible: None,
+            reason: None,
+            run_metadata: None,
+            stop_metadata: None,
+            trial_dir: None,
+            created_at: tx.time().to_string(),
+            staged_at: None,
+            started_at: None,
+            completed_at: None,
+        });
+        self.take_arm(&key);
+        self.nonlost += 1;
+        self.created_now += 1;
+        tracing::debug!(trial = index, %generation, "new trial");
+        if self.generator.learns() {
+            self.generator.pending(index, &arm);
+        }
+        Ok(Some(NewArm { index, arm, params, generation }))
     }
 
     /// Record that a trial runs (through STAGED if it is still a candidate), with the run

@@ -238,8 +238,11 @@ pub trait Tx {
     fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()>;
     /// Update the run metadata of a trial without a transition.
     fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()>;
-    /// The worker that follows a trial from now on.
-    fn hold(&mut self, index: u64, worker: i64) -> Result<()>;
+    /// The worker that follows a trial from now on (none: a trial asked for, or attached,
+    /// that the user runs).
+    fn hold(&mut self, index: u64, worker: Option<i64>) -> Result<()>;
+    /// The index the next new trial gets.
+    fn next_index(&mut self) -> Result<u64>;
     /// The workers that have neither ended nor been taken over (alive, or dead and not
     /// noticed yet): the trials they hold are theirs.
     fn open_workers(&mut self) -> Result<Vec<i64>>;

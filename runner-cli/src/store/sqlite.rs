@@ -869,7 +869,11 @@ impl Tx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn hold(&mut self, index: u64, worker: i64) -> Result<()> {
+    fn next_index(&mut self) -> Result<u64> {
+        Ok(self.t.query_row("SELECT coalesce(max(idx) + 1, 0) FROM trials", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    fn hold(&mut self, index: u64, worker: Option<i64>) -> Result<()> {
         self.t
             .prepare_cached("UPDATE trials SET holder = ?1 WHERE idx = ?2")?
             .execute(params![worker, index as i64])?;

@@ -130,3 +130,43 @@ fn a_worker_that_joins_with_another_file_is_refused_with_the_difference() {
     e.run_ok(&["run", "experiment.toml", "--join", "--max-trials-per-worker", "1", "-q"]);
     assert_eq!(e.trials().len(), 3);
 }
+
+#[test]
+fn ask_tell_and_attach_beside_a_running_optx_are_seen_by_its_next_proposals() {
+    // Six arms and a budget of six: the run proposes only the arms that ask and attach left.
+    let params = r#"c = { type = "choice", values = [1, 2, 3, 4, 5, 6] }"#;
+    let runner = r#"command = ["sh", "-c", "sleep 0.5; echo f={c}"]"#;
+    let orch = "max_trials = 6\ninitial_seconds_between_polls = 0.1";
+    let e = Exp::new("asktell", &toml("asktell", params, runner, orch, "[generation]\nmethod = \"grid\""));
+    let mut run = e.spawn(&["run", "experiment.toml"], "run");
+    e.wait_for(60, "the run's first trial", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 1);
+    let asked = e.run_ok(&["ask", ".optx/asktell.db", "--json"]);
+    let a: serde_json::Value = serde_json::from_slice(&asked.stdout).unwrap();
+    let index = a["index"].as_u64().unwrap().to_string();
+    let out = e.run_ok(&["attach", "experiment.toml", "c=6", "--tell", "f=0.6"]);
+    assert!(text(&out).contains("attached and completed"), "{}", text(&out));
+    // A point of a learning curve first: without early stopping the answer is continue.
+    let out = e.run_ok(&["tell", "experiment.toml", &index, "--progression", "1", "f=0.5"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "continue");
+    e.run_ok(&["tell", "experiment.toml", &index, "f=0.2:0.01"]);
+    // Telling a trial that optx runs itself, or one that has ended, is refused.
+    let out = e.optx(&["tell", "experiment.toml", "0", "f=1"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let out = e.optx(&["tell", "experiment.toml", &index, "f=1"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let out = e.optx(&["attach", "experiment.toml", "c=9"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert_eq!(run.wait().unwrap().code(), Some(0), "{}", e.log("run"));
+    let trials = e.trials();
+    assert_eq!(trials.len(), 6, "the attached trial counts toward max_trials: {trials:?}");
+    let mut values: Vec<i64> = trials.iter().map(|t| t["parameters"]["c"].as_i64().unwrap()).collect();
+    values.sort();
+    assert_eq!(values, [1, 2, 3, 4, 5, 6], "no arm twice: the run saw the asked and attached ones");
+    let told = &trials[index.parse::<usize>().unwrap()];
+    assert_eq!(status(told), "COMPLETED");
+    assert_eq!(told["metrics"]["f"]["mean"].as_f64(), Some(0.2));
+    assert_eq!(told["metrics"]["f"]["sem"].as_f64(), Some(0.01));
+    let best = e.run_ok(&["best", "experiment.toml", "--json"]);
+    let b: serde_json::Value = serde_json::from_slice(&best.stdout).unwrap();
+    assert_eq!(b["index"].as_u64(), told["index"].as_u64(), "the told value is the best");
+}
