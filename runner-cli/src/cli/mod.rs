@@ -132,6 +132,13 @@ enum Command {
         #[arg(long = "tell", value_name = "METRIC", num_args = 1..)]
         tell: Vec<String>,
     },
+    /// Settle the trials that nobody follows any more (dead workers, vanished processes)
+    Clean {
+        target: PathBuf,
+        /// Say what would be done, and do nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A consistent copy of a store, while or after it runs (copying the .db file alone can
     /// miss what its -wal file holds)
     Backup {
@@ -227,6 +234,7 @@ pub fn main() -> i32 {
             cmd_tell(&target, trial, &metrics, progression, failed, abandon, &line)
         }
         Command::Attach { target, params, tell } => cmd_attach(&target, &params, &tell, &line),
+        Command::Clean { target, dry_run } => cmd_clean(&target, dry_run, &line),
     }
 }
 
@@ -805,6 +813,40 @@ fn cmd_attach(target: &Path, params: &[String], results: &[String], line: &str) 
         Ok((a, told)) => {
             let how = if told.is_some() { "attached and completed" } else { "attached, running: tell its results" };
             println!("optx: trial {} {how}: {}", a.index, report::params_inline(&a.parameters));
+            EXIT_OK
+        }
+        Err(e) => run_error(e),
+    }
+}
+
+fn cmd_clean(target: &Path, dry_run: bool, line: &str) -> i32 {
+    let exe = match exe() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    // A dry run only reads: it joins as nobody (joining marks the dead workers).
+    let (mut store, spec, seed, session) = if dry_run {
+        let (store, spec, _) = match open_target(target) {
+            Ok(x) => x,
+            Err(c) => return c,
+        };
+        let seed = store.experiment().ok().flatten().map_or(0, |e| e.seed);
+        (store, spec, seed, -1)
+    } else {
+        match act_on(target, line) {
+            Ok(x) => x,
+            Err(c) => return c,
+        }
+    };
+    let done = scheduler::clean(&spec, store.as_mut(), session, seed, &exe, dry_run);
+    if !dry_run {
+        let _ = store.leave(session, Some(if done.is_ok() { 0 } else { 1 }));
+    }
+    match done {
+        Ok(lines) => {
+            for l in lines {
+                println!("optx: {l}");
+            }
             EXIT_OK
         }
         Err(e) => run_error(e),

@@ -235,8 +235,7 @@ fn random_seed() -> u64 {
 
 /// The runner of the experiment, with its plugins loaded and opened: a bad one is bad
 /// input (exit 2), found before anything is written.
-fn runner(l: &Launch) -> Result<Arc<dyn TrialRunner>, RunError> {
-    let spec = &l.spec;
+pub(super) fn runner_for(spec: &ExperimentSpec, exe: &Path) -> Result<Arc<dyn TrialRunner>, RunError> {
     let o = &spec.orchestration;
     let polls = PollSchedule {
         initial: Duration::from_secs_f64(o.initial_seconds_between_polls),
@@ -246,7 +245,7 @@ fn runner(l: &Launch) -> Result<Arc<dyn TrialRunner>, RunError> {
     let metrics = PluginMetrics::open(spec).map_err(RunError::Usage)?;
     Ok(match &spec.runner {
         RunnerSpec::Command(_) => Arc::new(
-            CommandRunner::new(spec, polls, &l.exe, metrics)
+            CommandRunner::new(spec, polls, exe, metrics)
                 .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
         ),
         RunnerSpec::Plugin(_) => Arc::new(PluginRunner::new(spec, polls, metrics).map_err(RunError::Usage)?),
@@ -267,7 +266,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
         lease_seconds: spec.orchestration.worker_lease_seconds,
     };
     // Everything that can be refused is checked before the store is touched.
-    let runner = runner(&l)?;
+    let runner = runner_for(spec, &l.exe)?;
     let opened = if l.resume { store::open_existing(&path) } else { store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
     let mut session = store.join(&me, !l.join, &worker_alive).map_err(store_err(&path))?;

@@ -16,6 +16,7 @@
 //! ownership, the runner and the signals, before the loop).
 
 mod actors;
+mod clean;
 mod dispatcher;
 mod feed;
 mod launch;
@@ -29,6 +30,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use actors::{arm_of, ask, attach, tell, Asked, Reported, Tell, Told};
+pub use clean::clean;
 pub(crate) use dispatcher::{drive, Interrupts};
 pub use launch::{launch, worker_alive, Launch, RunError};
 

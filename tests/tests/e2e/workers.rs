@@ -170,3 +170,46 @@ fn ask_tell_and_attach_beside_a_running_optx_are_seen_by_its_next_proposals() {
     let b: serde_json::Value = serde_json::from_slice(&best.stdout).unwrap();
     assert_eq!(b["index"].as_u64(), told["index"].as_u64(), "the told value is the best");
 }
+
+#[test]
+fn clean_settles_the_trials_of_a_dead_worker_and_a_dry_run_changes_nothing() {
+    // Trial 0 sleeps long and is killed with optx and its shepherd; trial 1 ends on its
+    // own later, leaving a result file but no exit status (its shepherd is gone).
+    let runner = r#"command = ["sh", "-c", "if [ {trial} = 0 ]; then sleep 30; else sleep 1.5; fi; printf '{{\"f\": %s}}' {x} > \"$OPTX_RESULT_FILE\""]"#;
+    let orch = "max_trials = 4\nparallelism = 2\ninitial_seconds_between_polls = 0.1";
+    let e = Exp::new("clean", &toml("clean", X, runner, orch, "[generation]\nmethod = \"sobol\""));
+    let optx = e.spawn(&["run", "experiment.toml"], "run");
+    e.wait_for(60, "2 running trials", |e| e.count("SELECT count(*) FROM trials WHERE status = 'RUNNING'") == 2);
+    let shepherd = shepherd_of(optx.id());
+    let first = process(&e.trial_dir(0)).0.unwrap();
+    for p in [optx.id(), shepherd] {
+        freeze(p);
+    }
+    signal_group(first, "KILL");
+    for p in [shepherd, optx.id()] {
+        signal(p, "KILL");
+    }
+    let mut optx = optx;
+    optx.wait().unwrap();
+    let dry = e.run_ok(&["clean", "experiment.toml", "--dry-run"]);
+    let said = text(&dry);
+    assert!(said.contains("is dead: it would be marked taken over"), "{said}");
+    assert!(said.contains("trial 0: its process is gone"), "{said}");
+    assert!(said.contains("trial 1 still runs"), "{said}");
+    assert_eq!(e.count("SELECT count(*) FROM sessions WHERE taken_over IS NOT NULL"), 0, "a dry run changes nothing");
+    e.wait_for(30, "trial 1 to end", |e| e.trial_dir(1).join("result.json").exists());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = e.run_ok(&["clean", "experiment.toml"]);
+    let said = text(&out);
+    assert!(said.contains("trial 0: lost"), "{said}");
+    assert!(said.contains("trial 1: COMPLETED"), "{said}");
+    let trials = e.trials();
+    assert_eq!(trials[1]["metrics"]["f"]["mean"], trials[1]["parameters"]["x"], "read from its result file");
+    // The lost arm runs again on resume, and the budget is exact.
+    e.run_ok(&["resume", "experiment.toml", "-q"]);
+    let trials = e.trials();
+    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), 4, "{trials:?}");
+    assert!(trials.iter().any(|t| t["rerun_of"] == 0));
+    let again = e.run_ok(&["clean", "experiment.toml"]);
+    assert!(text(&again).contains("no trial is left without a worker"), "{}", text(&again));
+}
