@@ -154,11 +154,11 @@ def main():
           f"waited median {pct(waited, 50):.2f} ms, p99 {pct(waited, 99):.2f} ms; "
           f"target p99 held < 50 ms: {'PASS' if pct(held, 99) < 50 else 'FAIL'}")
 
-    print("# the store lock with the GP: 4 workers, 60 trials, auto (5 initial, then Bayesian)")
+    print("# the store lock with the GP: 4 workers, 150 trials, auto (5 initial, then Bayesian)")
     d = tempfile.TemporaryDirectory(); keep.append(d)
-    write(d.name, "gp", "echo f={x}", 60, 1, method="auto")
+    write(d.name, "gp", "echo f={x}", 150, 1, method="auto")
     t, outs = run_workers(optx, d.name, 4, env=env)
-    c = check(d.name, "gp", 60)
+    c = check(d.name, "gp", 150)
     waited, held = lock_times(outs)
     print(f"{c['completed']} trials in {t:.2f} s, exact budget: {c['exact']}; held median {pct(held, 50):.2f} ms, "
           f"p99 {pct(held, 99):.2f} ms; waited median {pct(waited, 50):.2f} ms, p99 {pct(waited, 99):.2f} ms")
