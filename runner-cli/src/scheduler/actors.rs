@@ -71,7 +71,7 @@ pub fn ask(
         .tx(|tx| {
             st.sync(tx)?;
             let mut out = Vec::new();
-            while (out.len() as u64) < count && st.nonlost < spec.orchestration.max_trials {
+            while (out.len() as u64) < count && st.nonlost < spec.orchestration.max_trials && st.halt.is_none() {
                 let Some(new) = st.create(tx)? else { break };
                 hand_out(tx, new.index, session)?;
                 out.push(Asked { index: new.index, parameters: new.params, generation: new.generation });
@@ -138,6 +138,8 @@ pub fn attach(
         completion(spec, r)?;
     }
     let params = arm.to_json();
+    // The arm as the store holds it, so that its key is the one workers compare.
+    let arm = Arm::from_json(&spec.space, &params).unwrap_or_else(|| arm.clone());
     store
         .tx(|tx| {
             let index = tx.next_index()?;
@@ -225,15 +227,17 @@ pub fn tell(spec: &ExperimentSpec, store: &mut dyn Ledger, index: u64, what: &Te
                 refusal = Some(format!("there is no trial {index}"));
                 return Ok(None);
             };
-            if t.status.is_terminal() && !matches!(what, Tell::Point { .. }) {
-                refusal = Some(format!("trial {index} has ended already ({})", t.status));
-                return Ok(None);
-            }
-            if !t.is_asked() && !t.status.is_terminal() {
+            // Only trials that the user runs are told (an ended one has no run metadata left
+            // in the cache, but the store keeps it).
+            if !t.is_asked() {
                 let who = t.holder.map_or("optx".to_string(), |h| format!("worker #{h}"));
                 refusal = Some(format!(
                     "trial {index} is run by {who}, which records its outcome: tell only trials from `optx ask` or `optx attach`"
                 ));
+                return Ok(None);
+            }
+            if t.status.is_terminal() && !matches!(what, Tell::Point { .. }) {
+                refusal = Some(format!("trial {index} has ended already ({})", t.status));
                 return Ok(None);
             }
             Ok(Some(match what {

@@ -123,13 +123,18 @@ pub fn clean(
         }
         // Its process has ended: the runner reads what it left, as when it follows a trial.
         let Some(runner) = &runner else { continue };
+        let meta = match run {
+            Some(r) => serde_json::json!({"pid": r.pid, "start": r.start, "trial_dir": job.trial_dir}),
+            None => serde_json::json!({"trial_dir": job.trial_dir}),
+        };
+        let seen = t.holder;
         let (ctl_tx, ctl_rx) = unbounded();
         let (ev_tx, ev_rx) = unbounded();
         runner.execute(job, &ctl_rx, &ev_tx);
         drop(ctl_tx);
         for ev in ev_rx.try_iter() {
             if let RunnerEvent::Finished { index, result } = ev {
-                results.push((index, result));
+                results.push((index, result, meta.clone(), seen));
             }
         }
     }
@@ -142,11 +147,18 @@ pub fn clean(
             .tx(|tx| {
                 st.sync(tx)?;
                 let mut lines = Vec::new();
-                for (index, result) in results {
+                for (index, result, meta, seen) in results {
                     if st.trials.get(index as usize).is_none_or(|t| t.status.is_terminal()) {
                         continue;
                     }
-                    tx.hold(index, Some(session))?;
+                    // Unless a worker took it meanwhile (compare and set on its holder).
+                    if !tx.claim(index, seen, session)? {
+                        continue;
+                    }
+                    if st.trials[index as usize].status != TrialStatus::Running {
+                        // It started, but that was never recorded.
+                        st.mark_running(tx, index, meta, None)?;
+                    }
                     st.finish(tx, index, result)?;
                     let t = &st.trials[index as usize];
                     let how = if t.lost { "lost (its arm runs again)".to_string() } else { t.status.to_string() };

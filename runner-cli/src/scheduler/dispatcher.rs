@@ -67,8 +67,9 @@ impl Dispatcher<'_> {
         }
     }
 
-    /// Workers of the store (but this one) that are dead: their trials are taken over by
-    /// whichever live worker notices first.
+    /// Workers of the store (but this one) that are dead, and the trials that nobody
+    /// follows any more (a dead or ended worker's): taken over here unless another live
+    /// worker is quicker.
     fn take_over_dead_peers(&mut self) -> Result<(), store::StoreError> {
         let me = self.st.session;
         let dead: Vec<i64> = self
@@ -78,11 +79,8 @@ impl Dispatcher<'_> {
             .filter(|w| w.id != me && w.open() && !super::worker_alive(w))
             .map(|w| w.id)
             .collect();
-        for w in dead {
-            let (st, runner) = (&mut self.st, Arc::clone(&self.runner));
-            self.store.tx(|tx| st.adopt(tx, runner.as_ref(), w))?;
-        }
-        Ok(())
+        let (st, runner) = (&mut self.st, Arc::clone(&self.runner));
+        self.store.tx(|tx| st.take_orphans(tx, runner.as_ref(), &dead))
     }
 
     fn on_signal(&mut self) {
@@ -117,6 +115,8 @@ impl Dispatcher<'_> {
     }
 
     fn run(&mut self, deadline: Option<Instant>, signals: &Receiver<i32>) -> Result<RunEnd, store::StoreError> {
+        // Loading may have taken a while: renew before anything else.
+        self.store.renew(self.st.session)?;
         let st = &mut self.st;
         let runner = Arc::clone(&self.runner);
         self.store.tx(|tx| st.reconcile(tx, runner.as_ref()))?;
@@ -218,7 +218,7 @@ impl<'a> State<'a> {
         for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
             t.shrink();
         }
-        Ok(State {
+        let mut st = State {
             spec,
             generator,
             session,
@@ -244,7 +244,12 @@ impl<'a> State<'a> {
             interrupted,
             cursor,
             created_now: 0,
-        })
+        };
+        // A budget spent already (by earlier runs or other workers) deploys nothing more.
+        if let Some(s) = super::stop::cost(&spec.orchestration, st.cost) {
+            st.stop(s);
+        }
+        Ok(st)
     }
 }
 

@@ -43,8 +43,13 @@ impl State<'_> {
     fn absorb(&mut self, t: Trial, finals: &[Observation]) {
         let index = t.index as usize;
         if index < self.trials.len() {
-            let known = &self.trials[index];
-            if known.status.is_terminal() || known.status == t.status && known.lost == t.lost {
+            let known = &mut self.trials[index];
+            if known.status.is_terminal() {
+                return;
+            }
+            if known.status == t.status && known.lost == t.lost {
+                // Only who follows it changed (a takeover).
+                known.holder = t.holder;
                 return;
             }
             // It was pending here (it ran elsewhere): now it has ended.

@@ -252,6 +252,34 @@ pub(super) fn runner_for(spec: &ExperimentSpec, exe: &Path) -> Result<Arc<dyn Tr
     })
 }
 
+/// A worker joins the experiment as the store holds it: the same file in the parts that
+/// may not change on resume (none yet: it is the first).
+fn same_experiment(l: &Launch, store: &dyn Ledger) -> Result<(), RunError> {
+    let path = &l.spec.store_path;
+    let Some(stored) = store.experiment().map_err(store_err(path))? else { return Ok(()) };
+    let changes = crate::config::fixed_part_changes(&stored.spec_toml, &l.spec_text);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Usage(format!(
+        "{} differs from the experiment that {} holds, in parts that workers share:\n  {}\nJoin with the same file (orchestration keys may differ).",
+        l.spec_path.display(),
+        path.display(),
+        changes.join("\n  ")
+    )))
+}
+
+/// The budget of the experiment as the store holds it (its file and the overrides kept
+/// with it): every worker holds the same one, whatever its own file says.
+fn stored_budget(store: &dyn Ledger, path: &Path) -> Result<Option<(u64, Option<f64>)>, RunError> {
+    let Some(e) = store.experiment().map_err(store_err(path))? else { return Ok(None) };
+    let Ok(stored) = crate::config::parse(&e.spec_toml, &e.spec_path.display().to_string(), &e.base_dir) else {
+        return Ok(None);
+    };
+    let max_trials = e.overrides.get("max_trials").and_then(|v| v.as_u64()).unwrap_or(stored.orchestration.max_trials);
+    Ok(Some((max_trials, stored.orchestration.max_cost)))
+}
+
 /// Run (or resume) an experiment to its end. Returns how it ended and the store path.
 pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
@@ -269,23 +297,13 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let runner = runner_for(spec, &l.exe)?;
     let opened = if l.resume { store::open_existing(&path) } else { store::open(&path, spec.durability) };
     let mut store = opened.map_err(store_err(&path))?;
+    // A joiner's file is checked before it takes part (joining marks dead workers).
+    if l.join {
+        same_experiment(&l, store.as_ref())?;
+    }
     let mut session = store.join(&me, !l.join, &worker_alive).map_err(store_err(&path))?;
-    store.upgrade().map_err(store_err(&path))?;
     let existing = store.experiment().map_err(store_err(&path))?;
     let has_trials = store.trial_counts().map_err(store_err(&path))?.0 > 0;
-    if let Some(stored) = existing.as_ref().filter(|_| l.join) {
-        // A worker joins the experiment as the store holds it: the same file, as on resume.
-        let changes = crate::config::fixed_part_changes(&stored.spec_toml, &l.spec_text);
-        if !changes.is_empty() {
-            let _ = store.leave(session, Some(2));
-            return Err(RunError::Usage(format!(
-                "{} differs from the experiment that {} holds, in parts that workers share:\n  {}\nJoin with the same file (orchestration keys may differ).",
-                l.spec_path.display(),
-                path.display(),
-                changes.join("\n  ")
-            )));
-        }
-    }
     let mut store = match (l.resume, l.join, has_trials, existing.is_some()) {
         (false, false, true, _) if l.fresh => {
             stop_old_trials(store.as_mut(), spec, sink).map_err(store_err(&path))?;
@@ -354,6 +372,22 @@ fn run_owned(
         .save_experiment(&spec.name, &l.spec_text, &l.spec_path, &spec.base_dir, seed, &l.overrides, !l.join)
         .map_err(store_err(&path))?;
     let seed = if l.join { store.experiment().map_err(store_err(&path))?.map_or(seed, |e| e.seed) } else { seed };
+    // Two first joiners at once: the one whose record lost must be the same experiment.
+    let mut joined = spec.clone();
+    if l.join {
+        same_experiment(l, store)?;
+        if let Some((max_trials, max_cost)) = stored_budget(store, &path)? {
+            if (max_trials, max_cost) != (spec.orchestration.max_trials, spec.orchestration.max_cost) {
+                sink.event(&RunEvent::Notice(format!(
+                    "the experiment's budget is the one its store holds: max_trials = {max_trials}{}",
+                    max_cost.map(|c| format!(", max_cost = {c}")).unwrap_or_default()
+                )));
+            }
+            joined.orchestration.max_trials = max_trials;
+            joined.orchestration.max_cost = max_cost;
+        }
+    }
+    let spec = &joined;
     let existing = store.trial_counts().map_err(store_err(&path))?.1;
     sink.event(&RunEvent::Started {
         name: spec.name.clone(),

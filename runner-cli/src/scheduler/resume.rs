@@ -10,51 +10,55 @@ use crate::runners::{TrialJob, TrialRunner, Unstarted};
 use crate::store::{self, TransitionData, Tx};
 
 impl State<'_> {
-    /// Reconcile trials that were not finished when optx last stopped.
+    /// Reconcile trials that were not finished when optx last stopped (or that workers
+    /// which ended or died left), then deploy.
     pub(super) fn reconcile(&mut self, tx: &mut dyn Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
-        self.sync(tx)?;
-        // The trials nobody follows any more: those of workers that ended or were taken over
-        // (joining marked the dead ones). A worker still open holds its own, even one that
-        // joined after this one looked at the workers.
-        let others: std::collections::HashSet<i64> =
-            tx.open_workers()?.into_iter().filter(|w| *w != self.session).collect();
-        let open: Vec<Trial> = self
-            .trials
-            .iter()
-            .filter(|t| !t.status.is_terminal() && !t.holder.is_some_and(|h| others.contains(&h)) && !t.is_asked())
-            .cloned()
-            .collect();
-        self.settle(tx, runner, open)?;
+        self.take_orphans(tx, runner, &[])?;
         self.fill(tx)
     }
 
-    /// Take over the trials of the worker `dead`, found dead while this one runs (its lease
-    /// ran out, or its process is gone): if this transaction is the one that marks it,
-    /// its trials are settled here as a resume settles them. Says so.
-    pub(super) fn adopt(
+    /// Take over what nobody follows: each worker of `dead` is marked taken over (if it is
+    /// still dead when asked again here), then every trial that has not ended, that nobody
+    /// ran from the shell, and whose holder is not an open worker, is claimed by compare and
+    /// set (of workers doing this at once, one wins each trial) and settled here.
+    pub(super) fn take_orphans(
         &mut self,
         tx: &mut dyn Tx,
         runner: &dyn TrialRunner,
-        dead: i64,
+        dead: &[i64],
     ) -> Result<(), store::StoreError> {
         self.sync(tx)?;
-        if !tx.take_over(dead)? {
-            return Ok(());
-        }
-        let held: Vec<u64> =
-            self.trials.iter().filter(|t| !t.status.is_terminal() && t.holder == Some(dead)).map(|t| t.index).collect();
-        let mut trials = Vec::new();
-        for index in held {
-            if let Some(t) = tx.trial(index)?.filter(|t| !t.status.is_terminal()) {
-                self.trials[index as usize] = t.clone();
-                trials.push(t);
+        for w in dead {
+            if tx.take_over(*w, &super::worker_alive)? {
+                self.print(RunEvent::Notice(format!(
+                    "worker #{w} is dead (its lease ran out, or its process is gone): taking over its trials"
+                )));
             }
         }
-        self.print(RunEvent::Notice(format!(
-            "worker #{dead} is dead (its lease ran out, or its process is gone): taking over its {} trial(s)",
-            trials.len()
-        )));
-        self.settle(tx, runner, trials)
+        let others: std::collections::HashSet<i64> =
+            tx.open_workers()?.into_iter().filter(|w| *w != self.session).collect();
+        let mut won = Vec::new();
+        for t in tx.open_trials()? {
+            let held = t.holder.is_some_and(|h| h == self.session || others.contains(&h));
+            if held || t.is_asked() || self.running.contains_key(&t.index) || t.index as usize >= self.trials.len() {
+                continue;
+            }
+            if tx.claim(t.index, t.holder, self.session)? {
+                let mut mine = t.clone();
+                mine.holder = Some(self.session);
+                self.trials[t.index as usize] = mine.clone();
+                won.push(mine);
+            }
+        }
+        if !won.is_empty() && !dead.is_empty() {
+            let list: Vec<String> = won.iter().map(|t| t.index.to_string()).collect();
+            self.print(RunEvent::Notice(format!(
+                "taking over {} trial(s) that nobody follows: {}",
+                won.len(),
+                list.join(", ")
+            )));
+        }
+        self.settle(tx, runner, won)
     }
 
     /// Settle trials that nobody alive follows: follow those that run, deploy those that
@@ -63,8 +67,6 @@ impl State<'_> {
         for t in open {
             let Some(arm) = Arm::from_json(&self.spec.space, &t.parameters) else { continue };
             let idx = t.index;
-            // This worker follows it from now on.
-            tx.hold(idx, Some(self.session))?;
             if t.status == TrialStatus::Running {
                 let pid = t.run_metadata.as_ref().and_then(|m| m.get("pid")).and_then(|p| p.as_u64());
                 self.print(RunEvent::Reattached { index: idx, pid });

@@ -73,7 +73,10 @@ fn run(
     let mut sink = Sink::default();
     let (_tx, signals) = unbounded();
     let interrupts = Interrupts { signals, flag: Arc::default() };
-    let end = drive(spec, store, runner, 42, 1, &mut sink, &interrupts).unwrap();
+    let me = crate::store::NewWorker { command: "test", pid: 1, process_start: None, host: "h", lease_seconds: 60.0 };
+    let session = store.join(&me, false, &|_| true).unwrap();
+    let end = drive(spec, store, runner, 42, session, &mut sink, &interrupts).unwrap();
+    store.leave(session, Some(0)).unwrap();
     (end, sink.0)
 }
 

@@ -108,7 +108,11 @@ impl Worker {
         let (Some(at), Some(secs)) = (self.renewed_at.as_deref().and_then(parse_time), self.lease_seconds) else {
             return false;
         };
-        now < at + std::time::Duration::from_secs_f64(secs.max(0.0))
+        match std::time::Duration::try_from_secs_f64(secs.max(0.0)).ok().and_then(|d| at.checked_add(d)) {
+            Some(until) => now < until,
+            // A lease too long to say when it ends does not end.
+            None => true,
+        }
     }
 }
 
@@ -239,16 +243,21 @@ pub trait Tx {
     /// Update the run metadata of a trial without a transition.
     fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()>;
     /// The worker that follows a trial from now on (none: a trial asked for, or attached,
-    /// that the user runs).
+    /// that the user runs). Other workers learn it through the feed.
     fn hold(&mut self, index: u64, worker: Option<i64>) -> Result<()>;
+    /// Take a trial for `me` if its holder is still `seen` (compare and set): of workers
+    /// that would settle it, exactly one does. Other workers learn it through the feed.
+    fn claim(&mut self, index: u64, seen: Option<i64>, me: i64) -> Result<bool>;
+    /// The trials that have not ended, as stored now.
+    fn open_trials(&mut self) -> Result<Vec<Trial>>;
     /// The index the next new trial gets.
     fn next_index(&mut self) -> Result<u64>;
     /// The workers that have neither ended nor been taken over (alive, or dead and not
     /// noticed yet): the trials they hold are theirs.
     fn open_workers(&mut self) -> Result<Vec<i64>>;
-    /// Mark the worker `dead` as taken over; false if another worker marked it first (or it
-    /// ended), so that exactly one takes its trials.
-    fn take_over(&mut self, dead: i64) -> Result<bool>;
+    /// Mark the worker `dead` as taken over if `alive`, asked again inside this transaction,
+    /// says it is dead; false if it lives, ended, or another worker marked it first.
+    fn take_over(&mut self, dead: i64, alive: &dyn Fn(&Worker) -> bool) -> Result<bool>;
     fn observation(&mut self, o: &Observation) -> Result<()>;
     fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()>;

@@ -242,8 +242,7 @@ fn unusable(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
         ErrorCode::ReadOnly => format!("{p} is read-only (SQLite: {e}): `optx run` and `resume` need to write it"),
         ErrorCode::PermissionDenied => format!("no permission to open {p} (SQLite: {e})"),
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => format!(
-            "{p} stayed locked by another process for {}s (SQLite: {e}): is an optx frozen (stopped) while it writes?",
-            BUSY_TIMEOUT.as_secs()
+            "{p} stayed locked by another process (SQLite: {e}): is an optx frozen (stopped) while it writes?"
         ),
         _ => return None,
     }))
@@ -253,8 +252,11 @@ fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| unusable(path, &e).unwrap_or(StoreError::Sqlite(e))
 }
 
-/// How long a statement waits for a lock held by another connection.
+/// How long a reader waits for a lock held by another connection.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a writer (a worker) waits for the write lock: other workers hold it while a
+/// Bayesian proposal is computed, which can take seconds on a large experiment.
+const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Refuse a path that cannot hold a store before SQLite makes something of it.
 fn check_path(path: &Path) -> Result<Option<std::fs::Metadata>> {
@@ -383,7 +385,7 @@ impl SqliteStore {
 
     fn setup(conn: Connection, path: &Path, durability: Durability) -> Result<SqliteStore> {
         let err = sqlite_err(path);
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+        conn.busy_timeout(WRITER_BUSY_TIMEOUT).map_err(&err)?;
         keep_wal_on_close(&conn).map_err(&err)?;
         // SQLite opens a file it may not write read-only, silently: run and resume write.
         if conn.is_readonly(rusqlite::MAIN_DB).map_err(&err)? {
@@ -565,7 +567,8 @@ impl Ledger for SqliteStore {
                         host: r.get(2)?,
                         started_at: r.get(3)?,
                         renewed_at: Some(now()),
-                        lease_seconds: Some(f64::MAX / 4.0),
+                        // No lease before leases: it lives as long as its process does.
+                        lease_seconds: Some(1e12),
                         ended_at: None,
                         exit_code: None,
                         taken_over: None,
@@ -740,6 +743,8 @@ impl Ledger for SqliteStore {
             if taken.is_some() {
                 return Err(StoreError::LeaseLost);
             }
+            // Every transaction renews the lease too: a worker busy with work renews it.
+            t.execute("UPDATE sessions SET renewed_at = ?1 WHERE id = ?2", params![now(), worker])?;
         }
         let mut tx = SqliteTx { t, time: now(), worker: self.fence };
         f(&mut tx)?;
@@ -859,14 +864,37 @@ impl Tx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
     }
 
-    fn take_over(&mut self, dead: i64) -> Result<bool> {
+    fn take_over(&mut self, dead: i64, alive: &dyn Fn(&Worker) -> bool) -> Result<bool> {
+        let sql =
+            format!("SELECT {WORKER_COLUMNS} FROM sessions WHERE id = ?1 AND taken_over IS NULL AND ended_at IS NULL");
+        let Some(w) = self.t.prepare_cached(&sql)?.query_row([dead], worker_row).optional()? else { return Ok(false) };
+        // Its lease is judged again here: a renewal since it was found dead saves it.
+        if alive(&w) {
+            return Ok(false);
+        }
+        self.t
+            .prepare_cached("UPDATE sessions SET taken_over = ?1 WHERE id = ?2")?
+            .execute(params![self.time, dead])?;
+        Ok(true)
+    }
+
+    fn claim(&mut self, index: u64, seen: Option<i64>, me: i64) -> Result<bool> {
         let n = self
             .t
-            .prepare_cached(
-                "UPDATE sessions SET taken_over = ?1 WHERE id = ?2 AND taken_over IS NULL AND ended_at IS NULL",
-            )?
-            .execute(params![self.time, dead])?;
+            .prepare_cached("UPDATE trials SET holder = ?1 WHERE idx = ?2 AND holder IS ?3")?
+            .execute(params![me, index as i64, seen])?;
+        if n == 1 {
+            self.event(Some(index), "held", Some(&format!("by worker #{me}")))?;
+        }
         Ok(n == 1)
+    }
+
+    fn open_trials(&mut self) -> Result<Vec<Trial>> {
+        let sql = format!(
+            "SELECT {TRIAL_COLUMNS} FROM trials WHERE status IN ('CANDIDATE', 'STAGED', 'RUNNING') ORDER BY idx"
+        );
+        let rows = self.t.prepare_cached(&sql)?.query_map([], trial_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn next_index(&mut self) -> Result<u64> {
@@ -877,7 +905,7 @@ impl Tx for SqliteTx<'_> {
         self.t
             .prepare_cached("UPDATE trials SET holder = ?1 WHERE idx = ?2")?
             .execute(params![worker, index as i64])?;
-        Ok(())
+        self.event(Some(index), "held", None)
     }
 
     fn observation(&mut self, o: &Observation) -> Result<()> {
@@ -1077,6 +1105,38 @@ mod tests {
         assert!(ws[1].lease_runs(SystemTime::now()));
         c.leave(wc, Some(0)).unwrap();
         assert_eq!(c.workers().unwrap()[2].exit_code, Some(0));
+    }
+
+    #[test]
+    fn of_workers_claiming_one_trial_one_wins_and_a_legacy_owner_keeps_its_store() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("x.db");
+        let mut a = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let wa = a.join(&worker(10), false, &|_| true).unwrap();
+        new_trial(&mut a, 0);
+        let mut b = SqliteStore::open(&path, Durability::Normal).unwrap();
+        let wb = b.join(&worker(11), false, &|_| true).unwrap();
+        assert!(a.tx(|t| t.claim(0, Some(wa), wa + 100)).unwrap());
+        assert!(!b.tx(|t| t.claim(0, Some(wa), wb)).unwrap(), "the holder changed: the second claim loses");
+        // A worker found dead, but renewed meanwhile, is not taken over.
+        assert!(!b.tx(|t| t.take_over(wa, &|_| true)).unwrap());
+        assert!(b.tx(|t| t.take_over(wa, &|_| false)).unwrap());
+        assert!(!b.tx(|t| t.take_over(wa, &|_| false)).unwrap(), "taken over once");
+        drop((a, b));
+        // An optx from before leases that still holds its store (its owner row).
+        let old = d.path().join("old.db");
+        {
+            let c = Connection::open(&old).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute("INSERT INTO owner (id, pid, process_start, host, since) VALUES (1, 77, 1, 'h', 't')", [])
+                .unwrap();
+        }
+        let mut s = SqliteStore::open_existing(&old).unwrap();
+        assert!(
+            matches!(s.join(&worker(12), true, &|w| w.lease_runs(SystemTime::now())), Err(StoreError::Owned(w)) if w.pid == 77)
+        );
+        s.join(&worker(12), true, &|_| false).unwrap();
     }
 
     #[test]

@@ -109,7 +109,9 @@ fn four_workers_share_one_store_and_a_killed_one_is_taken_over() {
     assert!(creators.len() >= 3, "the work was shared: {creators:?}");
     let taken = e.count(&format!("SELECT count(*) FROM sessions WHERE pid = {victim_pid} AND taken_over IS NOT NULL"));
     assert_eq!(taken, 1, "the dead worker was taken over");
-    let adopted = (0..4).filter(|i| *i != 1).any(|i| e.log(&format!("w{i}")).contains("taking over its 1 trial(s)"));
+    let adopted = (0..4)
+        .filter(|i| *i != 1)
+        .any(|i| e.log(&format!("w{i}")).contains("taking over 1 trial(s) that nobody follows"));
     assert!(adopted, "its running trial was taken over");
 }
 
@@ -123,12 +125,30 @@ fn a_worker_that_joins_with_another_file_is_refused_with_the_difference() {
     let out = e.optx(&["run", "other.toml", "--join", "--store", ".optx/joinfile.db"]);
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("[parameters] x:"), "{}", text(&out));
-    // Orchestration may differ: a worker with its own budget share joins.
+    // Orchestration may differ, but the budget is the experiment's (the store's), for every
+    // worker: a joiner whose file says more creates nothing past it.
     let more =
         std::fs::read_to_string(e.path().join("experiment.toml")).unwrap().replace("max_trials = 2", "max_trials = 3");
-    e.file("experiment.toml", &more);
+    e.file("more.toml", &more);
+    let out = e.run_ok(&["run", "more.toml", "--join", "--store", ".optx/joinfile.db"]);
+    assert!(
+        text(&out).contains("the experiment's budget is the one its store holds: max_trials = 2"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(e.trials().len(), 2);
+}
+
+#[test]
+fn a_worker_capped_with_max_trials_per_worker_leaves_the_rest_to_the_next() {
+    let e = exp("percap", "0", 3, "");
     e.run_ok(&["run", "experiment.toml", "--join", "--max-trials-per-worker", "1", "-q"]);
-    assert_eq!(e.trials().len(), 3);
+    assert_eq!(e.trials().len(), 1);
+    e.run_ok(&["run", "experiment.toml", "--join", "-q"]);
+    let trials = e.trials();
+    assert_eq!(trials.len(), 3);
+    let creators: std::collections::HashSet<i64> = trials.iter().filter_map(|t| t["worker"].as_i64()).collect();
+    assert_eq!(creators.len(), 2);
 }
 
 #[test]
