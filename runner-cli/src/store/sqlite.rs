@@ -126,6 +126,9 @@ pub struct SqliteStore {
     owner: bool,
     /// The worker whose lease every transaction checks first.
     fence: Option<i64>,
+    /// When this worker last renewed its lease, and how often it should: transactions
+    /// renew it when a sixth of the lease has passed, not at every commit.
+    renewed: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 /// A connection that closes last neither checkpoints nor deletes the WAL: doing so takes
@@ -373,7 +376,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        Ok(SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None })
+        Ok(SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None, renewed: None })
     }
 
     fn newer(path: &Path, version: i64) -> StoreError {
@@ -408,7 +411,7 @@ impl SqliteStore {
         // stay durable against a crash of optx, and a run of short trials does not stall
         // on a disk flush every few dozen trials. `Drop` checkpoints what is left.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(&err)?;
-        let mut store = SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None };
+        let mut store = SqliteStore { conn, path: path.to_path_buf(), owner: false, fence: None, renewed: None };
         // An empty file becomes a new store now; an older store is upgraded only by its
         // owner (`upgrade`, once it holds the store), never under an optx that runs it.
         if version == 0 {
@@ -606,6 +609,7 @@ impl Ledger for SqliteStore {
         tx.commit()?;
         self.owner = true;
         self.fence = Some(id);
+        self.renewed = Some((std::time::Instant::now(), std::time::Duration::from_secs_f64(me.lease_seconds / 6.0)));
         Ok(id)
     }
 
@@ -615,6 +619,9 @@ impl Ledger for SqliteStore {
             params![now(), worker],
         )?;
         if n == 1 {
+            if let Some((at, _)) = &mut self.renewed {
+                *at = std::time::Instant::now();
+            }
             Ok(())
         } else {
             Err(StoreError::LeaseLost)
@@ -627,6 +634,7 @@ impl Ledger for SqliteStore {
             params![now(), exit_code, worker],
         )?;
         self.fence = None;
+        self.renewed = None;
         Ok(())
     }
 
@@ -743,8 +751,13 @@ impl Ledger for SqliteStore {
             if taken.is_some() {
                 return Err(StoreError::LeaseLost);
             }
-            // Every transaction renews the lease too: a worker busy with work renews it.
-            t.execute("UPDATE sessions SET renewed_at = ?1 WHERE id = ?2", params![now(), worker])?;
+            // A worker busy with work renews its lease as it writes (every sixth of it).
+            if let Some((at, every)) = &mut self.renewed {
+                if at.elapsed() >= *every {
+                    t.execute("UPDATE sessions SET renewed_at = ?1 WHERE id = ?2", params![now(), worker])?;
+                    *at = std::time::Instant::now();
+                }
+            }
         }
         let mut tx = SqliteTx { t, time: now(), worker: self.fence };
         f(&mut tx)?;
@@ -932,8 +945,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn changes(&mut self, after: i64, me: i64) -> Result<Changes> {
-        let cursor: i64 = self.t.query_row("SELECT coalesce(max(id), ?1) FROM events", [after], |r| r.get(0))?;
-        if cursor == after {
+        // One look at the events since the cursor first: most often only this worker's own.
+        let (cursor, others): (i64, i64) = self.t.query_row(
+            "SELECT coalesce(max(id), ?1), count(*) FILTER (WHERE trial IS NOT NULL AND (session IS NULL OR session != ?2))
+             FROM events WHERE id > ?1",
+            params![after, me],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if others == 0 {
             return Ok(Changes { cursor, ..Default::default() });
         }
         // Two queries whatever the number of changes: the rows, and the finals of those.
