@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
-use crate::domain::ExperimentSpec;
+use crate::domain::{ExperimentSpec, StoreLocation};
 use crate::generate::Generator;
 use crate::report::{self, Snapshot};
 use crate::scheduler::{self, EventSink, Launch, RunEnd, RunError, RunEvent};
@@ -189,7 +189,16 @@ pub fn main() -> i32 {
         }
     };
     init_tracing();
-    let line = args.join(" ");
+    // The command line as the store keeps it: a URL's password is never stored.
+    let line = args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            _ if crate::domain::is_server_url(a) => crate::domain::redact_url(a),
+            Some((k, v)) if crate::domain::is_server_url(v) => format!("{k}={}", crate::domain::redact_url(v)),
+            _ => a.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     match cli.command {
         Command::Run { file, overrides, seed, store, fresh, join, max_trials_per_worker } => {
             let worker = Worker { join, max_trials: max_trials_per_worker };
@@ -199,7 +208,7 @@ pub fn main() -> i32 {
             cmd_resume(&target, overrides, store, allow_changes, &line)
         }
         Command::Status { target } => with_store(&target, |snap, path| {
-            print!("{}", report::status(snap, &path.display().to_string()));
+            print!("{}", report::status(snap, &path.to_string()));
             EXIT_OK
         }),
         Command::Best { target, json } => with_store(&target, |snap, _| {
@@ -318,7 +327,7 @@ fn cmd_run(
         spec.seed = Some(s);
     }
     if let Some(p) = store {
-        spec.store_path = absolute(&p);
+        spec.store = location(&p).for_experiment(&spec.name);
     }
     let overrides = apply(&mut spec, &o, &serde_json::json!({}));
     if let Err(c) = check_overrides(&spec, &o) {
@@ -350,17 +359,35 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// A store named on the command line: a server URL, or a file.
+fn location(p: &Path) -> StoreLocation {
+    let s = p.to_string_lossy();
+    if crate::domain::is_server_url(&s) {
+        StoreLocation::parse(&s, Path::new(""))
+    } else {
+        StoreLocation::File(absolute(p))
+    }
+}
+
 fn is_store(p: &Path) -> bool {
-    p.extension().is_some_and(|e| e != "toml")
+    crate::domain::is_server_url(&p.to_string_lossy()) || p.extension().is_some_and(|e| e != "toml")
+}
+
+/// A server store opened without its experiment's name knows it once open.
+fn named(path: StoreLocation, store: &dyn Ledger) -> StoreLocation {
+    match (&path, store.experiment()) {
+        (StoreLocation::Server { experiment: None, .. }, Ok(Some(e))) => path.for_experiment(&e.name),
+        _ => path,
+    }
 }
 
 /// Open the store of TARGET (a store, or an experiment file) with the spec it holds.
-fn open_target(target: &Path) -> Result<(Box<dyn Ledger>, ExperimentSpec, PathBuf), i32> {
+fn open_target(target: &Path) -> Result<(Box<dyn Ledger>, ExperimentSpec, StoreLocation), i32> {
     let path = if is_store(target) {
-        target.to_path_buf()
+        location(target)
     } else {
         let (spec, _) = load(target)?;
-        spec.store_path
+        spec.store
     };
     let store = store::open_read(&path).map_err(|e| {
         let hint = match &e {
@@ -373,18 +400,18 @@ fn open_target(target: &Path) -> Result<(Box<dyn Ledger>, ExperimentSpec, PathBu
     })?;
     let exp = match store.experiment() {
         Ok(Some(e)) => e,
-        Ok(None) => return Err(fail(EXIT_USAGE, format!("{} holds no experiment", path.display()))),
+        Ok(None) => return Err(fail(EXIT_USAGE, format!("{path} holds no experiment"))),
         Err(e) => return Err(fail(EXIT_RUNTIME, e)),
     };
-    let mut spec = config::parse(&exp.spec_toml, &exp.spec_path.display().to_string(), &exp.base_dir).map_err(|e| {
-        fail(EXIT_RUNTIME, format!("the experiment file stored in {} no longer parses:\n{e}", path.display()))
-    })?;
-    spec.store_path = absolute(&path);
+    let mut spec = config::parse(&exp.spec_toml, &exp.spec_path.display().to_string(), &exp.base_dir)
+        .map_err(|e| fail(EXIT_RUNTIME, format!("the experiment file stored in {path} no longer parses:\n{e}")))?;
+    let path = named(path, store.as_ref());
+    spec.store = path.clone();
     apply(&mut spec, &Overrides::default(), &exp.overrides);
     Ok((store, spec, path))
 }
 
-fn with_store(target: &Path, f: impl FnOnce(&Snapshot, &Path) -> i32) -> i32 {
+fn with_store(target: &Path, f: impl FnOnce(&Snapshot, &StoreLocation) -> i32) -> i32 {
     let (store, spec, path) = match open_target(target) {
         Ok(x) => x,
         Err(c) => return c,
@@ -425,10 +452,13 @@ fn worker_view(w: &crate::store::Worker, trials: &[crate::domain::Trial]) -> rep
 
 fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes: bool, line: &str) -> i32 {
     let store_path = match (&store, is_store(target)) {
-        (Some(p), _) => absolute(p),
-        (None, true) => absolute(target),
+        (Some(p), _) => location(p),
+        (None, true) => location(target),
         (None, false) => match load(target) {
-            Ok((spec, _)) => spec.store_path,
+            Ok((spec, _)) => match store {
+                Some(p) => location(&p).for_experiment(&spec.name),
+                None => spec.store,
+            },
             Err(c) => return c,
         },
     };
@@ -446,11 +476,10 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
     };
     let exp = match st.experiment() {
         Ok(Some(e)) => e,
-        Ok(None) => {
-            return fail(EXIT_USAGE, format!("{} holds no experiment: start it with `optx run`", store_path.display()))
-        }
+        Ok(None) => return fail(EXIT_USAGE, format!("{store_path} holds no experiment: start it with `optx run`")),
         Err(e) => return fail(EXIT_RUNTIME, e),
     };
+    let store_path = named(store_path, st.as_ref());
     drop(st);
     let (mut spec, text, spec_path) = if is_store(target) {
         match config::parse(&exp.spec_toml, &exp.spec_path.display().to_string(), &exp.base_dir) {
@@ -471,7 +500,7 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
             for c in &changes {
                 eprintln!("  {c}");
             }
-            eprintln!("Resume from the store (`optx resume {}`) to run as before, or pass --allow-changes to accept the changes.", store_path.display());
+            eprintln!("Resume from the store (`optx resume {store_path}`) to run as before, or pass --allow-changes to accept the changes.");
             return EXIT_USAGE;
         }
         if !changes.is_empty() {
@@ -479,7 +508,7 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
         }
         (spec, text, absolute(target))
     };
-    spec.store_path = store_path;
+    spec.store = store_path;
     // From the store, the overrides of earlier command lines still hold; from a file, the
     // file's values win (only this command line's overrides apply).
     let kept = if is_store(target) {
@@ -539,7 +568,7 @@ impl EventSink for Printer {
         if self.json {
             let v = match e {
                 RunEvent::Started { name, store, max_trials, parallelism, method, existing } => serde_json::json!({
-                    "event": "started", "name": name, "store": store, "max_trials": max_trials,
+                    "event": "started", "name": name, "store": store.to_string(), "max_trials": max_trials,
                     "parallelism": parallelism, "generation": method, "existing": existing}),
                 RunEvent::Reattached { index, pid } => {
                     serde_json::json!({"event": "reattached", "trial": index, "pid": pid})
@@ -566,12 +595,8 @@ impl EventSink for Printer {
         let _ = match e {
             RunEvent::Started { name, store, max_trials, parallelism, method, existing } => {
                 let resumed = if *existing > 0 { format!(", {existing} already there") } else { String::new() };
-                writeln!(
-                    out,
-                    "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {}",
-                    store.display()
-                )
-                .and_then(|_| writeln!(out, "optx: generation: {method}"))
+                writeln!(out, "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {store}")
+                    .and_then(|_| writeln!(out, "optx: generation: {method}"))
             }
             RunEvent::Reattached { index, pid } => match pid {
                 Some(p) => writeln!(out, "[{index:>4}] re-attached to pid {p}"),
@@ -621,7 +646,7 @@ impl EventSink for Printer {
 }
 
 fn start(l: Launch, o: &Overrides) -> i32 {
-    let store_path = l.spec.store_path.clone();
+    let store_path = l.spec.store.clone();
     let spec = l.spec.clone();
     let mut printer = Printer { quiet: o.quiet, json: o.events_json, out: std::io::stdout() };
     let end = scheduler::launch(l, &mut printer);
@@ -644,7 +669,7 @@ fn start(l: Launch, o: &Overrides) -> i32 {
         })();
         if let (Ok(summary), false) = (summary, o.events_json) {
             let verb = match end {
-                Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {}`)", store_path.display()),
+                Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {store_path}`)"),
                 Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
                 Ok(RunEnd::TooManyLost) => "stopped: too many trials were lost".into(),
                 _ => "done".into(),
@@ -663,7 +688,7 @@ fn act_on(target: &Path, line: &str) -> Result<(Box<dyn Ledger>, ExperimentSpec,
     let mut store = store::open_existing(&path).map_err(|e| fail(EXIT_USAGE, e))?;
     let seed = match store.experiment() {
         Ok(Some(e)) => e.seed,
-        Ok(None) => return Err(fail(EXIT_USAGE, format!("{} holds no experiment", path.display()))),
+        Ok(None) => return Err(fail(EXIT_USAGE, format!("{path} holds no experiment"))),
         Err(e) => return Err(fail(EXIT_RUNTIME, e)),
     };
     let pid = std::process::id();
@@ -862,15 +887,23 @@ fn cmd_backup(target: &Path, dest: &Path) -> i32 {
         crate::store::StoreError::Unusable(_) => EXIT_USAGE,
         _ => EXIT_RUNTIME,
     };
-    if let Err(e) = store.backup(dest) {
+    let dest = match location(dest) {
+        d @ StoreLocation::File(_) => d,
+        // Into a server database: under the experiment's name unless the URL names another.
+        d => match store.experiment() {
+            Ok(Some(e)) => d.for_experiment(&e.name),
+            _ => d,
+        },
+    };
+    if let Err(e) = store::copy(store.as_ref(), &dest) {
         return fail(code(&e), e);
     }
-    match store::open_read(dest).and_then(|b| b.trial_counts()) {
+    match store::open_read(&dest).and_then(|b| b.trial_counts()) {
         Ok((n, _)) => {
-            println!("optx: copied {} ({n} trials) to {}", path.display(), dest.display());
+            println!("optx: copied {path} ({n} trials) to {dest}");
             EXIT_OK
         }
-        Err(e) => fail(EXIT_RUNTIME, format!("the copy {} cannot be read back: {e}", dest.display())),
+        Err(e) => fail(EXIT_RUNTIME, format!("the copy {dest} cannot be read back: {e}")),
     }
 }
 
@@ -958,7 +991,7 @@ fn cmd_validate(file: &Path) -> i32 {
     if let Some(n) = spec.space.cardinality() {
         let _ = writeln!(out, "space:       {n} distinct arms");
     }
-    let _ = writeln!(out, "store:       {}", spec.store_path.display());
+    let _ = writeln!(out, "store:       {}", spec.store);
     print!("{out}");
     EXIT_OK
 }

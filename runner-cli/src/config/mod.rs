@@ -220,7 +220,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let orchestration = orchestration.as_ref().and_then(|t| read_orchestration(ctx, t, is_command));
     let generation = read_generation(ctx, generation.as_ref(), &space);
     let name = header.as_ref().map(|h| h.0.clone()).unwrap_or_default();
-    let (store_path, durability) = read_storage(ctx, storage.as_ref(), base, &name);
+    let (store, durability) = read_storage(ctx, storage.as_ref(), base, &name);
     let (name, description, owner, seed) = header?;
     let (goal, _) = objective?;
     let (runner, orchestration) = (runner?, orchestration?);
@@ -236,7 +236,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         runner,
         orchestration,
         generation: generation?,
-        store_path,
+        store,
         durability,
         base_dir: base.to_path_buf(),
         warnings: Vec::new(),
@@ -1189,26 +1189,44 @@ fn read_generation(ctx: &mut Ctx, t: Option<&Table>, space: &SearchSpace) -> Opt
     Some(g)
 }
 
-fn read_storage(ctx: &mut Ctx, t: Option<&Table>, base: &Path, name: &str) -> (PathBuf, Durability) {
-    let default = base.join(".optx").join(format!("{name}.db"));
+fn read_storage(ctx: &mut Ctx, t: Option<&Table>, base: &Path, name: &str) -> (StoreLocation, Durability) {
+    let default = StoreLocation::File(base.join(".optx").join(format!("{name}.db")));
     let Some(t) = t else { return (default, Durability::Normal) };
-    t.check_keys(ctx, &["path", "durability"], &[]);
+    t.check_keys(ctx, &["path", "url", "durability"], &[]);
     let path = match t.str(ctx, "path") {
         Some(p) if p.is_empty() || base.join(p).is_dir() => {
             ctx.err(
                 t.get("path").map(|v| v.span()).unwrap_or(t.span.clone()),
                 format!("`storage.path` = \"{p}\" names a directory: give the path of the store's file, such as \"{name}.db\""),
             );
-            default
+            None
         }
-        Some(p) => base.join(p),
-        None => default,
+        Some(p) => Some(StoreLocation::File(base.join(p))),
+        None => None,
     };
+    let url = match t.str(ctx, "url") {
+        Some(u) if crate::domain::is_server_url(u) => Some(StoreLocation::parse(u, base).for_experiment(name)),
+        Some(u) => {
+            let shown = crate::domain::redact_url(u);
+            ctx.err(
+                t.get("url").map(|v| v.span()).unwrap_or(t.span.clone()),
+                format!("`storage.url` = \"{shown}\" is not a server database: give a URL such as \"postgresql://user@host:5432/database\" (a file store is `path`)"),
+            );
+            None
+        }
+        None => None,
+    };
+    if path.is_some() && url.is_some() {
+        ctx.err(
+            t.get("url").map(|v| v.span()).unwrap_or(t.span.clone()),
+            "`storage.path` and `storage.url` both name a store: keep one".to_string(),
+        );
+    }
     let durability = match t.one_of(ctx, "durability", &["normal", "fsync"]) {
         Some("fsync") => Durability::Fsync,
         _ => Durability::Normal,
     };
-    (path, durability)
+    (url.or(path).unwrap_or(default), durability)
 }
 
 #[cfg(test)]
@@ -1240,7 +1258,7 @@ max_trials = 3
     fn a_good_file_parses_with_defaults() {
         let s = parse(GOOD, "e.toml", Path::new("/tmp")).unwrap();
         assert_eq!(s.orchestration.parallelism, 1);
-        assert_eq!(s.store_path, Path::new("/tmp/.optx/t.db"));
+        assert_eq!(s.store, StoreLocation::File("/tmp/.optx/t.db".into()));
         assert_eq!(s.initial_trials(), 5);
         assert!(s.metrics.contains_key("f") && s.metrics.contains_key("cost"));
     }

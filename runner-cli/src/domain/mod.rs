@@ -4,6 +4,7 @@
 //! cube, the trial lifecycle with its allowed transitions, objectives and outcome
 //! constraints, and the checked [`ExperimentSpec`] that `config` produces.
 
+mod location;
 mod outcome;
 mod shell;
 mod space;
@@ -11,6 +12,7 @@ mod spec;
 mod trial;
 mod value;
 
+pub use location::{is_server_url, redact_url, StoreLocation};
 pub use outcome::{Direction, Goal, Objective, OutcomeConstraint, Point, Relation};
 pub use shell::{shell_quote, shell_quoting, ShellQuote};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};

@@ -258,7 +258,7 @@ pub struct ExperimentSpec {
     pub runner: RunnerSpec,
     pub orchestration: Orchestration,
     pub generation: GenerationSpec,
-    pub store_path: PathBuf,
+    pub store: super::StoreLocation,
     pub durability: Durability,
     /// The directory of the experiment file: relative paths are relative to it.
     pub base_dir: PathBuf,
@@ -278,11 +278,18 @@ impl ExperimentSpec {
         v
     }
 
-    /// The trial dirs live beside the store: `<store name>.trials/`.
+    /// The trial dirs live beside a file store (`<store name>.trials/`); those of a server
+    /// store, where a file store would be (`.optx/<name>.trials/` beside the experiment
+    /// file), on each worker's host.
     pub fn trials_root(&self) -> PathBuf {
-        let stem =
-            self.store_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.name.clone());
-        self.store_path.with_file_name(format!("{stem}.trials"))
+        match &self.store {
+            super::StoreLocation::File(path) => {
+                let stem =
+                    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.name.clone());
+                path.with_file_name(format!("{stem}.trials"))
+            }
+            super::StoreLocation::Server { .. } => self.base_dir.join(".optx").join(format!("{}.trials", self.name)),
+        }
     }
 
     /// `auto`'s number of initial (center + Sobol) trials.

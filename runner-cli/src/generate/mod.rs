@@ -333,7 +333,7 @@ mod tests {
             }),
             orchestration: Orchestration { max_trials: 5, ..Default::default() },
             generation: GenerationSpec { method, initial_trials: None, initial_points: vec![], grid_resolution: 5 },
-            store_path: "/tmp/g.db".into(),
+            store: crate::domain::StoreLocation::File("/tmp/g.db".into()),
             durability: Durability::Normal,
             base_dir: "/tmp".into(),
             warnings: vec![],

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crossbeam_channel::unbounded;
 
 use super::{drive, EventSink, Interrupts, RunEnd, RunEvent};
-use crate::domain::{ExperimentSpec, RunnerSpec};
+use crate::domain::{ExperimentSpec, RunnerSpec, StoreLocation};
 use crate::exec;
 use crate::generate::Generator;
 use crate::runners::{CommandRunner, PluginMetrics, PluginRunner, PollSchedule, TrialRunner};
@@ -39,7 +39,7 @@ pub enum RunError {
     /// Bad input: exit 2.
     Usage(String),
     /// The store belongs to another live optx: exit 2.
-    Owned { store: PathBuf, owner: Box<Worker> },
+    Owned { store: StoreLocation, owner: Box<Worker> },
     /// Something failed at run time: exit 1.
     Runtime(String),
 }
@@ -51,10 +51,7 @@ impl fmt::Display for RunError {
             RunError::Owned { store, owner } => write!(
                 f,
                 "{} is in use by another optx (pid {} on {}, since {}); wait for it to end, or stop it first",
-                store.display(),
-                owner.pid,
-                owner.host,
-                owner.started_at
+                store, owner.pid, owner.host, owner.started_at
             ),
         }
     }
@@ -62,11 +59,11 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-fn store_err(path: &Path) -> impl Fn(StoreError) -> RunError + '_ {
+fn store_err(path: &StoreLocation) -> impl Fn(StoreError) -> RunError + '_ {
     move |e| match e {
-        StoreError::Owned(owner) => RunError::Owned { store: path.to_path_buf(), owner },
+        StoreError::Owned(owner) => RunError::Owned { store: path.clone(), owner },
         StoreError::Unusable(m) => RunError::Usage(m),
-        e => RunError::Runtime(format!("{}: {e}", path.display())),
+        e => RunError::Runtime(format!("{path}: {e}")),
     }
 }
 
@@ -123,7 +120,8 @@ fn set_aside_as(paths: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, RunError>
 
 /// The store's files and its trial dirs, as `--fresh` sets them aside.
 fn store_files(spec: &ExperimentSpec) -> Vec<PathBuf> {
-    let db = spec.store_path.clone();
+    let Some(db) = spec.store.file() else { return vec![spec.trials_root()] };
+    let db = db.to_path_buf();
     let mut paths = vec![db.clone()];
     for suffix in ["-wal", "-shm"] {
         let mut p = db.clone().into_os_string();
@@ -196,7 +194,7 @@ const ROOT_MARK: &str = ".optx-store";
 /// trial's files or overwrites them.
 fn claim_trials_root(spec: &ExperimentSpec, store: &dyn Ledger, sink: &mut dyn EventSink) -> Result<(), RunError> {
     let root = spec.trials_root();
-    let path = &spec.store_path;
+    let path = &spec.store;
     let id = store.id().map_err(store_err(path))?;
     let mark = root.join(ROOT_MARK);
     let marked: Option<String> = std::fs::read_to_string(&mark)
@@ -222,7 +220,7 @@ fn claim_trials_root(spec: &ExperimentSpec, store: &dyn Ledger, sink: &mut dyn E
     if marked.as_deref() != Some(id.as_str()) {
         std::fs::create_dir_all(&root)
             .map_err(|e| RunError::Runtime(format!("cannot create {}: {e}", root.display())))?;
-        let text = serde_json::json!({"store_id": id, "store": path}).to_string();
+        let text = serde_json::json!({"store_id": id, "store": path.to_string()}).to_string();
         std::fs::write(&mark, text).map_err(|e| RunError::Runtime(format!("cannot write {}: {e}", mark.display())))?;
     }
     Ok(())
@@ -255,7 +253,7 @@ pub(super) fn runner_for(spec: &ExperimentSpec, exe: &Path) -> Result<Arc<dyn Tr
 /// A worker joins the experiment as the store holds it: the same file in the parts that
 /// may not change on resume (none yet: it is the first).
 fn same_experiment(l: &Launch, store: &dyn Ledger) -> Result<(), RunError> {
-    let path = &l.spec.store_path;
+    let path = &l.spec.store;
     let Some(stored) = store.experiment().map_err(store_err(path))? else { return Ok(()) };
     let changes = crate::config::fixed_part_changes(&stored.spec_toml, &l.spec_text);
     if changes.is_empty() {
@@ -264,14 +262,14 @@ fn same_experiment(l: &Launch, store: &dyn Ledger) -> Result<(), RunError> {
     Err(RunError::Usage(format!(
         "{} differs from the experiment that {} holds, in parts that workers share:\n  {}\nJoin with the same file (orchestration keys may differ).",
         l.spec_path.display(),
-        path.display(),
+        path,
         changes.join("\n  ")
     )))
 }
 
 /// The budget of the experiment as the store holds it (its file and the overrides kept
 /// with it): every worker holds the same one, whatever its own file says.
-fn stored_budget(store: &dyn Ledger, path: &Path) -> Result<Option<(u64, Option<f64>)>, RunError> {
+fn stored_budget(store: &dyn Ledger, path: &StoreLocation) -> Result<Option<(u64, Option<f64>)>, RunError> {
     let Some(e) = store.experiment().map_err(store_err(path))? else { return Ok(None) };
     let Ok(stored) = crate::config::parse(&e.spec_toml, &e.spec_path.display().to_string(), &e.base_dir) else {
         return Ok(None);
@@ -283,7 +281,7 @@ fn stored_budget(store: &dyn Ledger, path: &Path) -> Result<Option<(u64, Option<
 /// Run (or resume) an experiment to its end. Returns how it ended and the store path.
 pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
-    let path = spec.store_path.clone();
+    let path = spec.store.clone();
     let pid = std::process::id();
     let host = exec::hostname();
     let me = NewWorker {
@@ -308,6 +306,11 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
         (false, false, true, _) if l.fresh => {
             stop_old_trials(store.as_mut(), spec, sink).map_err(store_err(&path))?;
             store.leave(session, None).map_err(store_err(&path))?;
+            let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
+            // A server store renames its schema; a file store's files are moved here.
+            if let Some(name) = store.set_aside(&format!("bak-{stamp}")).map_err(store_err(&path))? {
+                sink.event(&RunEvent::Notice(format!("--fresh: set aside the old store as the schema \"{name}\"")));
+            }
             drop(store);
             for m in set_aside_as(&store_files(spec), "bak")? {
                 sink.event(&RunEvent::Notice(format!("--fresh: set aside {}", m.display())));
@@ -321,7 +324,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
             let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} already holds the experiment `{}`: continue it with `optx resume {}`, or start over with `optx run --fresh` (the old store is kept as a backup)",
-                path.display(),
+                path,
                 existing.map(|e| e.name).unwrap_or_default(),
                 l.spec_path.display()
             )));
@@ -330,7 +333,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
             let _ = store.leave(session, Some(2));
             return Err(RunError::Usage(format!(
                 "{} holds no experiment yet: start it with `optx run FILE.toml`",
-                path.display()
+                path
             )));
         }
         // A store with no trial yet (a first run that stopped before any) starts anew.
@@ -360,7 +363,7 @@ fn run_owned(
     sink: &mut dyn EventSink,
 ) -> Result<RunEnd, RunError> {
     let spec = &l.spec;
-    let path = spec.store_path.clone();
+    let path = spec.store.clone();
     let stored_seed = store.experiment().map_err(store_err(&path))?.map(|e| e.seed);
     let seed = match (l.resume || l.join, stored_seed) {
         (true, Some(s)) => s,

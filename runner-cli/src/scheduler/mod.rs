@@ -27,8 +27,6 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
 pub use actors::{arm_of, ask, attach, tell, Asked, Reported, Tell, Told};
 pub use clean::clean;
 pub(crate) use dispatcher::{drive, Interrupts};
@@ -39,7 +37,7 @@ pub use launch::{launch, worker_alive, Launch, RunError};
 pub enum RunEvent {
     Started {
         name: String,
-        store: PathBuf,
+        store: crate::domain::StoreLocation,
         max_trials: u64,
         parallelism: usize,
         method: String,

@@ -83,7 +83,7 @@ fn run(
 fn setup(orchestration: &str) -> (tempfile::TempDir, ExperimentSpec, SqliteStore) {
     let d = tempfile::tempdir().unwrap();
     let spec = spec(d.path(), orchestration);
-    let store = SqliteStore::open(&spec.store_path, spec.durability).unwrap();
+    let store = SqliteStore::open(spec.store.file().unwrap(), spec.durability).unwrap();
     (d, spec, store)
 }
 

@@ -7,34 +7,206 @@
 //! database implements the same trait for workers on many hosts. Nothing above this
 //! module writes SQL or knows which one it talks to.
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::domain::{Goal, Observation, TransitionError, Trial, TrialStatus};
+use crate::domain::{Goal, Observation, StoreLocation, TransitionError, Trial, TrialStatus};
 
+pub use postgres::{PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SqliteTx, SCHEMA_VERSION};
 
 /// Open the store at `target` for `run`, creating it if there is none.
-pub fn open(target: &Path, durability: crate::domain::Durability) -> Result<Box<dyn Ledger>> {
-    Ok(Box::new(SqliteStore::open(target, durability)?))
+pub fn open(target: &StoreLocation, durability: crate::domain::Durability) -> Result<Box<dyn Ledger>> {
+    Ok(match target {
+        StoreLocation::File(p) => Box::new(SqliteStore::open(p, durability)?),
+        StoreLocation::Server { url, experiment } => {
+            Box::new(PgStore::open(url, experiment.as_deref(), postgres::Mode::Create)?)
+        }
+    })
 }
 
 /// Open the store at `target`, which must exist, to resume it.
-pub fn open_existing(target: &Path) -> Result<Box<dyn Ledger>> {
-    Ok(Box::new(SqliteStore::open_existing(target)?))
+pub fn open_existing(target: &StoreLocation) -> Result<Box<dyn Ledger>> {
+    Ok(match target {
+        StoreLocation::File(p) => Box::new(SqliteStore::open_existing(p)?),
+        StoreLocation::Server { url, experiment } => {
+            Box::new(PgStore::open(url, experiment.as_deref(), postgres::Mode::Existing)?)
+        }
+    })
 }
 
 /// Open the store at `target` to read it, writing nothing.
-pub fn open_read(target: &Path) -> Result<Box<dyn Ledger>> {
-    Ok(Box::new(SqliteStore::open_read(target)?))
+pub fn open_read(target: &StoreLocation) -> Result<Box<dyn Ledger>> {
+    Ok(match target {
+        StoreLocation::File(p) => Box::new(SqliteStore::open_read(p)?),
+        StoreLocation::Server { url, experiment } => {
+            Box::new(PgStore::open(url, experiment.as_deref(), postgres::Mode::Read)?)
+        }
+    })
+}
+
+/// A consistent copy of the store `from` at `dest`, of either kind: a file (which must not
+/// exist) or a server database (which must not hold the experiment). The copy keeps the
+/// store's identity, so that its trial dirs stay its own.
+pub fn copy(from: &dyn Ledger, dest: &StoreLocation) -> Result<()> {
+    match dest {
+        StoreLocation::File(p) => from.backup(p),
+        StoreLocation::Server { url, experiment } => {
+            let dump = from.dump()?;
+            let name = match experiment {
+                Some(e) => e.clone(),
+                None => from
+                    .experiment()?
+                    .map(|e| e.name)
+                    .ok_or_else(|| StoreError::Unusable(format!("{} holds no experiment to copy", from.location())))?,
+            };
+            PgStore::restore(url, &name, &dump)
+        }
+    }
+}
+
+/// A value of a stored row, as both kinds of store can hold it (a boolean is 0 or 1).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// How a column is typed in a server database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    Int,
+    Real,
+    Text,
+    Bool,
+}
+
+/// Every row of a store, table by table (`optx backup` between the kinds of store).
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    pub uuid: String,
+    pub created_at: String,
+    pub tables: Vec<(String, Vec<Vec<Cell>>)>,
+}
+
+use Kind::{Bool as B, Int as I, Real as R, Text as T};
+
+/// The tables both kinds of store share, the order their rows are copied in (`rowid`: the
+/// order they were written), and their columns.
+/// A table: its name, the order of its rows, its columns.
+pub(crate) type Table = (&'static str, &'static str, &'static [(&'static str, Kind)]);
+
+pub(crate) const TABLES: &[Table] = &[
+    (
+        "experiment",
+        "id",
+        &[
+            ("id", I),
+            ("name", T),
+            ("spec_toml", T),
+            ("spec_hash", T),
+            ("spec_path", T),
+            ("base_dir", T),
+            ("seed", I),
+            ("overrides", T),
+            ("created_at", T),
+            ("updated_at", T),
+        ],
+    ),
+    (
+        "sessions",
+        "id",
+        &[
+            ("id", I),
+            ("command", T),
+            ("pid", I),
+            ("process_start", I),
+            ("host", T),
+            ("started_at", T),
+            ("ended_at", T),
+            ("exit_code", I),
+            ("renewed_at", T),
+            ("lease_seconds", R),
+            ("taken_over", T),
+        ],
+    ),
+    (
+        "trials",
+        "idx",
+        &[
+            ("idx", I),
+            ("status", T),
+            ("status_code", I),
+            ("lost", B),
+            ("arm_key", T),
+            ("parameters", T),
+            ("generation", T),
+            ("rerun_of", I),
+            ("attempt", I),
+            ("slot", I),
+            ("session", I),
+            ("feasible", B),
+            ("reason", T),
+            ("run_metadata", T),
+            ("stop_metadata", T),
+            ("trial_dir", T),
+            ("created_at", T),
+            ("staged_at", T),
+            ("started_at", T),
+            ("completed_at", T),
+            ("holder", I),
+        ],
+    ),
+    (
+        "observations",
+        "rowid",
+        &[("trial", I), ("metric", T), ("progression", R), ("mean", R), ("sem", R), ("final", B), ("time", T)],
+    ),
+    ("generator_state", "key", &[("key", T), ("value", T)]),
+    ("events", "id", &[("id", I), ("time", T), ("session", I), ("trial", I), ("kind", T), ("message", T)]),
+];
+
+/// The best of feasible completed trials, from their final values as (trial, metric,
+/// value) rows in trial order.
+pub(crate) fn best_of(goal: &Goal, rows: impl Iterator<Item = (u64, String, f64)>) -> Vec<(u64, Vec<f64>)> {
+    let mut by_trial: Vec<(u64, std::collections::BTreeMap<String, f64>)> = Vec::new();
+    for (i, m, v) in rows {
+        match by_trial.last_mut() {
+            Some((j, values)) if *j == i => {
+                values.insert(m, v);
+            }
+            _ => by_trial.push((i, std::collections::BTreeMap::from([(m, v)]))),
+        }
+    }
+    goal.best(by_trial.iter().filter_map(|(i, m)| Some((*i, goal.values(|k| m.get(k).copied())?))))
+}
+
+/// A random identity for a new store, as 32 hex digits.
+pub(crate) fn new_uuid() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the time and the pid, mixed.
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let x = t ^ ((std::process::id() as u128) << 64);
+        bytes = x.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug)]
 pub enum StoreError {
     Sqlite(rusqlite::Error),
+    Postgres(::postgres::Error),
     Json(serde_json::Error),
     Transition {
         trial: u64,
@@ -54,6 +226,10 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
+            StoreError::Postgres(e) => match e.as_db_error() {
+                Some(d) => write!(f, "PostgreSQL: {}", d.message()),
+                None => write!(f, "PostgreSQL: {e}"),
+            },
             StoreError::Json(e) => write!(f, "stored JSON: {e}"),
             StoreError::Transition { trial, error } => write!(f, "trial {trial}: {error}"),
             StoreError::Owned(w) => {
@@ -225,8 +401,13 @@ pub trait Ledger {
     /// objective values and parameters.
     fn best(&self, goal: &Goal) -> Result<Vec<(u64, Vec<f64>, serde_json::Value)>>;
     fn generator_state(&self, key: &str) -> Result<Option<serde_json::Value>>;
-    /// A consistent copy of the store at `dest`, which must not exist.
+    /// A consistent copy of the store in a new SQLite file at `dest`, which must not exist.
     fn backup(&self, dest: &Path) -> Result<()>;
+    /// Every row, from one consistent snapshot.
+    fn dump(&self) -> Result<Dump>;
+    /// `run --fresh` on a server store: keep it under a new name (returned), so that the
+    /// experiment starts anew. A file store returns none: its files are moved by the caller.
+    fn set_aside(&mut self, tag: &str) -> Result<Option<String>>;
     /// Run `f` once, in one transaction that commits before this returns (nothing of it
     /// stays if `f` fails). Callers use [`LedgerExt::tx`].
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;

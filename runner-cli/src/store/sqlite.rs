@@ -8,14 +8,13 @@
 //! (`status`, `trials`, `best`) open the file read-only and never write to it. Each store
 //! has an identity of its own (`store.uuid`), which its trial dirs carry.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    fnv1a, now, Changes, ExperimentRow, Ledger, NewTrial, NewWorker, Result, StoreError, TransitionData, Tx, Worker,
+    fnv1a, new_uuid, now, Cell, Changes, Dump, ExperimentRow, Ledger, NewTrial, NewWorker, Result, StoreError,
+    TransitionData, Tx, Worker,
 };
 use crate::domain::{Durability, Goal, Observation, Trial, TrialStatus};
 
@@ -215,20 +214,6 @@ fn worker_row(r: &rusqlite::Row) -> rusqlite::Result<Worker> {
     })
 }
 
-/// A random identity for a new store, as 32 hex digits.
-fn new_uuid() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // No /dev/urandom: the time and the pid, mixed.
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let x = t ^ ((std::process::id() as u128) << 64);
-        bytes = x.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// What opening a store found wrong with the file, as advice.
 fn unusable(path: &Path, e: &rusqlite::Error) -> Option<StoreError> {
     use rusqlite::ErrorCode;
@@ -318,6 +303,50 @@ impl SqliteStore {
             let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
         }
         linked
+    }
+
+    /// A new store at `dest` (which must not exist) holding the rows of `dump`: `optx
+    /// backup` from a server database. Built under a temporary name and linked whole.
+    pub fn restore(dest: &Path, dump: &Dump) -> Result<()> {
+        if check_path(dest)?.is_some() {
+            return Err(StoreError::Unusable(format!("{} exists already: give a new file", dest.display())));
+        }
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dest.with_file_name(format!(".{name}.part-{}-{}", std::process::id(), &new_uuid()[..8]));
+        let built = (|| -> Result<()> {
+            let conn = Connection::open(&tmp)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            migrate(&tx, 0)?;
+            tx.execute(
+                "UPDATE store SET uuid = ?1, created_at = ?2 WHERE id = 1",
+                params![dump.uuid, dump.created_at],
+            )?;
+            for (table, rows) in &dump.tables {
+                let Some((_, _, cols)) = super::TABLES.iter().find(|(n, _, _)| n == table) else { continue };
+                let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+                let marks = vec!["?"; names.len()].join(", ");
+                let mut st = tx.prepare(&format!("INSERT INTO {table} ({}) VALUES ({marks})", names.join(", ")))?;
+                for row in rows {
+                    let values = row.iter().map(|c| match c {
+                        Cell::Null => rusqlite::types::Value::Null,
+                        Cell::Int(x) => rusqlite::types::Value::Integer(*x),
+                        Cell::Real(x) => rusqlite::types::Value::Real(*x),
+                        Cell::Text(x) => rusqlite::types::Value::Text(x.clone()),
+                    });
+                    st.execute(rusqlite::params_from_iter(values))?;
+                }
+            }
+            tx.commit()?;
+            conn.close().map_err(|(_, e)| e)?;
+            std::fs::hard_link(&tmp, dest)
+                .map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", dest.display())))
+        })();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+        }
+        built
     }
 
     /// Open a store that must exist already, to resume it.
@@ -495,6 +524,38 @@ impl Ledger for SqliteStore {
             let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
         }
         copied
+    }
+
+    fn dump(&self) -> Result<Dump> {
+        // One read transaction: a consistent snapshot while workers write.
+        let t = self.conn.unchecked_transaction()?;
+        let (uuid, created_at) =
+            t.query_row("SELECT uuid, created_at FROM store WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut dump = Dump { uuid, created_at, tables: Vec::new() };
+        for (table, order, cols) in super::TABLES {
+            let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+            let sql = format!("SELECT {} FROM {table} ORDER BY {order}", names.join(", "));
+            let mut st = t.prepare(&sql)?;
+            let rows = st.query_map([], |r| {
+                (0..cols.len())
+                    .map(|i| {
+                        Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+                            rusqlite::types::Value::Null => Cell::Null,
+                            rusqlite::types::Value::Integer(x) => Cell::Int(x),
+                            rusqlite::types::Value::Real(x) => Cell::Real(x),
+                            rusqlite::types::Value::Text(x) => Cell::Text(x),
+                            rusqlite::types::Value::Blob(b) => Cell::Text(String::from_utf8_lossy(&b).into_owned()),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<Cell>>>()
+            })?;
+            dump.tables.push((table.to_string(), rows.collect::<rusqlite::Result<_>>()?));
+        }
+        Ok(dump)
+    }
+
+    fn set_aside(&mut self, _tag: &str) -> Result<Option<String>> {
+        Ok(None)
     }
 
     fn experiment(&self) -> Result<Option<ExperimentRow>> {
@@ -709,17 +770,8 @@ impl Ledger for SqliteStore {
         let rows = st.query_map(rusqlite::params_from_iter(&metrics), |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, f64>(2)?))
         })?;
-        let mut by_trial: Vec<(u64, BTreeMap<String, f64>)> = Vec::new();
-        for row in rows {
-            let (i, m, v) = row?;
-            match by_trial.last_mut() {
-                Some((j, values)) if *j == i => {
-                    values.insert(m, v);
-                }
-                _ => by_trial.push((i, BTreeMap::from([(m, v)]))),
-            }
-        }
-        let best = goal.best(by_trial.iter().filter_map(|(i, m)| Some((*i, goal.values(|k| m.get(k).copied())?))));
+        let rows: Vec<(u64, String, f64)> = rows.collect::<rusqlite::Result<_>>()?;
+        let best = super::best_of(goal, rows.into_iter());
         let mut out = Vec::with_capacity(best.len());
         for (i, v) in best {
             let p: String =
@@ -1031,8 +1083,8 @@ fn writable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Direction, Objective};
     use crate::store::LedgerExt;
+    use std::time::SystemTime;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let d = tempfile::tempdir().unwrap();
@@ -1056,92 +1108,13 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    fn transitions_are_checked_against_the_lifecycle_and_the_stored_status() {
-        let (_d, mut s) = store();
-        new_trial(&mut s, 0);
-        let d = TransitionData::default();
-        s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).unwrap();
-        // stored status is STAGED: claiming CANDIDATE is refused
-        assert!(s.tx(|t| t.transition(0, TrialStatus::Candidate, TrialStatus::Staged, &d)).is_err());
-        // the lifecycle refuses STAGED -> COMPLETED
-        assert!(matches!(
-            s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Completed, &d)),
-            Err(StoreError::Transition { .. })
-        ));
-        s.tx(|t| t.transition(0, TrialStatus::Staged, TrialStatus::Running, &d)).unwrap();
-        let rows = s.trials().unwrap();
-        assert_eq!(rows[0].status, TrialStatus::Running);
-        assert!(rows[0].staged_at.is_some() && rows[0].started_at.is_some());
-    }
-
-    #[test]
-    fn a_failed_transaction_leaves_nothing_behind() {
-        let (_d, mut s) = store();
-        let p = serde_json::json!({});
-        let r: Result<()> = s.tx(|t| {
-            t.insert_trial(&NewTrial {
-                index: 0,
-                arm_key: "k",
-                parameters: &p,
-                generation: "g",
-                rerun_of: None,
-                attempt: 1,
-                session: 1,
-            })?;
-            Err(StoreError::Other("boom".into()))
-        });
-        assert!(r.is_err());
-        assert!(s.trials().unwrap().is_empty());
-    }
-
     fn worker(pid: u32) -> NewWorker<'static> {
         NewWorker { command: "optx run", pid, process_start: Some(1), host: "h", lease_seconds: 60.0 }
     }
 
     #[test]
-    fn a_live_worker_keeps_the_store_and_a_dead_one_is_taken_over_and_fenced() {
+    fn a_legacy_owner_keeps_its_store() {
         let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("x.db");
-        let mut a = SqliteStore::open(&path, Durability::Normal).unwrap();
-        let mut b = SqliteStore::open(&path, Durability::Normal).unwrap();
-        let wa = a.join(&worker(10), true, &|_| true).unwrap();
-        // A live worker refuses an exclusive join, and names itself.
-        assert!(matches!(b.join(&worker(11), true, &|_| true), Err(StoreError::Owned(w)) if w.pid == 10));
-        // A join beside it is allowed.
-        let wb = b.join(&worker(11), false, &|_| true).unwrap();
-        assert_ne!(wa, wb);
-        // a is found dead: it is taken over, and its next renewal or write is refused.
-        let mut c = SqliteStore::open(&path, Durability::Normal).unwrap();
-        let wc = c.join(&worker(12), false, &|w| w.pid != 10).unwrap();
-        assert!(matches!(a.renew(wa), Err(StoreError::LeaseLost)));
-        assert!(matches!(a.tx(|_| Ok(())), Err(StoreError::LeaseLost)));
-        b.renew(wb).unwrap();
-        b.tx(|_| Ok(())).unwrap();
-        let ws = c.workers().unwrap();
-        assert_eq!(ws.iter().map(|w| (w.pid, w.open())).collect::<Vec<_>>(), [(10, false), (11, true), (12, true)]);
-        assert!(ws[0].taken_over.is_some());
-        assert!(ws[1].lease_runs(SystemTime::now()));
-        c.leave(wc, Some(0)).unwrap();
-        assert_eq!(c.workers().unwrap()[2].exit_code, Some(0));
-    }
-
-    #[test]
-    fn of_workers_claiming_one_trial_one_wins_and_a_legacy_owner_keeps_its_store() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("x.db");
-        let mut a = SqliteStore::open(&path, Durability::Normal).unwrap();
-        let wa = a.join(&worker(10), false, &|_| true).unwrap();
-        new_trial(&mut a, 0);
-        let mut b = SqliteStore::open(&path, Durability::Normal).unwrap();
-        let wb = b.join(&worker(11), false, &|_| true).unwrap();
-        assert!(a.tx(|t| t.claim(0, Some(wa), wa + 100)).unwrap());
-        assert!(!b.tx(|t| t.claim(0, Some(wa), wb)).unwrap(), "the holder changed: the second claim loses");
-        // A worker found dead, but renewed meanwhile, is not taken over.
-        assert!(!b.tx(|t| t.take_over(wa, &|_| true)).unwrap());
-        assert!(b.tx(|t| t.take_over(wa, &|_| false)).unwrap());
-        assert!(!b.tx(|t| t.take_over(wa, &|_| false)).unwrap(), "taken over once");
-        drop((a, b));
         // An optx from before leases that still holds its store (its owner row).
         let old = d.path().join("old.db");
         {
@@ -1156,44 +1129,6 @@ mod tests {
             matches!(s.join(&worker(12), true, &|w| w.lease_runs(SystemTime::now())), Err(StoreError::Owned(w)) if w.pid == 77)
         );
         s.join(&worker(12), true, &|_| false).unwrap();
-    }
-
-    #[test]
-    fn summaries_are_computed_in_sql() {
-        let (_d, mut s) = store();
-        let d = TransitionData::default();
-        for (i, (value, feasible)) in [(3.0, true), (1.0, false), (2.0, true)].into_iter().enumerate() {
-            let i = i as u64;
-            new_trial(&mut s, i);
-            s.tx(|t| {
-                t.transition(i, TrialStatus::Candidate, TrialStatus::Staged, &d)?;
-                t.transition(i, TrialStatus::Staged, TrialStatus::Running, &d)?;
-                let data = TransitionData { feasible: Some(feasible), ..Default::default() };
-                t.transition(i, TrialStatus::Running, TrialStatus::Completed, &data)?;
-                t.observation(&Observation {
-                    trial: i,
-                    metric: "f".into(),
-                    progression: None,
-                    mean: value,
-                    sem: None,
-                    is_final: true,
-                })
-            })
-            .unwrap();
-        }
-        new_trial(&mut s, 3);
-        let lost = TransitionData { lost: true, ..Default::default() };
-        s.tx(|t| t.transition(3, TrialStatus::Candidate, TrialStatus::Failed, &lost)).unwrap();
-        assert_eq!(s.trial_counts().unwrap(), (4, 3));
-        assert_eq!(s.feasible_count().unwrap(), 2);
-        let mut counts = s.status_counts().unwrap();
-        counts.sort();
-        assert_eq!(counts, vec![("COMPLETED".into(), false, 3), ("FAILED".into(), true, 1)]);
-        // The infeasible 1.0 is not the best.
-        let best = |d| s.best(&Goal::single(Objective::metric("f", d))).unwrap();
-        assert_eq!(best(Direction::Minimize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(2, vec![2.0])]);
-        assert_eq!(best(Direction::Maximize).into_iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(), vec![(0, vec![3.0])]);
-        assert_eq!(s.final_observations().unwrap().len(), 3);
     }
 
     #[test]
