@@ -1255,6 +1255,21 @@ max_trials = 3
     }
 
     #[test]
+    fn a_server_store_is_named_by_a_url_and_its_password_stays_out_of_errors() {
+        let s = parse(&format!("{GOOD}[storage]\nurl = \"postgresql://ann:pw@db/lab\"\n"), "e.toml", Path::new("/tmp"))
+            .unwrap();
+        assert_eq!(
+            s.store,
+            StoreLocation::Server { url: "postgresql://ann:pw@db/lab".into(), experiment: Some("t".into()) }
+        );
+        assert_eq!(s.trials_root(), Path::new("/tmp/.optx/t.trials"));
+        let e = errors(&format!("{GOOD}[storage]\nurl = \"mysql://ann:pw@db/lab\"\n"));
+        assert!(e[0].contains("e.toml:") && e[0].contains("`storage.url`") && !e[0].contains(":pw@"), "{e:?}");
+        let e = errors(&format!("{GOOD}[storage]\nurl = \"postgresql://db/lab\"\npath = \"x.db\"\n"));
+        assert!(e[0].contains("both name a store"), "{e:?}");
+    }
+
+    #[test]
     fn a_good_file_parses_with_defaults() {
         let s = parse(GOOD, "e.toml", Path::new("/tmp")).unwrap();
         assert_eq!(s.orchestration.parallelism, 1);

@@ -266,6 +266,9 @@ pub enum Mode {
 pub struct PgStore {
     /// The connection (none once it broke): read methods take `&self`.
     client: RefCell<Option<Client>>,
+    /// The statements prepared on this connection, by their text: each runs in one round
+    /// trip (a statement not prepared takes two).
+    stmts: RefCell<std::collections::HashMap<String, postgres::Statement>>,
     config: postgres::Config,
     /// The URL as shown (no password).
     shown: String,
@@ -375,6 +378,7 @@ impl PgStore {
         }
         let s = PgStore {
             client: RefCell::new(None),
+            stmts: RefCell::new(std::collections::HashMap::new()),
             config,
             shown,
             schema,
@@ -451,6 +455,7 @@ impl PgStore {
             loop {
                 match self.connect() {
                     Ok(c) => {
+                        self.stmts.borrow_mut().clear();
                         if said {
                             eprintln!("optx: connected to {} again", self.shown);
                         }
@@ -490,15 +495,24 @@ impl PgStore {
 
     /// A read outside a transaction.
     fn read(&self, sql: &str, ps: Vec<V>) -> Result<Vec<Row>> {
-        self.retry(|c| c.query(sql, &refs(&ps)))
+        self.retry(|c| {
+            let st = prepared(&self.stmts, c, sql)?;
+            c.query(&st, &refs(&ps))
+        })
     }
 
     fn read_with(&self, sql: &str, ps: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        self.retry(|c| c.query(sql, ps))
+        self.retry(|c| {
+            let st = prepared(&self.stmts, c, sql)?;
+            c.query(&st, ps)
+        })
     }
 
     fn exec(&self, sql: &str, ps: Vec<V>) -> Result<u64> {
-        self.retry(|c| c.execute(sql, &refs(&ps)))
+        self.retry(|c| {
+            let st = prepared(&self.stmts, c, sql)?;
+            c.execute(&st, &refs(&ps))
+        })
     }
 
     fn rollback(&self) {
@@ -584,6 +598,20 @@ impl PgStore {
     }
 }
 
+/// The statement `sql`, prepared on `c` once.
+fn prepared(
+    cache: &RefCell<std::collections::HashMap<String, postgres::Statement>>,
+    c: &mut Client,
+    sql: &str,
+) -> std::result::Result<postgres::Statement, postgres::Error> {
+    if let Some(st) = cache.borrow().get(sql) {
+        return Ok(st.clone());
+    }
+    let st = c.prepare(sql)?;
+    cache.borrow_mut().insert(sql.to_string(), st.clone());
+    Ok(st)
+}
+
 /// Why a replay did not commit: the connection broke again (try again), or it cannot be.
 enum Replay {
     Broken(postgres::Error),
@@ -622,19 +650,34 @@ fn rerun(c: &mut Client, seq: i64, log: &[Stmt]) -> std::result::Result<(), Repl
     Ok(())
 }
 
-/// The commit, and its token: a lost answer is looked up after a reconnect.
+/// The commit, and its token (a lost answer is looked up after a reconnect), in one round
+/// trip: the lock is held until the server answers, so every trip counts.
 fn commit(c: &mut Client, seq: i64, token: &str) -> std::result::Result<(), postgres::Error> {
-    c.execute("UPDATE optx_meta SET tx_seq = $1 WHERE id = 1", &[&(seq + 1)])?;
-    c.execute("INSERT INTO optx_commits (seq, token) VALUES ($1, $2)", &[&(seq + 1), &token])?;
-    if (seq + 1) % 1000 == 0 {
-        c.execute("DELETE FROM optx_commits WHERE seq <= $1", &[&(seq + 1 - 1000)])?;
-    }
-    c.batch_execute("COMMIT")
+    let next = seq + 1;
+    // Both values are ours (a number, and hex digits): safe to write into the text.
+    debug_assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let prune = if next % 1000 == 0 {
+        format!("DELETE FROM optx_commits WHERE seq <= {};", next - 1000)
+    } else {
+        String::new()
+    };
+    c.batch_execute(&format!(
+        "UPDATE optx_meta SET tx_seq = {next} WHERE id = 1; INSERT INTO optx_commits (seq, token) VALUES ({next}, '{token}'); {prune} COMMIT"
+    ))
 }
 
+/// A transaction, and the experiment's lock: one round trip. Returns the commit counter.
 fn begin(c: &mut Client) -> std::result::Result<i64, postgres::Error> {
-    c.batch_execute("BEGIN")?;
-    Ok(c.query_one("SELECT tx_seq FROM optx_meta WHERE id = 1 FOR UPDATE", &[])?.get(0))
+    for m in c.simple_query("BEGIN; SELECT tx_seq FROM optx_meta WHERE id = 1 FOR UPDATE")? {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            if let Some(seq) = r.get(0).and_then(|v| v.parse().ok()) {
+                return Ok(seq);
+            }
+        }
+    }
+    // No row: the experiment's schema lost its optx_meta (dropped by hand?).
+    c.batch_execute("ROLLBACK")?;
+    c.query_one("SELECT tx_seq FROM optx_meta WHERE id = 1", &[]).map(|r| r.get(0))
 }
 
 fn lock_error(e: postgres::Error) -> StoreError {
@@ -731,14 +774,14 @@ impl PgTx<'_> {
         sql: &str,
         ps: Vec<V>,
         write: bool,
-        f: impl Fn(&mut Client, &str, &[&(dyn ToSql + Sync)]) -> std::result::Result<T, postgres::Error>,
+        f: impl Fn(&mut Client, &postgres::Statement, &[&(dyn ToSql + Sync)]) -> std::result::Result<T, postgres::Error>,
         rows: impl Fn(&T) -> u64,
     ) -> Result<T> {
         loop {
             let out = {
-                let c =
-                    self.store.client.get_mut().as_mut().ok_or_else(|| StoreError::Other("no connection".into()))?;
-                f(c, sql, &refs(&ps))
+                let store = &mut *self.store;
+                let c = store.client.get_mut().as_mut().ok_or_else(|| StoreError::Other("no connection".into()))?;
+                prepared(&store.stmts, c, sql).and_then(|st| f(c, &st, &refs(&ps)))
             };
             match out {
                 Ok(x) => {
@@ -788,6 +831,15 @@ impl PgTx<'_> {
         }
         Ok(())
     }
+}
+
+/// The event of the trial that the statement `cte` (a `WITH` part returning `idx`) wrote:
+/// an `INSERT` that follows it, with its time, session, kind and message (SQL expressions).
+fn event_of(cte: &str, time: &str, session: &str, kind: &str, message: &str) -> String {
+    format!(
+        "INSERT INTO events (id, time, session, trial, kind, message)
+         SELECT (SELECT coalesce(max(id), 0) + 1 FROM events), {time}, {session}::bigint, idx, {kind}, {message}::text FROM {cte}"
+    )
 }
 
 const TRIAL_COLUMNS: &str =
@@ -1182,9 +1234,13 @@ impl Tx for PgTx<'_> {
 
     fn insert_trial(&mut self, n: &NewTrial) -> Result<()> {
         let status = TrialStatus::Candidate;
+        // The row and its event in one statement: one round trip under the lock.
         self.exec(
-            "INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, holder, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
+            &format!(
+                "WITH t AS (INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, holder, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING idx) {}",
+                event_of("t", "$10", "$11", "'created'", "$6")
+            ),
             p![
                 n.index,
                 status.as_str(),
@@ -1195,10 +1251,11 @@ impl Tx for PgTx<'_> {
                 n.rerun_of,
                 n.attempt as i64,
                 n.session,
-                self.time.clone()
+                self.time.clone(),
+                self.worker
             ],
         )?;
-        self.event(Some(n.index), "created", Some(n.generation))
+        Ok(())
     }
 
     fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()> {
@@ -1208,13 +1265,19 @@ impl Tx for PgTx<'_> {
             TrialStatus::Running => "started_at",
             _ => "completed_at",
         };
+        // The update and its event in one statement (the event only if the update was made).
         let sql = format!(
-            "UPDATE trials SET status = $1, status_code = $2, {time_col} = $3,
+            "WITH u AS (UPDATE trials SET status = $1, status_code = $2, {time_col} = $3,
                 reason = coalesce($4, reason), lost = $5 OR lost, feasible = coalesce($6, feasible),
                 run_metadata = coalesce($7, run_metadata), stop_metadata = coalesce($8, stop_metadata),
                 slot = coalesce($9, slot), trial_dir = coalesce($10, trial_dir)
-             WHERE idx = $11 AND status = $12"
+             WHERE idx = $11 AND status = $12 RETURNING idx) {}",
+            event_of("u", "$3", "$13", "'transition'", "$14")
         );
+        let msg = match data.reason {
+            Some(r) => format!("{from} -> {to}: {r}"),
+            None => format!("{from} -> {to}"),
+        };
         let changed = self.exec(
             &sql,
             p![
@@ -1230,6 +1293,8 @@ impl Tx for PgTx<'_> {
                 data.trial_dir,
                 index,
                 from.as_str(),
+                self.worker,
+                msg,
             ],
         )?;
         if changed != 1 {
@@ -1237,11 +1302,7 @@ impl Tx for PgTx<'_> {
                 "trial {index} is not {from} in the store: refusing {from} -> {to}"
             )));
         }
-        let msg = match data.reason {
-            Some(r) => format!("{from} -> {to}: {r}"),
-            None => format!("{from} -> {to}"),
-        };
-        self.event(Some(index), "transition", Some(&msg))
+        Ok(())
     }
 
     fn set_run_metadata(&mut self, index: u64, meta: &serde_json::Value) -> Result<()> {
@@ -1250,18 +1311,20 @@ impl Tx for PgTx<'_> {
     }
 
     fn hold(&mut self, index: u64, worker: Option<i64>) -> Result<()> {
-        self.exec("UPDATE trials SET holder = $1 WHERE idx = $2", p![worker, index])?;
-        self.event(Some(index), "held", None)
+        let sql = format!(
+            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 RETURNING idx) {}",
+            event_of("u", "$3", "$4", "'held'", "NULL")
+        );
+        self.exec(&sql, p![worker, index, self.time.clone(), self.worker])?;
+        Ok(())
     }
 
     fn claim(&mut self, index: u64, seen: Option<i64>, me: i64) -> Result<bool> {
-        let n = self.exec(
-            "UPDATE trials SET holder = $1 WHERE idx = $2 AND holder IS NOT DISTINCT FROM $3",
-            p![me, index, seen],
-        )?;
-        if n == 1 {
-            self.event(Some(index), "held", Some(&format!("by worker #{me}")))?;
-        }
+        let sql = format!(
+            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 AND holder IS NOT DISTINCT FROM $3 RETURNING idx) {}",
+            event_of("u", "$4", "$5", "'held'", "$6")
+        );
+        let n = self.exec(&sql, p![me, index, seen, self.time.clone(), self.worker, format!("by worker #{me}")])?;
         Ok(n == 1)
     }
 
