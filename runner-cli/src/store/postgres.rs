@@ -5,7 +5,7 @@
 //!
 //! One connection per optx process (the synchronous `postgres` client: its runtime stays
 //! inside the client, nothing async reaches the scheduler). Writers are serialized as on
-//! SQLite: every transaction first locks the `optx_meta` row (`SELECT ... FOR UPDATE`), so
+//! SQLite: every transaction first takes the experiment's lock (an advisory lock), so
 //! the change feed, the trial index, the arm check and the budget decided in it are the
 //! ledger's, and event ids grow in commit order (they are allocated under that lock).
 //!
@@ -526,10 +526,17 @@ impl PgStore {
     fn run_tx(&mut self, fenced: bool, f: &mut dyn FnMut(&mut PgTx) -> Result<()>) -> Result<()> {
         let token = super::new_uuid();
         let asked = Instant::now();
-        let seq = loop {
+        // The fence (a worker taken over writes nothing more), and the renewal of its lease
+        // when a sixth of it passed, go with the lock: no round trip of their own.
+        let fence = if fenced { self.fence } else { None };
+        let renew = match (fence, self.renewed) {
+            (Some(_), Some((at, every))) if at.elapsed() >= every => Some(now()),
+            _ => None,
+        };
+        let (seq, taken) = loop {
             let mut c = self.conn()?;
-            match begin(&mut c) {
-                Ok(seq) => break seq,
+            match begin(&mut c, fence, renew.as_deref()) {
+                Ok(x) => break x,
                 Err(e) if broken(&e) => {
                     drop(c);
                     *self.client.get_mut() = None;
@@ -542,29 +549,33 @@ impl PgStore {
             }
         };
         let held = Instant::now();
-        let time = now();
-        let mut tx = PgTx { store: self, seq, time, log: Vec::new(), worker: None };
-        let result = (|| {
-            if fenced {
-                tx.fence_check()?;
+        if taken {
+            self.rollback();
+            return Err(StoreError::LeaseLost);
+        }
+        if renew.is_some() {
+            if let Some((at, _)) = &mut self.renewed {
+                *at = Instant::now();
             }
-            f(&mut tx)
-        })();
-        let log = std::mem::take(&mut tx.log);
+        }
+        let time = now();
+        let mut tx = PgTx { store: self, seq, fence, time, log: Vec::new(), deferred: Vec::new(), worker: fence };
+        let result = f(&mut tx);
+        let (log, deferred) = (std::mem::take(&mut tx.log), std::mem::take(&mut tx.deferred));
         if let Err(e) = result {
             self.rollback();
             return Err(e);
         }
         let mut outcome = {
             let mut c = self.conn()?;
-            commit(&mut c, seq, &token)
+            commit(&mut c, seq, &token, &deferred)
         };
         loop {
             match outcome {
                 Ok(()) => break,
                 Err(e) if broken(&e) => {
                     *self.client.get_mut() = None;
-                    outcome = match self.replay(seq, &token, &log) {
+                    outcome = match self.replay(seq, fence, &token, &log, &deferred) {
                         Ok(()) => Ok(()),
                         Err(Replay::Broken(e)) => Err(e),
                         Err(Replay::Stop(e)) => return Err(e),
@@ -588,13 +599,20 @@ impl PgStore {
     /// After a broken connection at the commit: the transaction committed (its token is
     /// there), or nothing committed since it began and it runs again whole, or the worker
     /// must stop.
-    fn replay(&self, seq: i64, token: &str, log: &[Stmt]) -> std::result::Result<(), Replay> {
+    fn replay(
+        &self,
+        seq: i64,
+        fence: Option<i64>,
+        token: &str,
+        log: &[Stmt],
+        deferred: &[String],
+    ) -> std::result::Result<(), Replay> {
         let mut c = self.conn().map_err(Replay::Stop)?;
         if c.query_opt("SELECT 1 FROM optx_commits WHERE token = $1", &[&token]).map_err(Replay::from)?.is_some() {
             return Ok(());
         }
-        rerun(&mut c, seq, log)?;
-        commit(&mut c, seq, token).map_err(Replay::from)
+        rerun(&mut c, seq, fence, log)?;
+        commit(&mut c, seq, token, deferred).map_err(Replay::from)
     }
 }
 
@@ -630,8 +648,12 @@ impl From<postgres::Error> for Replay {
 
 /// In a new transaction on a new connection, run again what a transaction cut off had run:
 /// only if nothing committed since it began, and each write must change what it did.
-fn rerun(c: &mut Client, seq: i64, log: &[Stmt]) -> std::result::Result<(), Replay> {
-    let now_seq = begin(c)?;
+fn rerun(c: &mut Client, seq: i64, fence: Option<i64>, log: &[Stmt]) -> std::result::Result<(), Replay> {
+    let (now_seq, taken) = begin(c, fence, None)?;
+    if taken {
+        let _ = c.batch_execute("ROLLBACK");
+        return Err(Replay::Stop(StoreError::LeaseLost));
+    }
     if now_seq != seq {
         let _ = c.batch_execute("ROLLBACK");
         return Err(Replay::Stop(StoreError::Other(
@@ -639,6 +661,10 @@ fn rerun(c: &mut Client, seq: i64, log: &[Stmt]) -> std::result::Result<(), Repl
         )));
     }
     for s in log {
+        if s.batch {
+            c.batch_execute(&s.sql)?;
+            continue;
+        }
         let n = c.execute(s.sql.as_str(), &refs(&s.params))?;
         if s.rows.is_some_and(|r| r != n) {
             let _ = c.batch_execute("ROLLBACK");
@@ -652,8 +678,9 @@ fn rerun(c: &mut Client, seq: i64, log: &[Stmt]) -> std::result::Result<(), Repl
 
 /// The commit, and its token (a lost answer is looked up after a reconnect), in one round
 /// trip: the lock is held until the server answers, so every trip counts.
-fn commit(c: &mut Client, seq: i64, token: &str) -> std::result::Result<(), postgres::Error> {
+fn commit(c: &mut Client, seq: i64, token: &str, deferred: &[String]) -> std::result::Result<(), postgres::Error> {
     let next = seq + 1;
+    let writes: String = deferred.iter().map(|w| format!("{w};\n")).collect();
     // Both values are ours (a number, and hex digits): safe to write into the text.
     debug_assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     let prune = if next % 1000 == 0 {
@@ -662,22 +689,79 @@ fn commit(c: &mut Client, seq: i64, token: &str) -> std::result::Result<(), post
         String::new()
     };
     c.batch_execute(&format!(
-        "UPDATE optx_meta SET tx_seq = {next} WHERE id = 1; INSERT INTO optx_commits (seq, token) VALUES ({next}, '{token}'); {prune} COMMIT"
+        "{writes}UPDATE optx_meta SET tx_seq = {next} WHERE id = 1; INSERT INTO optx_commits (seq, token) VALUES ({next}, '{token}'); {prune} COMMIT"
     ))
 }
 
-/// A transaction, and the experiment's lock: one round trip. Returns the commit counter.
-fn begin(c: &mut Client) -> std::result::Result<i64, postgres::Error> {
-    for m in c.simple_query("BEGIN; SELECT tx_seq FROM optx_meta WHERE id = 1 FOR UPDATE")? {
+/// A transaction, and the experiment's lock, in one round trip: returns the commit counter
+/// and, for a fenced worker, whether it was taken over (its lease renewed first, at `renew`).
+///
+/// The lock is a transaction-level advisory lock on the experiment's name: its waiters
+/// queue, and each commit wakes the next one only (a row lock, `SELECT ... FOR UPDATE`,
+/// wakes every waiter at each commit). What follows the lock is read by statements of
+/// their own, so it is the latest.
+fn begin(c: &mut Client, fence: Option<i64>, renew: Option<&str>) -> std::result::Result<(i64, bool), postgres::Error> {
+    let mut sql = String::from("BEGIN; SELECT pg_advisory_xact_lock(hashtext('optx:' || current_schema()));");
+    // Our own values (a time we formatted, an id): safe to write into the text.
+    if let (Some(w), Some(t)) = (fence, renew) {
+        sql.push_str(&format!(
+            " UPDATE sessions SET renewed_at = {} WHERE id = {w} AND taken_over IS NULL;",
+            literal(&V::T(Some(t.to_string())))
+        ));
+    }
+    match fence {
+        Some(w) => sql.push_str(&format!(
+            " SELECT tx_seq, (SELECT taken_over IS NOT NULL FROM sessions WHERE id = {w}) FROM optx_meta WHERE id = 1"
+        )),
+        None => sql.push_str(" SELECT tx_seq, false FROM optx_meta WHERE id = 1"),
+    }
+    for m in c.simple_query(&sql)? {
         if let postgres::SimpleQueryMessage::Row(r) = m {
             if let Some(seq) = r.get(0).and_then(|v| v.parse().ok()) {
-                return Ok(seq);
+                return Ok((seq, r.get(1) == Some("t")));
             }
         }
     }
     // No row: the experiment's schema lost its optx_meta (dropped by hand?).
     c.batch_execute("ROLLBACK")?;
-    c.query_one("SELECT tx_seq FROM optx_meta WHERE id = 1", &[]).map(|r| r.get(0))
+    c.query_one("SELECT tx_seq FROM optx_meta WHERE id = 1", &[]).map(|r| (r.get(0), false))
+}
+
+/// A value written into a statement's text (for writes sent together at the commit).
+fn literal(v: &V) -> String {
+    match v {
+        V::I(Some(x)) => x.to_string(),
+        V::F(Some(x)) if x.is_finite() => format!("'{x:?}'::float8"),
+        V::F(Some(x)) if x.is_nan() => "'NaN'::float8".into(),
+        V::F(Some(x)) => {
+            if *x > 0.0 {
+                "'Infinity'::float8".into()
+            } else {
+                "'-Infinity'::float8".into()
+            }
+        }
+        V::T(Some(t)) => format!("'{}'", t.replace('\'', "''")),
+        V::B(Some(b)) => b.to_string(),
+        V::I(None) | V::F(None) | V::T(None) | V::B(None) => "NULL".into(),
+    }
+}
+
+/// `sql` with its parameters (`$1`, `$2`...) written in, in one pass over our own text (a
+/// value is never read again as text of the statement).
+fn inline(sql: &str, ps: &[V]) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..].bytes().take_while(u8::is_ascii_digit).count();
+        match rest[at + 1..at + 1 + digits].parse::<usize>().ok().and_then(|n| ps.get(n.wrapping_sub(1))) {
+            Some(p) => out.push_str(&literal(p)),
+            None => out.push_str(&rest[at..at + 1 + digits]),
+        }
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn lock_error(e: postgres::Error) -> StoreError {
@@ -755,14 +839,20 @@ struct Stmt {
     params: Vec<V>,
     /// The rows a write changed (none for a read).
     rows: Option<u64>,
+    /// Several statements with their values written in (the deferred writes).
+    batch: bool,
 }
 
 /// A write transaction of the server store.
 pub struct PgTx<'s> {
     store: &'s mut PgStore,
     seq: i64,
+    fence: Option<i64>,
     time: String,
     log: Vec<Stmt>,
+    /// Writes whose answer nothing needs (observations, the generator's state, events):
+    /// sent with the commit, in one round trip, or before the next statement that reads.
+    deferred: Vec<String>,
     worker: Option<i64>,
 }
 
@@ -777,6 +867,10 @@ impl PgTx<'_> {
         f: impl Fn(&mut Client, &postgres::Statement, &[&(dyn ToSql + Sync)]) -> std::result::Result<T, postgres::Error>,
         rows: impl Fn(&T) -> u64,
     ) -> Result<T> {
+        // A read sees this transaction's writes: the deferred ones go first.
+        if !write {
+            self.flush()?;
+        }
         loop {
             let out = {
                 let store = &mut *self.store;
@@ -785,23 +879,11 @@ impl PgTx<'_> {
             };
             match out {
                 Ok(x) => {
-                    self.log.push(Stmt { sql: sql.to_string(), params: ps, rows: write.then(|| rows(&x)) });
+                    let rows = write.then(|| rows(&x));
+                    self.log.push(Stmt { sql: sql.to_string(), params: ps, rows, batch: false });
                     return Ok(x);
                 }
-                Err(e) if broken(&e) => {
-                    *self.store.client.get_mut() = None;
-                    loop {
-                        let mut c = self.store.conn()?;
-                        match rerun(&mut c, self.seq, &self.log) {
-                            Ok(()) => break,
-                            Err(Replay::Broken(_)) => {
-                                drop(c);
-                                *self.store.client.get_mut() = None;
-                            }
-                            Err(Replay::Stop(e)) => return Err(e),
-                        }
-                    }
-                }
+                Err(e) if broken(&e) => self.recover()?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -815,21 +897,46 @@ impl PgTx<'_> {
         self.run(sql, ps, false, |c, s, p| c.query(s, p), |_| 0)
     }
 
-    fn fence_check(&mut self) -> Result<()> {
-        let Some(worker) = self.store.fence else { return Ok(()) };
-        self.worker = Some(worker);
-        let rows = self.query("SELECT taken_over FROM sessions WHERE id = $1", p![worker])?;
-        if rows.first().is_some_and(|r| r.get::<_, Option<String>>(0).is_some()) {
-            return Err(StoreError::LeaseLost);
+    /// A write sent with the commit (or before the next statement).
+    fn defer(&mut self, sql: &str, ps: Vec<V>) {
+        self.deferred.push(inline(sql, &ps));
+    }
+
+    /// Send the deferred writes now, as one statement of this transaction (it is then
+    /// replayed with the others if the connection breaks).
+    fn flush(&mut self) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
         }
-        if let Some((at, every)) = self.store.renewed {
-            if at.elapsed() >= every {
-                let t = self.time.clone();
-                self.exec("UPDATE sessions SET renewed_at = $1 WHERE id = $2", p![t, worker])?;
-                self.store.renewed = Some((Instant::now(), every));
+        let batch = std::mem::take(&mut self.deferred).join(";\n");
+        loop {
+            let c = self.store.client.get_mut().as_mut().ok_or_else(|| StoreError::Other("no connection".into()))?;
+            match c.batch_execute(&batch) {
+                Ok(()) => {
+                    self.log.push(Stmt { sql: batch, params: Vec::new(), rows: None, batch: true });
+                    return Ok(());
+                }
+                Err(e) if broken(&e) => self.recover()?,
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+    }
+
+    /// After a broken connection: a new one, in a new transaction that has run again what
+    /// this one had (if nothing else committed since), or the error that stops the worker.
+    fn recover(&mut self) -> Result<()> {
+        *self.store.client.get_mut() = None;
+        loop {
+            let mut c = self.store.conn()?;
+            match rerun(&mut c, self.seq, self.fence, &self.log) {
+                Ok(()) => return Ok(()),
+                Err(Replay::Broken(_)) => {
+                    drop(c);
+                    *self.store.client.get_mut() = None;
+                }
+                Err(Replay::Stop(e)) => return Err(e),
+            }
+        }
     }
 }
 
@@ -1184,7 +1291,7 @@ impl PgStore {
         let s = PgStore::open(url, Some(experiment), Mode::Create)?;
         let mut c = s.connect()?;
         let mut t = c.transaction()?;
-        t.execute("SELECT 1 FROM optx_meta WHERE id = 1 FOR UPDATE", &[])?;
+        t.execute("SELECT pg_advisory_xact_lock(hashtext('optx:' || current_schema()))", &[])?;
         let have: i64 = t.query_one("SELECT count(*) FROM trials", &[])?.get(0);
         if have > 0 {
             return Err(StoreError::Unusable(format!("{shown} holds the experiment `{experiment}` already")));
@@ -1360,28 +1467,28 @@ impl Tx for PgTx<'_> {
     }
 
     fn observation(&mut self, o: &Observation) -> Result<()> {
-        self.exec(
+        self.defer(
             "INSERT INTO observations (id, trial, metric, progression, mean, sem, final, time)
              VALUES ((SELECT coalesce(max(id), 0) + 1 FROM observations), $1, $2, $3, $4, $5, $6, $7)",
             p![o.trial, o.metric.clone(), o.progression, o.mean, o.sem, o.is_final, self.time.clone()],
-        )?;
+        );
         Ok(())
     }
 
     fn set_generator_state(&mut self, key: &str, value: &serde_json::Value) -> Result<()> {
-        self.exec(
+        self.defer(
             "INSERT INTO generator_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             p![key, value.to_string()],
-        )?;
+        );
         Ok(())
     }
 
     fn event(&mut self, trial: Option<u64>, kind: &str, message: Option<&str>) -> Result<()> {
-        self.exec(
+        self.defer(
             "INSERT INTO events (id, time, session, trial, kind, message)
              VALUES ((SELECT coalesce(max(id), 0) + 1 FROM events), $1, $2, $3, $4, $5)",
             p![self.time.clone(), self.worker, trial, kind, message],
-        )?;
+        );
         Ok(())
     }
 
@@ -1426,6 +1533,90 @@ impl Tx for PgTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LedgerExt;
+
+    fn url() -> String {
+        std::env::var("OPTX_TEST_PG_URL").expect(
+            "OPTX_TEST_PG_URL is not set: run the tests with scripts/test.sh, which starts a PostgreSQL server for them",
+        )
+    }
+
+    fn trial<'a>(index: u64, p: &'a serde_json::Value, key: &'a str) -> NewTrial<'a> {
+        NewTrial { index, arm_key: key, parameters: p, generation: "sobol", rerun_of: None, attempt: 1, session: 1 }
+    }
+
+    /// Cut this transaction's connection from the server's side (as a restart does).
+    fn cut(tx: &mut PgTx) {
+        let pid: i32 = tx.query("SELECT pg_backend_pid()", vec![]).unwrap()[0].get(0);
+        let mut admin = Client::connect(&url(), NoTls).unwrap();
+        admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    }
+
+    #[test]
+    fn a_transaction_cut_off_runs_again_on_a_new_connection_when_nobody_wrote_since() {
+        let name = format!("t_cut_{}", std::process::id());
+        let mut s = PgStore::open(&url(), Some(&name), Mode::Create).unwrap();
+        let p = serde_json::json!({"x": 1});
+        let o = Observation { trial: 0, metric: "f".into(), progression: None, mean: 0.1, sem: None, is_final: true };
+        s.run_tx(true, &mut |tx| {
+            tx.insert_trial(&trial(0, &p, "a"))?;
+            // A deferred write, sent before the read that follows it.
+            tx.observation(&o)?;
+            assert!(tx.trial(0)?.is_some());
+            cut(tx);
+            // The next statement finds the connection gone: what ran is run again first.
+            tx.insert_trial(&trial(1, &p, "b"))?;
+            tx.observation(&Observation { trial: 1, ..o.clone() })
+        })
+        .unwrap();
+        let t = s.trials().unwrap();
+        assert_eq!(t.iter().map(|t| t.index).collect::<Vec<_>>(), vec![0, 1]);
+        let obs = s.observations().unwrap();
+        assert_eq!(obs.iter().map(|o| (o.trial, o.mean)).collect::<Vec<_>>(), vec![(0, 0.1), (1, 0.1)]);
+        // Each trial once, and its event once.
+        let events: i64 = s.read("SELECT count(*) FROM events WHERE kind = 'created'", vec![]).unwrap()[0].get(0);
+        assert_eq!(events, 2);
+    }
+
+    #[test]
+    fn a_transaction_cut_off_after_another_worker_wrote_is_refused_and_leaves_nothing() {
+        let name = format!("t_cut_other_{}", std::process::id());
+        let mut s = PgStore::open(&url(), Some(&name), Mode::Create).unwrap();
+        let mut other = PgStore::open(&url(), Some(&name), Mode::Existing).unwrap();
+        let p = serde_json::json!({"x": 1});
+        let r = s.run_tx(true, &mut |tx| {
+            tx.insert_trial(&trial(0, &p, "a"))?;
+            cut(tx);
+            // Our lock went with the connection: another worker commits meanwhile.
+            other.tx(|t| t.insert_trial(&trial(5, &p, "z"))).unwrap();
+            tx.insert_trial(&trial(1, &p, "b"))
+        });
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("other workers wrote since"), "{e}");
+        assert_eq!(s.trials().unwrap().iter().map(|t| t.index).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn values_written_into_a_statement_are_quoted_once() {
+        let sql = inline(
+            "INSERT INTO t VALUES ($1, $2, $10, $3, $4)",
+            &[
+                V::from("it's $1"),
+                V::from(0.1f64),
+                V::from(None::<i64>),
+                V::from(true),
+                V::from(5i64),
+                V::from(6i64),
+                V::from(7i64),
+                V::from(8i64),
+                V::from(9i64),
+                V::from("ten"),
+            ],
+        );
+        assert_eq!(sql, "INSERT INTO t VALUES ('it''s $1', '0.1'::float8, 'ten', NULL, true)");
+        assert_eq!(literal(&V::F(Some(f64::NAN))), "'NaN'::float8");
+        assert_eq!(literal(&V::F(Some(1e-300))), "'1e-300'::float8");
+    }
 
     #[test]
     fn a_password_file_is_read_as_libpq_reads_it() {
