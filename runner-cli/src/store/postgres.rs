@@ -438,6 +438,12 @@ impl PgStore {
         Ok(())
     }
 
+    /// The statement that takes the experiment's lock: an advisory lock on its name (the
+    /// name written in, never taken from the session, so that no lookup can miss it).
+    fn lock_sql(&self) -> String {
+        format!("SELECT pg_advisory_xact_lock(hashtext({}))", literal(&V::T(Some(format!("optx:{}", self.schema)))))
+    }
+
     fn connect(&self) -> Result<Client> {
         let mut c = self.config.connect(NoTls).map_err(StoreError::Postgres)?;
         self.prepare(&mut c)?;
@@ -533,9 +539,10 @@ impl PgStore {
             (Some(_), Some((at, every))) if at.elapsed() >= every => Some(now()),
             _ => None,
         };
+        let lock = self.lock_sql();
         let (seq, taken) = loop {
             let mut c = self.conn()?;
-            match begin(&mut c, fence, renew.as_deref()) {
+            match begin(&mut c, &lock, fence, renew.as_deref()) {
                 Ok(x) => break x,
                 Err(e) if broken(&e) => {
                     drop(c);
@@ -611,7 +618,7 @@ impl PgStore {
         if c.query_opt("SELECT 1 FROM optx_commits WHERE token = $1", &[&token]).map_err(Replay::from)?.is_some() {
             return Ok(());
         }
-        rerun(&mut c, seq, fence, log)?;
+        rerun(&mut c, &self.lock_sql(), seq, fence, log)?;
         commit(&mut c, seq, token, deferred).map_err(Replay::from)
     }
 }
@@ -648,8 +655,8 @@ impl From<postgres::Error> for Replay {
 
 /// In a new transaction on a new connection, run again what a transaction cut off had run:
 /// only if nothing committed since it began, and each write must change what it did.
-fn rerun(c: &mut Client, seq: i64, fence: Option<i64>, log: &[Stmt]) -> std::result::Result<(), Replay> {
-    let (now_seq, taken) = begin(c, fence, None)?;
+fn rerun(c: &mut Client, lock: &str, seq: i64, fence: Option<i64>, log: &[Stmt]) -> std::result::Result<(), Replay> {
+    let (now_seq, taken) = begin(c, lock, fence, None)?;
     if taken {
         let _ = c.batch_execute("ROLLBACK");
         return Err(Replay::Stop(StoreError::LeaseLost));
@@ -700,8 +707,13 @@ fn commit(c: &mut Client, seq: i64, token: &str, deferred: &[String]) -> std::re
 /// queue, and each commit wakes the next one only (a row lock, `SELECT ... FOR UPDATE`,
 /// wakes every waiter at each commit). What follows the lock is read by statements of
 /// their own, so it is the latest.
-fn begin(c: &mut Client, fence: Option<i64>, renew: Option<&str>) -> std::result::Result<(i64, bool), postgres::Error> {
-    let mut sql = String::from("BEGIN; SELECT pg_advisory_xact_lock(hashtext('optx:' || current_schema()));");
+fn begin(
+    c: &mut Client,
+    lock: &str,
+    fence: Option<i64>,
+    renew: Option<&str>,
+) -> std::result::Result<(i64, bool), postgres::Error> {
+    let mut sql = format!("BEGIN; {lock};");
     // Our own values (a time we formatted, an id): safe to write into the text.
     if let (Some(w), Some(t)) = (fence, renew) {
         sql.push_str(&format!(
@@ -928,7 +940,7 @@ impl PgTx<'_> {
         *self.store.client.get_mut() = None;
         loop {
             let mut c = self.store.conn()?;
-            match rerun(&mut c, self.seq, self.fence, &self.log) {
+            match rerun(&mut c, &self.store.lock_sql(), self.seq, self.fence, &self.log) {
                 Ok(()) => return Ok(()),
                 Err(Replay::Broken(_)) => {
                     drop(c);
@@ -1291,7 +1303,7 @@ impl PgStore {
         let s = PgStore::open(url, Some(experiment), Mode::Create)?;
         let mut c = s.connect()?;
         let mut t = c.transaction()?;
-        t.execute("SELECT pg_advisory_xact_lock(hashtext('optx:' || current_schema()))", &[])?;
+        t.batch_execute(&s.lock_sql())?;
         let have: i64 = t.query_one("SELECT count(*) FROM trials", &[])?.get(0);
         if have > 0 {
             return Err(StoreError::Unusable(format!("{shown} holds the experiment `{experiment}` already")));
