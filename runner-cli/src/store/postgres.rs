@@ -403,6 +403,7 @@ impl PgStore {
                 s.schema, s.shown
             )));
         }
+        s.warm(&mut client)?;
         *s.client.borrow_mut() = Some(client);
         Ok(s)
     }
@@ -447,7 +448,19 @@ impl PgStore {
     fn connect(&self) -> Result<Client> {
         let mut c = self.config.connect(NoTls).map_err(StoreError::Postgres)?;
         self.prepare(&mut c)?;
+        self.stmts.borrow_mut().clear();
+        self.warm(&mut c)?;
         Ok(c)
+    }
+
+    /// A writer's statements, prepared on a new connection.
+    fn warm(&self, c: &mut Client) -> Result<()> {
+        if self.writer {
+            for q in sql::all() {
+                prepared(&self.stmts, c, &q)?;
+            }
+        }
+        Ok(())
     }
 
     /// The connection, made again (with backoff, for up to `RECONNECT_FOR`) if it broke.
@@ -461,7 +474,6 @@ impl PgStore {
             loop {
                 match self.connect() {
                     Ok(c) => {
-                        self.stmts.borrow_mut().clear();
                         if said {
                             eprintln!("optx: connected to {} again", self.shown);
                         }
@@ -566,9 +578,19 @@ impl PgStore {
             }
         }
         let time = now();
-        let mut tx = PgTx { store: self, seq, fence, time, log: Vec::new(), deferred: Vec::new(), worker: fence };
+        let mut tx = PgTx {
+            store: self,
+            seq,
+            fence,
+            time,
+            log: Vec::new(),
+            deferred: Vec::new(),
+            worker: fence,
+            in_db: Duration::ZERO,
+        };
         let result = f(&mut tx);
-        let (log, deferred) = (std::mem::take(&mut tx.log), std::mem::take(&mut tx.deferred));
+        let (log, deferred, in_db) = (std::mem::take(&mut tx.log), std::mem::take(&mut tx.deferred), tx.in_db);
+        let committing = Instant::now();
         if let Err(e) = result {
             self.rollback();
             return Err(e);
@@ -598,6 +620,7 @@ impl PgStore {
             target: "optx::store::lock",
             waited_us = held.duration_since(asked).as_micros() as u64,
             held_us = held.elapsed().as_micros() as u64,
+            server_us = (in_db + committing.elapsed()).as_micros() as u64,
             "transaction"
         );
         Ok(())
@@ -866,6 +889,8 @@ pub struct PgTx<'s> {
     /// sent with the commit, in one round trip, or before the next statement that reads.
     deferred: Vec<String>,
     worker: Option<i64>,
+    /// Time spent waiting for the server's answers (for the workers benchmark).
+    in_db: Duration,
 }
 
 impl PgTx<'_> {
@@ -884,11 +909,13 @@ impl PgTx<'_> {
             self.flush()?;
         }
         loop {
+            let started = Instant::now();
             let out = {
                 let store = &mut *self.store;
                 let c = store.client.get_mut().as_mut().ok_or_else(|| StoreError::Other("no connection".into()))?;
                 prepared(&store.stmts, c, sql).and_then(|st| f(c, &st, &refs(&ps)))
             };
+            self.in_db += started.elapsed();
             match out {
                 Ok(x) => {
                     let rows = write.then(|| rows(&x));
@@ -1355,11 +1382,7 @@ impl Tx for PgTx<'_> {
         let status = TrialStatus::Candidate;
         // The row and its event in one statement: one round trip under the lock.
         self.exec(
-            &format!(
-                "WITH t AS (INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, holder, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING idx) {}",
-                event_of("t", "$10", "$11", "'created'", "$6")
-            ),
+            &sql::insert_trial(),
             p![
                 n.index,
                 status.as_str(),
@@ -1384,15 +1407,7 @@ impl Tx for PgTx<'_> {
             TrialStatus::Running => "started_at",
             _ => "completed_at",
         };
-        // The update and its event in one statement (the event only if the update was made).
-        let sql = format!(
-            "WITH u AS (UPDATE trials SET status = $1, status_code = $2, {time_col} = $3,
-                reason = coalesce($4, reason), lost = $5 OR lost, feasible = coalesce($6, feasible),
-                run_metadata = coalesce($7, run_metadata), stop_metadata = coalesce($8, stop_metadata),
-                slot = coalesce($9, slot), trial_dir = coalesce($10, trial_dir)
-             WHERE idx = $11 AND status = $12 RETURNING idx) {}",
-            event_of("u", "$3", "$13", "'transition'", "$14")
-        );
+        let sql = sql::transition(time_col);
         let msg = match data.reason {
             Some(r) => format!("{from} -> {to}: {r}"),
             None => format!("{from} -> {to}"),
@@ -1430,32 +1445,22 @@ impl Tx for PgTx<'_> {
     }
 
     fn hold(&mut self, index: u64, worker: Option<i64>) -> Result<()> {
-        let sql = format!(
-            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 RETURNING idx) {}",
-            event_of("u", "$3", "$4", "'held'", "NULL")
-        );
-        self.exec(&sql, p![worker, index, self.time.clone(), self.worker])?;
+        self.exec(&sql::hold(), p![worker, index, self.time.clone(), self.worker])?;
         Ok(())
     }
 
     fn claim(&mut self, index: u64, seen: Option<i64>, me: i64) -> Result<bool> {
-        let sql = format!(
-            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 AND holder IS NOT DISTINCT FROM $3 RETURNING idx) {}",
-            event_of("u", "$4", "$5", "'held'", "$6")
-        );
-        let n = self.exec(&sql, p![me, index, seen, self.time.clone(), self.worker, format!("by worker #{me}")])?;
+        let n =
+            self.exec(&sql::claim(), p![me, index, seen, self.time.clone(), self.worker, format!("by worker #{me}")])?;
         Ok(n == 1)
     }
 
     fn open_trials(&mut self) -> Result<Vec<Trial>> {
-        let sql = format!(
-            "SELECT {TRIAL_COLUMNS} FROM trials WHERE status IN ('CANDIDATE', 'STAGED', 'RUNNING') ORDER BY idx"
-        );
-        Ok(self.query(&sql, vec![])?.iter().map(trial_row).collect())
+        Ok(self.query(&sql::open_trials(), vec![])?.iter().map(trial_row).collect())
     }
 
     fn next_index(&mut self) -> Result<u64> {
-        Ok(self.query("SELECT coalesce(max(idx) + 1, 0) FROM trials", vec![])?[0].get::<_, i64>(0) as u64)
+        Ok(self.query(sql::NEXT_INDEX, vec![])?[0].get::<_, i64>(0) as u64)
     }
 
     fn open_workers(&mut self) -> Result<Vec<i64>> {
@@ -1505,40 +1510,104 @@ impl Tx for PgTx<'_> {
     }
 
     fn changes(&mut self, after: i64, me: i64) -> Result<Changes> {
-        let r = self.query(
-            "SELECT coalesce(max(id), $1), count(*) FILTER (WHERE trial IS NOT NULL AND (session IS NULL OR session != $2))
-             FROM events WHERE id > $1",
-            p![after, me],
-        )?;
+        let r = self.query(sql::CHANGES, p![after, me])?;
         let (cursor, others): (i64, i64) = (r[0].get(0), r[0].get(1));
         if others == 0 {
             return Ok(Changes { cursor, ..Default::default() });
         }
-        let changed = "SELECT DISTINCT trial FROM events WHERE id > $1 AND id <= $2 AND trial IS NOT NULL
-                         AND (session IS NULL OR session != $3)";
-        let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx IN ({changed}) ORDER BY idx");
-        let trials = self.query(&sql, p![after, cursor, me])?.iter().map(trial_row).collect();
-        let sql = format!(
-            "SELECT o.trial, o.metric, o.progression, o.mean, o.sem, o.final FROM observations o
-             JOIN trials t ON t.idx = o.trial
-             WHERE o.final AND t.status NOT IN ('CANDIDATE', 'STAGED', 'RUNNING') AND o.trial IN ({changed})
-             ORDER BY o.trial, o.id"
-        );
-        let finals = self.query(&sql, p![after, cursor, me])?.iter().map(observation_row).collect();
+        let trials = self.query(&sql::changed_trials(), p![after, cursor, me])?.iter().map(trial_row).collect();
+        let finals = self.query(&sql::changed_finals(), p![after, cursor, me])?.iter().map(observation_row).collect();
         Ok(Changes { cursor, trials, finals })
     }
 
     fn trial(&mut self, index: u64) -> Result<Option<Trial>> {
-        let sql = format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx = $1");
-        Ok(self.query(&sql, p![index])?.first().map(trial_row))
+        Ok(self.query(&sql::trial(), p![index])?.first().map(trial_row))
     }
 
     fn generator_state(&mut self, key: &str) -> Result<Option<serde_json::Value>> {
-        let rows = self.query("SELECT value FROM generator_state WHERE key = $1", p![key])?;
+        let rows = self.query(sql::GENERATOR_STATE, p![key])?;
         match rows.first() {
             Some(r) => Ok(Some(serde_json::from_str(&r.get::<_, String>(0))?)),
             None => Ok(None),
         }
+    }
+}
+
+/// The statements of a worker's transactions: prepared when it connects, outside the
+/// lock, so that its first transactions under it pay no parse.
+mod sql {
+    use super::{event_of, TRIAL_COLUMNS};
+
+    pub const NEXT_INDEX: &str = "SELECT coalesce(max(idx) + 1, 0) FROM trials";
+    pub const CHANGES: &str =
+        "SELECT coalesce(max(id), $1), count(*) FILTER (WHERE trial IS NOT NULL AND (session IS NULL OR session != $2))
+         FROM events WHERE id > $1";
+    pub const GENERATOR_STATE: &str = "SELECT value FROM generator_state WHERE key = $1";
+    const CHANGED: &str = "SELECT DISTINCT trial FROM events WHERE id > $1 AND id <= $2 AND trial IS NOT NULL
+                           AND (session IS NULL OR session != $3)";
+
+    /// A trial's row and its event in one statement: one round trip under the lock.
+    pub fn insert_trial() -> String {
+        format!(
+            "WITH t AS (INSERT INTO trials (idx, status, status_code, arm_key, parameters, generation, rerun_of, attempt, session, holder, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING idx) {}",
+            event_of("t", "$10", "$11", "'created'", "$6")
+        )
+    }
+
+    /// The update and its event in one statement (the event only if the update was made).
+    pub fn transition(time_col: &str) -> String {
+        format!(
+            "WITH u AS (UPDATE trials SET status = $1, status_code = $2, {time_col} = $3,
+                reason = coalesce($4, reason), lost = $5 OR lost, feasible = coalesce($6, feasible),
+                run_metadata = coalesce($7, run_metadata), stop_metadata = coalesce($8, stop_metadata),
+                slot = coalesce($9, slot), trial_dir = coalesce($10, trial_dir)
+             WHERE idx = $11 AND status = $12 RETURNING idx) {}",
+            event_of("u", "$3", "$13", "'transition'", "$14")
+        )
+    }
+
+    pub fn hold() -> String {
+        format!(
+            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 RETURNING idx) {}",
+            event_of("u", "$3", "$4", "'held'", "NULL")
+        )
+    }
+
+    pub fn claim() -> String {
+        format!(
+            "WITH u AS (UPDATE trials SET holder = $1 WHERE idx = $2 AND holder IS NOT DISTINCT FROM $3 RETURNING idx) {}",
+            event_of("u", "$4", "$5", "'held'", "$6")
+        )
+    }
+
+    pub fn open_trials() -> String {
+        format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE status IN ('CANDIDATE', 'STAGED', 'RUNNING') ORDER BY idx")
+    }
+
+    pub fn trial() -> String {
+        format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx = $1")
+    }
+
+    pub fn changed_trials() -> String {
+        format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE idx IN ({CHANGED}) ORDER BY idx")
+    }
+
+    pub fn changed_finals() -> String {
+        format!(
+            "SELECT o.trial, o.metric, o.progression, o.mean, o.sem, o.final FROM observations o
+             JOIN trials t ON t.idx = o.trial
+             WHERE o.final AND t.status NOT IN ('CANDIDATE', 'STAGED', 'RUNNING') AND o.trial IN ({CHANGED})
+             ORDER BY o.trial, o.id"
+        )
+    }
+
+    /// Every statement above.
+    pub fn all() -> Vec<String> {
+        let mut v: Vec<String> = [NEXT_INDEX, CHANGES, GENERATOR_STATE].iter().map(|s| s.to_string()).collect();
+        v.extend([insert_trial(), hold(), claim(), open_trials(), trial(), changed_trials(), changed_finals()]);
+        v.extend(["staged_at", "started_at", "completed_at"].map(transition));
+        v
     }
 }
 
