@@ -50,7 +50,7 @@ method = "sobol"
 {storage}
 """
 
-LOCK = re.compile(r"waited_us=(\d+) held_us=(\d+)")
+LOCK = re.compile(r"waited_us=(\d+) held_us=(\d+)(?: server_us=(\d+))?")
 
 
 def pct(xs, p):
@@ -94,18 +94,20 @@ def one(optx, n, trials, kind, url, name):
     t = json.loads(subprocess.run([optx, "trials", store, "--format", "json"], capture_output=True, text=True,
                                   check=True).stdout)
     completed = [x for x in t if x["status"] == "COMPLETED"]
-    waited, held = [], []
+    waited, held, server = [], [], []
     for _, err in outs:
         for m in LOCK.finditer(err):
             waited.append(int(m.group(1)) / 1000.0)
             held.append(int(m.group(2)) / 1000.0)
+            if m.group(3):
+                server.append(int(m.group(3)) / 1000.0)
     failed = [e for c, e in outs if c != 0]
     return {
         "wall": wall, "rate": len(completed) / wall, "failed": len(failed), "first_error": failed[0][-300:] if failed else "",
         "exact": sum(1 for x in t if not x["lost"]) == trials and len(completed) == trials,
         "distinct": len({json.dumps(x["parameters"], sort_keys=True) for x in completed}) == len(completed),
         "unended": sum(1 for x in t if x["status"] in ("CANDIDATE", "STAGED", "RUNNING")),
-        "held": held, "waited": waited, "peak": peak[0],
+        "held": held, "waited": waited, "server": server, "peak": peak[0],
     }
 
 
@@ -146,7 +148,11 @@ def main():
             waited = [w for x in rs for w in x["waited"]]
             row[kind] = statistics.median(x["rate"] for x in rs)
             ok = all(x["exact"] and x["distinct"] and x["failed"] == 0 and x["unended"] == 0 for x in rs)
-            extra = f"; peak connections {max(x['peak'] for x in rs)} for {n} workers" if kind == "postgresql" else ""
+            extra = ""
+            if kind == "postgresql":
+                server = [h for x in rs for h in x["server"]]
+                extra = (f"; of the time held, waiting for the server: {100 * sum(server) / max(sum(held), 1e-9):.0f}%"
+                         f"; peak connections {max(x['peak'] for x in rs)} for {n} workers")
             print(f"{n:>4} workers, {kind:<10}: median {row[kind]:.1f} trials/s; {len(held)} transactions, lock held "
                   f"median {pct(held, 50):.2f} ms, p99 {pct(held, 99):.2f} ms; waited median {pct(waited, 50):.2f} ms, "
                   f"p99 {pct(waited, 99):.2f} ms; exact, no errors: {ok}{extra}")
