@@ -452,9 +452,10 @@ fn worker_view(w: &crate::store::Worker, trials: &[crate::domain::Trial]) -> rep
 
 fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes: bool, line: &str) -> i32 {
     let store_path = match (&store, is_store(target)) {
-        (Some(p), _) => location(p),
+        (Some(p), true) => location(p),
         (None, true) => location(target),
-        (None, false) => match load(target) {
+        (_, false) => match load(target) {
+            // A file names its experiment: a server store of it is that experiment's.
             Ok((spec, _)) => match store {
                 Some(p) => location(&p).for_experiment(&spec.name),
                 None => spec.store,

@@ -96,8 +96,9 @@ fn percent_decode(s: &str) -> String {
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
     let rest = &url[scheme_end..];
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..auth_end].rfind('@') else {
+    // As the client reads a URL: the credentials run to the first `@`, wherever it is (a
+    // password may hold `/` or `?`).
+    let Some(at) = rest.find('@') else {
         return redact_query(url);
     };
     let userinfo = &rest[..at];
@@ -151,6 +152,7 @@ mod tests {
         assert_eq!(shown, "postgresql://ann:***@db:5432/lab?sslmode=disable&experiment=hm6");
         assert_eq!(redact_url("postgres://db/lab?password=x&user=a"), "postgres://db/lab?password=***&user=a");
         assert_eq!(redact_url("postgresql://a@db/lab"), "postgresql://a@db/lab");
+        assert_eq!(redact_url("postgresql://ann:pa/s?s@db/lab"), "postgresql://ann:***@db/lab");
         assert_eq!(StoreLocation::parse("x.db", Path::new("/base")), StoreLocation::File("/base/x.db".into()));
         assert!(is_server_url("POSTGRES://h/d") && !is_server_url("postgres.db"));
     }

@@ -113,6 +113,8 @@ CREATE TABLE sessions (
 );
 "#;
 
+/// How long after connecting again a worker takes no other worker over.
+const RECONNECT_GRACE: Duration = Duration::from_secs(15);
 /// How long a broken connection is retried before the store gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 /// How long a writer waits for the experiment's lock (another worker may hold it while it
@@ -261,6 +263,9 @@ pub enum Mode {
     Existing,
     /// `status`, `trials`...: it must exist; nothing is written.
     Read,
+    /// `backup` into the server: connected only (`restore` creates and fills the schema
+    /// in one transaction).
+    Restore,
 }
 
 pub struct PgStore {
@@ -269,6 +274,15 @@ pub struct PgStore {
     /// The statements prepared on this connection, by their text: each runs in one round
     /// trip (a statement not prepared takes two).
     stmts: RefCell<std::collections::HashMap<String, postgres::Statement>>,
+    /// The server's clock less this host's, in seconds, measured at each connection: every
+    /// time the store keeps is the server's, so that hosts whose clocks differ agree on
+    /// whose lease ran out.
+    offset: std::cell::Cell<f64>,
+    /// The server process of the current connection (pid, start), to end it from the next.
+    backend: std::cell::Cell<Option<(i32, String)>>,
+    /// When this store last connected again after a break: for a while after, it takes no
+    /// other worker over (they are connecting again too, and will renew).
+    reconnected: std::cell::Cell<Option<Instant>>,
     config: postgres::Config,
     /// The URL as shown (no password).
     shown: String,
@@ -367,50 +381,103 @@ impl PgStore {
         }
         config.application_name("optx").keepalives(true).keepalives_idle(Duration::from_secs(15));
         let mut client = config.connect(NoTls).map_err(|e| connect_error(&shown, &e))?;
-        let schema = match experiment {
-            Some(e) => e.to_string(),
-            None => only_experiment(&mut client, &shown)?,
-        };
-        if schema.is_empty() || schema.len() > 63 {
-            return Err(StoreError::Unusable(format!(
-                "the experiment name `{schema}` cannot name a schema in {shown}: it needs 1 to 63 bytes"
-            )));
-        }
-        let s = PgStore {
-            client: RefCell::new(None),
-            stmts: RefCell::new(std::collections::HashMap::new()),
-            config,
-            shown,
-            schema,
-            writer: mode != Mode::Read,
-            fence: None,
-            renewed: None,
-        };
-        s.prepare(&mut client)?;
-        let exists = exists(&mut client, &s.schema)?;
-        if !exists && mode == Mode::Create {
-            s.create(&mut client)?;
-        } else if !exists {
-            return Err(StoreError::Unusable(format!(
-                "there is no store of the experiment `{}` in {}",
-                s.schema, s.shown
-            )));
-        }
-        let version: i64 = client.query_one("SELECT version FROM optx_meta WHERE id = 1", &[])?.get(0);
-        if version > PG_SCHEMA_VERSION {
-            return Err(StoreError::Unusable(format!(
+        // Connected: what fails from here (no privilege to create a schema, say) is still
+        // bad input, said before anything is written.
+        let where_ = shown.clone();
+        let opened = (move || -> Result<PgStore> {
+            let schema = match experiment {
+                Some(e) => e.to_string(),
+                None => only_experiment(&mut client, &shown)?,
+            };
+            if schema.is_empty() || schema.len() > 63 {
+                return Err(StoreError::Unusable(format!(
+                    "the experiment name `{schema}` cannot name a schema in {shown}: it needs 1 to 63 bytes"
+                )));
+            }
+            let s = PgStore {
+                client: RefCell::new(None),
+                stmts: RefCell::new(std::collections::HashMap::new()),
+                offset: std::cell::Cell::new(0.0),
+                backend: std::cell::Cell::new(None),
+                reconnected: std::cell::Cell::new(None),
+                config,
+                shown,
+                schema,
+                writer: mode != Mode::Read,
+                fence: None,
+                renewed: None,
+            };
+            s.prepare(&mut client)?;
+            if mode == Mode::Restore {
+                *s.client.borrow_mut() = Some(client);
+                return Ok(s);
+            }
+            let exists = exists(&mut client, &s.schema)?;
+            if !exists && mode == Mode::Create {
+                s.create(&mut client)?;
+            } else if !exists {
+                return Err(StoreError::Unusable(format!(
+                    "there is no store of the experiment `{}` in {}",
+                    s.schema, s.shown
+                )));
+            }
+            let version: i64 = client.query_one("SELECT version FROM optx_meta WHERE id = 1", &[])?.get(0);
+            if version > PG_SCHEMA_VERSION {
+                return Err(StoreError::Unusable(format!(
                 "the experiment `{}` in {} was written by a newer optx (store schema {version}; this optx reads up to {PG_SCHEMA_VERSION}): upgrade optx",
                 s.schema, s.shown
             )));
-        }
-        s.warm(&mut client)?;
-        *s.client.borrow_mut() = Some(client);
-        Ok(s)
+            }
+            s.warm(&mut client)?;
+            *s.client.borrow_mut() = Some(client);
+            Ok(s)
+        })();
+        opened.map_err(|e| match e {
+            StoreError::Postgres(p) => {
+                let why = p.as_db_error().map_or_else(|| p.to_string(), |d| d.message().to_string());
+                StoreError::Unusable(format!("cannot open the experiment's store in {where_}: {why}"))
+            }
+            e => e,
+        })
     }
 
-    /// Settings of a new connection: the experiment's schema first, the lock timeout.
+    /// Now, on the server's clock, as stored.
+    fn server_now(&self) -> String {
+        shift(&now(), self.offset.get())
+    }
+
+    /// Settings of a new connection: the experiment's schema first, the lock timeout; and
+    /// the server's clock against this host's.
     fn prepare(&self, c: &mut Client) -> Result<()> {
-        let mut sql = format!("SET search_path TO {}; SET TIME ZONE 'UTC';", ident(&self.schema));
+        let before = std::time::SystemTime::now();
+        let server: f64 = c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])?.get(0);
+        let after = std::time::SystemTime::now();
+        let local = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        // Clocks within a second of each other (synchronized hosts) are taken as one: a
+        // lease is judged in seconds, and the times stored stay the writer's own.
+        let offset = server - (local(before) + local(after)) / 2.0;
+        self.offset.set(if offset.abs() < 1.0 { 0.0 } else { offset });
+        let me =
+            c.query_one("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])?;
+        let old = self.backend.replace(Some((me.get(0), me.get(1))));
+        // The connection before this one, if its server process still lives (the network
+        // broke, not the server): ended now, so that no transaction of it holds the lock.
+        if let Some((pid, start)) = old {
+            let _ = c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+                &[&pid, &start],
+            );
+            self.reconnected.set(Some(Instant::now()));
+        }
+        // Values written into statements assume standard strings; the server notices a
+        // client gone (a host down, a network cut) within about 30 s, and ends its
+        // transaction and the lock it held.
+        let mut sql = format!(
+            "SET search_path TO {}; SET TIME ZONE 'UTC'; SET standard_conforming_strings = on;
+             SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3;
+             SET tcp_user_timeout = 30000;",
+            ident(&self.schema)
+        );
         if self.writer {
             sql.push_str(&format!(" SET lock_timeout = '{LOCK_TIMEOUT}';"));
         }
@@ -422,9 +489,19 @@ impl PgStore {
     /// runs at once agree on one).
     fn create(&self, c: &mut Client) -> Result<()> {
         let mut t = c.transaction()?;
-        t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("optx:{}", self.schema)])?;
-        if exists_in(&mut t, &self.schema)? {
+        if !self.create_in(&mut t)? {
             return Ok(t.commit()?);
+        }
+        t.commit()?;
+        Ok(())
+    }
+
+    /// Inside `t`, under the creators' lock: the schema and its tables, unless another
+    /// creator made them first (false).
+    fn create_in(&self, t: &mut postgres::Transaction) -> Result<bool> {
+        t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("optx:{}", self.schema)])?;
+        if exists_in(t, &self.schema)? {
+            return Ok(false);
         }
         t.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {0}; SET LOCAL search_path TO {0};",
@@ -435,8 +512,7 @@ impl PgStore {
             "INSERT INTO optx_meta (id, version, uuid, created_at) VALUES (1, $1, $2, $3)",
             &[&PG_SCHEMA_VERSION, &super::new_uuid(), &now()],
         )?;
-        t.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     /// The statement that takes the experiment's lock: an advisory lock on its name (the
@@ -473,7 +549,14 @@ impl PgStore {
             let mut said = false;
             loop {
                 match self.connect() {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        // A worker renews its lease at once: the break may have outlasted it.
+                        if let Some(w) = self.fence {
+                            let _ = c.execute(
+                                "UPDATE sessions SET renewed_at = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
+                                &[&self.server_now(), &w],
+                            );
+                        }
                         if said {
                             eprintln!("optx: connected to {} again", self.shown);
                         }
@@ -548,7 +631,7 @@ impl PgStore {
         // when a sixth of it passed, go with the lock: no round trip of their own.
         let fence = if fenced { self.fence } else { None };
         let renew = match (fence, self.renewed) {
-            (Some(_), Some((at, every))) if at.elapsed() >= every => Some(now()),
+            (Some(_), Some((at, every))) if at.elapsed() >= every => Some(self.server_now()),
             _ => None,
         };
         let lock = self.lock_sql();
@@ -572,12 +655,7 @@ impl PgStore {
             self.rollback();
             return Err(StoreError::LeaseLost);
         }
-        if renew.is_some() {
-            if let Some((at, _)) = &mut self.renewed {
-                *at = Instant::now();
-            }
-        }
-        let time = now();
+        let time = self.server_now();
         let mut tx = PgTx {
             store: self,
             seq,
@@ -595,25 +673,28 @@ impl PgStore {
             self.rollback();
             return Err(e);
         }
-        let mut outcome = {
-            let mut c = self.conn()?;
-            commit(&mut c, seq, &token, &deferred)
+        // The commit goes on the connection that began the transaction, never on a new one
+        // (that would commit the deferred writes alone): a connection gone is a replay.
+        let mut outcome = match self.client.get_mut().as_mut().filter(|c| !c.is_closed()) {
+            Some(c) => commit(c, seq, &token, &deferred).map_err(Replay::from),
+            None => Err(Replay::Gone),
         };
         loop {
             match outcome {
                 Ok(()) => break,
-                Err(e) if broken(&e) => {
+                Err(Replay::Broken | Replay::Gone) => {
                     *self.client.get_mut() = None;
-                    outcome = match self.replay(seq, fence, &token, &log, &deferred) {
-                        Ok(()) => Ok(()),
-                        Err(Replay::Broken(e)) => Err(e),
-                        Err(Replay::Stop(e)) => return Err(e),
-                    };
+                    outcome = self.replay(seq, fence, &token, &log, &deferred);
                 }
-                Err(e) => {
+                Err(Replay::Stop(e)) => {
                     self.rollback();
-                    return Err(e.into());
+                    return Err(e);
                 }
+            }
+        }
+        if renew.is_some() {
+            if let Some((at, _)) = &mut self.renewed {
+                *at = Instant::now();
             }
         }
         tracing::debug!(
@@ -638,11 +719,17 @@ impl PgStore {
         deferred: &[String],
     ) -> std::result::Result<(), Replay> {
         let mut c = self.conn().map_err(Replay::Stop)?;
-        if c.query_opt("SELECT 1 FROM optx_commits WHERE token = $1", &[&token]).map_err(Replay::from)?.is_some() {
-            return Ok(());
+        match rerun(&mut c, &self.lock_sql(), seq, fence, Some(token), log) {
+            Ok(Rerun::Ready) => commit(&mut c, seq, token, deferred).map_err(Replay::from),
+            Ok(Rerun::Committed) => {
+                let _ = c.batch_execute("ROLLBACK");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK");
+                Err(e)
+            }
         }
-        rerun(&mut c, &self.lock_sql(), seq, fence, log)?;
-        commit(&mut c, seq, token, deferred).map_err(Replay::from)
     }
 }
 
@@ -660,16 +747,26 @@ fn prepared(
     Ok(st)
 }
 
-/// Why a replay did not commit: the connection broke again (try again), or it cannot be.
+/// Why a replay did not commit: the connection broke again, or was gone (try again), or it
+/// cannot be.
 enum Replay {
-    Broken(postgres::Error),
+    Broken,
+    Gone,
     Stop(StoreError),
+}
+
+/// What a replay found under the lock.
+enum Rerun {
+    /// The statements ran again: the transaction can commit.
+    Ready,
+    /// The transaction had committed before the connection broke (its token is there).
+    Committed,
 }
 
 impl From<postgres::Error> for Replay {
     fn from(e: postgres::Error) -> Replay {
         if broken(&e) {
-            Replay::Broken(e)
+            Replay::Broken
         } else {
             Replay::Stop(e.into())
         }
@@ -677,9 +774,23 @@ impl From<postgres::Error> for Replay {
 }
 
 /// In a new transaction on a new connection, run again what a transaction cut off had run:
-/// only if nothing committed since it began, and each write must change what it did.
-fn rerun(c: &mut Client, lock: &str, seq: i64, fence: Option<i64>, log: &[Stmt]) -> std::result::Result<(), Replay> {
+/// only if nothing committed since it began, and each write must change what it did. With
+/// the lock held, the old transaction has ended: if its commit went through (`token`,
+/// once it was sent), that is a definite answer.
+fn rerun(
+    c: &mut Client,
+    lock: &str,
+    seq: i64,
+    fence: Option<i64>,
+    token: Option<&str>,
+    log: &[Stmt],
+) -> std::result::Result<Rerun, Replay> {
     let (now_seq, taken) = begin(c, lock, fence, None)?;
+    if let Some(token) = token {
+        if c.query_opt("SELECT 1 FROM optx_commits WHERE token = $1", &[&token])?.is_some() {
+            return Ok(Rerun::Committed);
+        }
+    }
     if taken {
         let _ = c.batch_execute("ROLLBACK");
         return Err(Replay::Stop(StoreError::LeaseLost));
@@ -703,7 +814,7 @@ fn rerun(c: &mut Client, lock: &str, seq: i64, fence: Option<i64>, log: &[Stmt])
             )));
         }
     }
-    Ok(())
+    Ok(Rerun::Ready)
 }
 
 /// The commit, and its token (a lost answer is looked up after a reconnect), in one round
@@ -714,7 +825,8 @@ fn commit(c: &mut Client, seq: i64, token: &str, deferred: &[String]) -> std::re
     // Both values are ours (a number, and hex digits): safe to write into the text.
     debug_assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     let prune = if next % 1000 == 0 {
-        format!("DELETE FROM optx_commits WHERE seq <= {};", next - 1000)
+        // The tokens of the last 10,000 commits are kept: enough for a reconnect to find its own.
+        format!("DELETE FROM optx_commits WHERE seq <= {};", next - 10_000)
     } else {
         String::new()
     };
@@ -736,7 +848,9 @@ fn begin(
     fence: Option<i64>,
     renew: Option<&str>,
 ) -> std::result::Result<(i64, bool), postgres::Error> {
-    let mut sql = format!("BEGIN; {lock};");
+    // READ COMMITTED whatever the server's default: each statement after the lock sees
+    // every commit before it.
+    let mut sql = format!("BEGIN ISOLATION LEVEL READ COMMITTED; {lock};");
     // Our own values (a time we formatted, an id): safe to write into the text.
     if let (Some(w), Some(t)) = (fence, renew) {
         sql.push_str(&format!(
@@ -760,6 +874,14 @@ fn begin(
     // No row: the experiment's schema lost its optx_meta (dropped by hand?).
     c.batch_execute("ROLLBACK")?;
     c.query_one("SELECT tx_seq FROM optx_meta WHERE id = 1", &[]).map(|r| (r.get(0), false))
+}
+
+/// A stored time moved by `secs` seconds (unchanged if it does not parse).
+fn shift(t: &str, secs: f64) -> String {
+    let Some(at) = super::parse_time(t) else { return t.to_string() };
+    let d = Duration::from_secs_f64(secs.abs());
+    let moved = if secs >= 0.0 { at.checked_add(d) } else { at.checked_sub(d) };
+    moved.map_or_else(|| t.to_string(), |m| humantime::format_rfc3339_millis(m).to_string())
 }
 
 /// A value written into a statement's text (for writes sent together at the commit).
@@ -853,6 +975,11 @@ fn experiments(c: &mut Client) -> Result<Vec<String>> {
 
 fn only_experiment(c: &mut Client, shown: &str) -> Result<String> {
     let all = experiments(c)?;
+    // What `run --fresh` set aside does not count.
+    let current: Vec<&String> = all.iter().filter(|e| !e.contains(".bak-")).collect();
+    if let [one] = current.as_slice() {
+        return Ok((*one).clone());
+    }
     match all.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(StoreError::Unusable(format!("there is no store in {shown}: it holds no optx experiment"))),
@@ -967,13 +1094,17 @@ impl PgTx<'_> {
         *self.store.client.get_mut() = None;
         loop {
             let mut c = self.store.conn()?;
-            match rerun(&mut c, &self.store.lock_sql(), self.seq, self.fence, &self.log) {
-                Ok(()) => return Ok(()),
-                Err(Replay::Broken(_)) => {
+            // No token: the commit was not sent yet.
+            match rerun(&mut c, &self.store.lock_sql(), self.seq, self.fence, None, &self.log) {
+                Ok(_) => return Ok(()),
+                Err(Replay::Broken | Replay::Gone) => {
                     drop(c);
                     *self.store.client.get_mut() = None;
                 }
-                Err(Replay::Stop(e)) => return Err(e),
+                Err(Replay::Stop(e)) => {
+                    let _ = c.batch_execute("ROLLBACK");
+                    return Err(e);
+                }
             }
         }
     }
@@ -1034,7 +1165,9 @@ fn observation_row(r: &Row) -> Observation {
 const WORKER_COLUMNS: &str =
     "id, command, pid, process_start, host, started_at, renewed_at, lease_seconds, ended_at, exit_code, taken_over";
 
-fn worker_row(r: &Row) -> Worker {
+/// A worker as stored, its lease's renewal moved from the server's clock (every worker
+/// writes it in the server's time) to this host's, where `Worker::lease_runs` judges it.
+fn worker_row(r: &Row, offset: f64) -> Worker {
     Worker {
         id: r.get(0),
         command: r.get(1),
@@ -1042,7 +1175,7 @@ fn worker_row(r: &Row) -> Worker {
         process_start: r.get::<_, Option<i64>>(3).map(|x| x as u64),
         host: r.get(4),
         started_at: r.get(5),
-        renewed_at: r.get(6),
+        renewed_at: r.get::<_, Option<String>>(6).map(|t| shift(&t, -offset)),
         lease_seconds: r.get(7),
         ended_at: r.get(8),
         exit_code: r.get::<_, Option<i64>>(9).map(|x| x as i32),
@@ -1077,9 +1210,13 @@ impl Ledger for PgStore {
                 vec![],
             )?;
             let time = tx.time.clone();
-            for w in rows.iter().map(worker_row) {
+            let offset = tx.store.offset.get();
+            for w in rows.iter().map(|r| worker_row(r, offset)) {
                 if !alive(&w) {
-                    tx.exec("UPDATE sessions SET taken_over = $1 WHERE id = $2", p![time.clone(), w.id])?;
+                    tx.exec(
+                        "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
+                        p![time.clone(), w.id],
+                    )?;
                 } else if exclusive {
                     return Err(StoreError::Owned(Box::new(w)));
                 }
@@ -1100,7 +1237,7 @@ impl Ledger for PgStore {
     fn renew(&mut self, worker: i64) -> Result<()> {
         let n = self.exec(
             "UPDATE sessions SET renewed_at = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
-            p![now(), worker],
+            p![self.server_now(), worker],
         )?;
         if n == 1 {
             if let Some((at, _)) = &mut self.renewed {
@@ -1115,7 +1252,7 @@ impl Ledger for PgStore {
     fn leave(&mut self, worker: i64, exit_code: Option<i32>) -> Result<()> {
         self.exec(
             "UPDATE sessions SET ended_at = $1, exit_code = $2 WHERE id = $3 AND taken_over IS NULL AND ended_at IS NULL",
-            p![now(), exit_code.map(i64::from), worker],
+            p![self.server_now(), exit_code.map(i64::from), worker],
         )?;
         self.fence = None;
         self.renewed = None;
@@ -1126,7 +1263,7 @@ impl Ledger for PgStore {
         Ok(self
             .read(&format!("SELECT {WORKER_COLUMNS} FROM sessions ORDER BY id"), vec![])?
             .iter()
-            .map(worker_row)
+            .map(|r| worker_row(r, self.offset.get()))
             .collect())
     }
 
@@ -1301,9 +1438,22 @@ impl Ledger for PgStore {
     }
 
     fn set_aside(&mut self, tag: &str) -> Result<Option<String>> {
-        let to = format!("{}.{tag}", self.schema);
+        // A schema's name has at most 63 bytes: the experiment's part is cut to fit.
+        let room = 63usize.saturating_sub(tag.len() + 1);
+        let mut head = self.schema.clone();
+        while head.len() > room {
+            head.pop();
+        }
+        let to = format!("{head}.{tag}");
         let from = self.schema.clone();
-        self.conn()?.batch_execute(&format!("ALTER SCHEMA {} RENAME TO {}", ident(&from), ident(&to)))?;
+        // Under the experiment's lock, so that no transaction of a worker joining right now
+        // runs in the schema while it is renamed.
+        let lock = self.lock_sql();
+        self.conn()?.batch_execute(&format!(
+            "BEGIN; {lock}; ALTER SCHEMA {} RENAME TO {}; COMMIT",
+            ident(&from),
+            ident(&to)
+        ))?;
         Ok(Some(to))
     }
 
@@ -1327,14 +1477,21 @@ impl PgStore {
             Some(StoreError::Unusable(m)) if m.starts_with("there is no store") => {}
             Some(e) => return Err(e),
         }
-        let s = PgStore::open(url, Some(experiment), Mode::Create)?;
-        let mut c = s.connect()?;
+        let s = PgStore::open(url, Some(experiment), Mode::Restore)?;
+        let mut c = s.client.take().ok_or_else(|| StoreError::Other("no connection".into()))?;
+        // The schema and its rows in one transaction: a copy that fails leaves nothing.
         let mut t = c.transaction()?;
-        t.batch_execute(&s.lock_sql())?;
-        let have: i64 = t.query_one("SELECT count(*) FROM trials", &[])?.get(0);
-        if have > 0 {
+        if !s.create_in(&mut t)? {
             return Err(StoreError::Unusable(format!("{shown} holds the experiment `{experiment}` already")));
         }
+        Self::fill(&s, &mut t, dump)?;
+        t.commit()?;
+        Ok(())
+    }
+
+    /// The rows of `dump`, into the new experiment's tables, in one transaction.
+    fn fill(s: &PgStore, t: &mut postgres::Transaction, dump: &Dump) -> Result<()> {
+        t.batch_execute(&s.lock_sql())?;
         t.execute("UPDATE optx_meta SET uuid = $1, created_at = $2 WHERE id = 1", &[&dump.uuid, &dump.created_at])?;
         for (table, rows) in &dump.tables {
             let Some((_, _, cols)) = TABLES.iter().find(|(n, _, _)| n == table) else { continue };
@@ -1368,7 +1525,6 @@ impl PgStore {
                 t.execute(&st, &refs(&ps))?;
             }
         }
-        t.commit()?;
         Ok(())
     }
 }
@@ -1474,13 +1630,22 @@ impl Tx for PgTx<'_> {
     fn take_over(&mut self, dead: i64, alive: &dyn Fn(&Worker) -> bool) -> Result<bool> {
         let sql =
             format!("SELECT {WORKER_COLUMNS} FROM sessions WHERE id = $1 AND taken_over IS NULL AND ended_at IS NULL");
-        let Some(w) = self.query(&sql, p![dead])?.first().map(worker_row) else { return Ok(false) };
+        // Just after a break of the connection, the others are connecting again too: their
+        // leases may look run out for a moment.
+        if self.store.reconnected.get().is_some_and(|t| t.elapsed() < RECONNECT_GRACE) {
+            return Ok(false);
+        }
+        let offset = self.store.offset.get();
+        let Some(w) = self.query(&sql, p![dead])?.first().map(|r| worker_row(r, offset)) else { return Ok(false) };
         if alive(&w) {
             return Ok(false);
         }
         let t = self.time.clone();
-        self.exec("UPDATE sessions SET taken_over = $1 WHERE id = $2", p![t, dead])?;
-        Ok(true)
+        let n = self.exec(
+            "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
+            p![t, dead],
+        )?;
+        Ok(n == 1)
     }
 
     fn observation(&mut self, o: &Observation) -> Result<()> {
@@ -1675,6 +1840,24 @@ mod tests {
         let e = r.unwrap_err();
         assert!(e.to_string().contains("other workers wrote since"), "{e}");
         assert_eq!(s.trials().unwrap().iter().map(|t| t.index).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn leases_are_kept_in_the_servers_time_so_hosts_whose_clocks_differ_agree() {
+        let name = format!("t_clock_{}", std::process::id());
+        // A's clock is 100 s behind the server's; B's is the server's.
+        let mut a = PgStore::open(&url(), Some(&name), Mode::Create).unwrap();
+        a.offset.set(100.0);
+        let b = PgStore::open(&url(), Some(&name), Mode::Existing).unwrap();
+        let me = NewWorker { command: "optx run", pid: 1, process_start: None, host: "a", lease_seconds: 60.0 };
+        let w = a.join(&me, false, &|_| true).unwrap();
+        a.renew(w).unwrap();
+        let now = std::time::SystemTime::now();
+        // Each judges A's lease on its own clock, and both find it running.
+        assert!(b.workers().unwrap()[0].lease_runs(now), "{:?}", b.workers());
+        let a_now = now.checked_sub(Duration::from_secs(100)).unwrap();
+        assert!(a.workers().unwrap()[0].lease_runs(a_now), "{:?}", a.workers());
+        assert_eq!(shift("2026-12-01T00:00:00.000Z", -1.5), "2026-11-30T23:59:58.500Z");
     }
 
     #[test]

@@ -182,6 +182,7 @@ fn workers_reconnect_when_the_server_restarts_and_the_run_completes_exactly() {
     server.restart();
     let codes: Vec<Option<i32>> = workers.iter_mut().map(|w| w.wait().unwrap().code()).collect();
     let logs: Vec<String> = (0..3).map(|i| s.e.log(&format!("w{i}"))).collect();
+    eprintln!("the workers' exit codes after the restart: {codes:?}");
     assert!(logs.iter().any(|l| l.contains("connected to") && l.contains("again")), "{logs:?}");
     for (c, l) in codes.iter().zip(&logs) {
         // A worker cut off inside a transaction that others overtook stops (exit 1) and
@@ -265,6 +266,10 @@ fn a_backup_from_a_file_to_the_server_and_back_reads_the_same() {
     // The experiment goes on from the server store: a resume with a higher budget.
     e.run_ok(&["resume", &url, "--max-trials", "8", "-q"]);
     assert_eq!(json(&url).matches("\"COMPLETED\"").count(), 8);
+    // From the file, a URL without `?experiment=` names the file's experiment (the server
+    // holds many).
+    e.run_ok(&["resume", "experiment.toml", "--store", &server_url(), "--max-trials", "9", "-q"]);
+    assert_eq!(json(&url).matches("\"COMPLETED\"").count(), 9);
     // `--fresh` on a server store keeps the old one, under a new schema name.
     let fresh = e.run_ok(&["run", "experiment.toml", "--store", &url, "--fresh", "-q"]);
     let _ = fresh;
