@@ -189,6 +189,23 @@ pub(crate) fn best_of(goal: &Goal, rows: impl Iterator<Item = (u64, String, f64)
     goal.best(by_trial.iter().filter_map(|(i, m)| Some((*i, goal.values(|k| m.get(k).copied())?))))
 }
 
+/// The column that keeps when a trial reached `to`.
+pub(crate) fn status_time_column(to: TrialStatus) -> &'static str {
+    match to {
+        TrialStatus::Staged => "staged_at",
+        TrialStatus::Running => "started_at",
+        _ => "completed_at",
+    }
+}
+
+/// The event message of a transition.
+pub(crate) fn transition_message(from: TrialStatus, to: TrialStatus, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("{from} -> {to}: {r}"),
+        None => format!("{from} -> {to}"),
+    }
+}
+
 /// A random identity for a new store, as 32 hex digits.
 pub(crate) fn new_uuid() -> String {
     use std::io::Read;

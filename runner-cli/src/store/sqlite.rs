@@ -284,17 +284,7 @@ impl SqliteStore {
     fn create(path: &Path) -> Result<()> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.new-{}-{}", std::process::id(), &new_uuid()[..8]));
-        let built = (|| -> Result<()> {
-            let conn = Connection::open(&tmp)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(SCHEMA)?;
-            migrate(&tx, 0)?;
-            tx.commit()?;
-            // Closing the only connection folds the WAL in: the file is complete alone.
-            conn.close().map_err(|(_, e)| e)?;
-            Ok(())
-        })();
+        let built = build_at(&tmp, |_| Ok(()));
         let linked = built.and_then(|_| {
             place_new(&tmp, path)
                 .map_err(|e| StoreError::Unusable(format!("cannot create the store {}: {e}", path.display())))
@@ -313,12 +303,7 @@ impl SqliteStore {
         }
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.part-{}-{}", std::process::id(), &new_uuid()[..8]));
-        let built = (|| -> Result<()> {
-            let conn = Connection::open(&tmp)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(SCHEMA)?;
-            migrate(&tx, 0)?;
+        let built = build_at(&tmp, |tx| {
             tx.execute(
                 "UPDATE store SET uuid = ?1, created_at = ?2 WHERE id = 1",
                 params![dump.uuid, dump.created_at],
@@ -338,11 +323,12 @@ impl SqliteStore {
                     st.execute(rusqlite::params_from_iter(values))?;
                 }
             }
-            tx.commit()?;
-            conn.close().map_err(|(_, e)| e)?;
+            Ok(())
+        })
+        .and_then(|_| {
             std::fs::hard_link(&tmp, dest)
                 .map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", dest.display())))
-        })();
+        });
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
         }
@@ -875,11 +861,7 @@ impl Tx for SqliteTx<'_> {
     /// status), recording the time of the new status and `data`.
     fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()> {
         from.transition(to).map_err(|error| StoreError::Transition { trial: index, error })?;
-        let time_col = match to {
-            TrialStatus::Staged => "staged_at",
-            TrialStatus::Running => "started_at",
-            _ => "completed_at",
-        };
+        let time_col = crate::store::status_time_column(to);
         let sql = format!(
             "UPDATE trials SET status = ?1, status_code = ?2, {time_col} = ?3,
                 reason = coalesce(?4, reason), lost = ?5 OR lost, feasible = coalesce(?6, feasible),
@@ -906,10 +888,7 @@ impl Tx for SqliteTx<'_> {
                 "trial {index} is not {from} in the store: refusing {from} -> {to}"
             )));
         }
-        let msg = match data.reason {
-            Some(r) => format!("{from} -> {to}: {r}"),
-            None => format!("{from} -> {to}"),
-        };
+        let msg = crate::store::transition_message(from, to, data.reason);
         self.event(Some(index), "transition", Some(&msg))
     }
 
@@ -1043,6 +1022,20 @@ impl Tx for SqliteTx<'_> {
             None => None,
         })
     }
+}
+
+/// A new store in the file `tmp`: the schema, then `fill`, in one transaction; the only
+/// connection closes, folding the WAL in, so the file is complete alone.
+fn build_at(tmp: &Path, fill: impl FnOnce(&rusqlite::Transaction) -> Result<()>) -> Result<()> {
+    let conn = Connection::open(tmp)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    migrate(&tx, 0)?;
+    fill(&tx)?;
+    tx.commit()?;
+    conn.close().map_err(|(_, e)| e)?;
+    Ok(())
 }
 
 /// Put the new file `tmp` at `path` unless something is there already (then `tmp` is left

@@ -31,16 +31,9 @@ impl Tx for PgTx<'_> {
 
     fn transition(&mut self, index: u64, from: TrialStatus, to: TrialStatus, data: &TransitionData) -> Result<()> {
         from.transition(to).map_err(|error| StoreError::Transition { trial: index, error })?;
-        let time_col = match to {
-            TrialStatus::Staged => "staged_at",
-            TrialStatus::Running => "started_at",
-            _ => "completed_at",
-        };
+        let time_col = crate::store::status_time_column(to);
         let sql = sql::transition(time_col);
-        let msg = match data.reason {
-            Some(r) => format!("{from} -> {to}: {r}"),
-            None => format!("{from} -> {to}"),
-        };
+        let msg = crate::store::transition_message(from, to, data.reason);
         let changed = self.exec(
             &sql,
             p![
