@@ -54,8 +54,9 @@ enum Command {
         /// Seed of the candidate sequence (overrides `experiment.seed`)
         #[arg(long)]
         seed: Option<u64>,
-        /// Where to keep the store (default: `[storage] path`, else .optx/<name>.db)
-        #[arg(long, value_name = "PATH")]
+        /// Where to keep the store: a file, or a postgresql:// URL (default: `[storage]`,
+        /// else .optx/<name>.db)
+        #[arg(long, value_name = "PATH|URL")]
         store: Option<PathBuf>,
         /// Set an existing store aside (renamed to *.bak-<time>, never deleted) and start anew
         #[arg(long, conflicts_with = "join")]
@@ -74,8 +75,9 @@ enum Command {
         target: PathBuf,
         #[command(flatten)]
         overrides: Overrides,
-        /// The store, when TARGET is a file whose store was moved with --store
-        #[arg(long, value_name = "PATH")]
+        /// The store (a file or a postgresql:// URL), when TARGET is a file whose store was
+        /// moved with --store
+        #[arg(long, value_name = "PATH|URL")]
         store: Option<PathBuf>,
         /// Accept changes to parameters, objective, constraints or runner since the last run
         #[arg(long)]

@@ -1262,7 +1262,7 @@ max_trials = 3
             s.store,
             StoreLocation::Server { url: "postgresql://ann:pw@db/lab".into(), experiment: Some("t".into()) }
         );
-        assert_eq!(s.trials_root(), Path::new("/tmp/.optx/t.trials"));
+        assert_eq!(s.trials_root(), Path::new("/tmp/.optx/t.server.trials"));
         let e = errors(&format!("{GOOD}[storage]\nurl = \"mysql://ann:pw@db/lab\"\n"));
         assert!(e[0].contains("e.toml:") && e[0].contains("`storage.url`") && !e[0].contains(":pw@"), "{e:?}");
         let e = errors(&format!("{GOOD}[storage]\nurl = \"postgresql://db/lab\"\npath = \"x.db\"\n"));

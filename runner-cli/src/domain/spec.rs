@@ -279,8 +279,8 @@ impl ExperimentSpec {
     }
 
     /// The trial dirs live beside a file store (`<store name>.trials/`); those of a server
-    /// store, where a file store would be (`.optx/<name>.trials/` beside the experiment
-    /// file), on each worker's host.
+    /// store in `.optx/<experiment>.server.trials/` beside the experiment file, on each
+    /// worker's host.
     pub fn trials_root(&self) -> PathBuf {
         match &self.store {
             super::StoreLocation::File(path) => {
@@ -288,7 +288,12 @@ impl ExperimentSpec {
                     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.name.clone());
                 path.with_file_name(format!("{stem}.trials"))
             }
-            super::StoreLocation::Server { .. } => self.base_dir.join(".optx").join(format!("{}.trials", self.name)),
+            // Never a file store's dirs (those of the same experiment run locally): a
+            // server store's own, named by its experiment there.
+            super::StoreLocation::Server { experiment, .. } => {
+                let name = experiment.as_deref().unwrap_or(&self.name);
+                self.base_dir.join(".optx").join(format!("{name}.server.trials"))
+            }
         }
     }
 

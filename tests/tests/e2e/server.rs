@@ -266,6 +266,16 @@ fn a_backup_from_a_file_to_the_server_and_back_reads_the_same() {
     // The experiment goes on from the server store: a resume with a higher budget.
     e.run_ok(&["resume", &url, "--max-trials", "8", "-q"]);
     assert_eq!(json(&url).matches("\"COMPLETED\"").count(), 8);
+    // The server store keeps trial dirs of its own: the local store's are left as they are.
+    let local = e.path().join(".optx").join(format!("{name}.trials"));
+    assert!(local.join("0").is_dir(), "the local store's trial dirs are still there");
+    let set_aside: Vec<_> = std::fs::read_dir(e.path().join(".optx"))
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .filter(|d| d.file_name().to_string_lossy().contains(".old-"))
+        .collect();
+    assert!(set_aside.is_empty(), "nothing set aside: {set_aside:?}");
+    assert!(e.path().join(".optx").join(format!("{name}.server.trials")).is_dir());
     // From the file, a URL without `?experiment=` names the file's experiment (the server
     // holds many).
     e.run_ok(&["resume", "experiment.toml", "--store", &server_url(), "--max-trials", "9", "-q"]);
