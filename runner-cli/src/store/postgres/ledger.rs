@@ -227,8 +227,8 @@ impl Ledger for PgStore {
 
     fn dump(&self) -> Result<Dump> {
         // One snapshot of every table: a repeatable-read transaction that writes nothing.
-        let mut c = self.config.connect(NoTls)?;
-        self.prepare(&mut c)?;
+        // On this store's one connection.
+        let mut c = self.conn()?;
         let mut t =
             c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start()?;
         let meta = t.query_one("SELECT uuid, created_at FROM optx_meta WHERE id = 1", &[])?;

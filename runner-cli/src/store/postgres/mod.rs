@@ -201,6 +201,7 @@ impl PgStore {
     /// Settings of a new connection: the experiment's schema first, the lock timeout; and
     /// the server's clock against this host's.
     fn prepare(&self, c: &mut Client) -> Result<()> {
+        self.settings(c)?;
         let before = std::time::SystemTime::now();
         let server: f64 = c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])?.get(0);
         let after = std::time::SystemTime::now();
@@ -221,6 +222,12 @@ impl PgStore {
             );
             self.reconnected.set(Some(Instant::now()));
         }
+        Ok(())
+    }
+
+    /// The settings of every connection to the experiment (this store's own, or a second
+    /// one that reads a snapshot for a copy).
+    fn settings(&self, c: &mut Client) -> Result<()> {
         // Values written into statements assume standard strings; the server notices a
         // client gone (a host down, a network cut) within about 30 s, and ends its
         // transaction and the lock it held.
