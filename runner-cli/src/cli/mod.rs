@@ -376,9 +376,12 @@ fn is_store(p: &Path) -> bool {
 }
 
 /// A server store opened without its experiment's name knows it once open.
+/// (Its schema's name, which the store's location says: not the name its file gives, which
+/// a copy under another name keeps.)
 fn named(path: StoreLocation, store: &dyn Ledger) -> StoreLocation {
-    match (&path, store.experiment()) {
-        (StoreLocation::Server { experiment: None, .. }, Ok(Some(e))) => path.for_experiment(&e.name),
+    let StoreLocation::Server { experiment: None, .. } = &path else { return path };
+    match StoreLocation::parse(&store.location(), Path::new("")) {
+        StoreLocation::Server { experiment: Some(e), .. } => path.for_experiment(&e),
         _ => path,
     }
 }

@@ -28,13 +28,17 @@ impl Ledger for PgStore {
                 ),
                 vec![],
             )?;
-            let time = tx.time.clone();
+            // A worker's own times are the server's (leases are judged across hosts).
+            let time = tx.store.server_now();
             let offset = tx.store.offset.get();
-            for w in rows.iter().map(|r| worker_row(r, offset)) {
+            for (r, w) in rows.iter().map(|r| (r, worker_row(r, offset))) {
                 if !alive(&w) {
+                    // Unless it renewed since it was read (a renewal takes no lock).
+                    let seen: Option<String> = r.get(6);
                     tx.exec(
-                        "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
-                        p![time.clone(), w.id],
+                        "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL
+             AND renewed_at IS NOT DISTINCT FROM $3",
+                        p![time.clone(), w.id, seen],
                     )?;
                 } else if exclusive {
                     return Err(StoreError::Owned(Box::new(w)));

@@ -212,16 +212,25 @@ impl PgStore {
         self.offset.set(if offset.abs() < 1.0 { 0.0 } else { offset });
         let me =
             c.query_one("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])?;
-        let old = self.backend.replace(Some((me.get(0), me.get(1))));
         // The connection before this one, if its server process still lives (the network
         // broke, not the server): ended now, so that no transaction of it holds the lock.
-        if let Some((pid, start)) = old {
-            let _ = c.execute(
+        // Recorded as ended only once the new one is this store's.
+        if let Some((pid, start)) = self.backend.take() {
+            let ended = c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
                 &[&pid, &start],
             );
+            if let Err(e) = ended {
+                // Broken again: the next attempt tries again (any other error: the old one
+                // is left to the server's keepalives).
+                if broken(&e) {
+                    self.backend.set(Some((pid, start)));
+                    return Err(StoreError::Postgres(e));
+                }
+            }
             self.reconnected.set(Some(Instant::now()));
         }
+        self.backend.set(Some((me.get(0), me.get(1))));
         Ok(())
     }
 

@@ -75,10 +75,16 @@ fn leases_are_kept_in_the_servers_time_so_hosts_whose_clocks_differ_agree() {
     let w = a.join(&me, false, &|_| true).unwrap();
     a.renew(w).unwrap();
     let now = std::time::SystemTime::now();
-    // Each judges A's lease on its own clock, and both find it running.
-    assert!(b.workers().unwrap()[0].lease_runs(now), "{:?}", b.workers());
+    // Each judges A's lease on its own clock, and both find it running, renewed just now on
+    // their own clock.
     let a_now = now.checked_sub(Duration::from_secs(100)).unwrap();
-    assert!(a.workers().unwrap()[0].lease_runs(a_now), "{:?}", a.workers());
+    for (store, at) in [(&b, now), (&a, a_now)] {
+        let w = store.workers().unwrap().remove(0);
+        assert!(w.lease_runs(at), "{w:?}");
+        let renewed = crate::store::parse_time(w.renewed_at.as_deref().unwrap()).unwrap();
+        let apart = renewed.duration_since(at).unwrap_or_else(|e| e.duration());
+        assert!(apart < Duration::from_secs(5), "renewed {apart:?} from its clock's now: {w:?}");
+    }
     assert_eq!(shift("2026-12-01T00:00:00.000Z", -1.5), "2026-11-30T23:59:58.500Z");
 }
 

@@ -102,14 +102,19 @@ impl Tx for PgTx<'_> {
             return Ok(false);
         }
         let offset = self.store.offset.get();
-        let Some(w) = self.query(&sql, p![dead])?.first().map(|r| worker_row(r, offset)) else { return Ok(false) };
+        let rows = self.query(&sql, p![dead])?;
+        let Some(row) = rows.first() else { return Ok(false) };
+        let w = worker_row(row, offset);
         if alive(&w) {
             return Ok(false);
         }
-        let t = self.time.clone();
+        // Unless it renewed since it was read: a renewal takes no lock.
+        let seen: Option<String> = row.get(6);
+        let t = self.store.server_now();
         let n = self.exec(
-            "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL",
-            p![t, dead],
+            "UPDATE sessions SET taken_over = $1 WHERE id = $2 AND taken_over IS NULL AND ended_at IS NULL
+             AND renewed_at IS NOT DISTINCT FROM $3",
+            p![t, dead, seen],
         )?;
         Ok(n == 1)
     }

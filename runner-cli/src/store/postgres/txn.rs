@@ -37,7 +37,9 @@ impl PgStore {
             self.rollback();
             return Err(StoreError::LeaseLost);
         }
-        let time = self.server_now();
+        // Trials' times are this host's, as the scheduler reads them (a timeout is judged
+        // here); only a worker's lease is kept in the server's time.
+        let time = now();
         let mut tx = PgTx {
             store: self,
             seq,
@@ -371,6 +373,9 @@ impl PgTx<'_> {
                 }
                 Err(Replay::Stop(e)) => {
                     let _ = c.batch_execute("ROLLBACK");
+                    drop(c);
+                    // No transaction is open on it any more: nothing may run there as if.
+                    *self.store.client.get_mut() = None;
                     return Err(e);
                 }
             }
