@@ -65,25 +65,31 @@ fn a_transaction_cut_off_after_another_worker_wrote_is_refused_and_leaves_nothin
 }
 
 #[test]
-fn leases_are_kept_in_the_servers_time_so_hosts_whose_clocks_differ_agree() {
+fn a_lease_is_kept_in_the_servers_time_and_judged_on_each_hosts_own_clock() {
     let name = format!("t_clock_{}", std::process::id());
-    // A's clock is 100 s behind the server's; B's is the server's.
+    // This host's clock as 100 s behind the server's (for both stores: one host).
     let mut a = PgStore::open(&url(), Some(&name), Mode::Create).unwrap();
     a.offset.set(100.0);
     let b = PgStore::open(&url(), Some(&name), Mode::Existing).unwrap();
+    b.offset.set(100.0);
     let me = NewWorker { command: "optx run", pid: 1, process_start: None, host: "a", lease_seconds: 60.0 };
     let w = a.join(&me, false, &|_| true).unwrap();
     a.renew(w).unwrap();
     let now = std::time::SystemTime::now();
-    // Each judges A's lease on its own clock, and both find it running, renewed just now on
-    // their own clock.
-    let a_now = now.checked_sub(Duration::from_secs(100)).unwrap();
-    for (store, at) in [(&b, now), (&a, a_now)] {
+    let apart = |t: &str| {
+        let t = crate::store::parse_time(t).unwrap();
+        t.duration_since(now).unwrap_or_else(|e| e.duration())
+    };
+    // Stored in the server's time: 100 s ahead of this host's.
+    let raw: String = b.read("SELECT renewed_at FROM sessions WHERE id = $1", p![w]).unwrap()[0].get(0);
+    let ahead = crate::store::parse_time(&raw).unwrap().duration_since(now).unwrap();
+    assert!(ahead > Duration::from_secs(95) && ahead < Duration::from_secs(105), "{raw}");
+    // Read back on this host's clock: renewed just now, the lease runs (it would look 100 s
+    // in the future, or on a host 100 s ahead of this one, stale, without the shift).
+    for store in [&a, &b] {
         let w = store.workers().unwrap().remove(0);
-        assert!(w.lease_runs(at), "{w:?}");
-        let renewed = crate::store::parse_time(w.renewed_at.as_deref().unwrap()).unwrap();
-        let apart = renewed.duration_since(at).unwrap_or_else(|e| e.duration());
-        assert!(apart < Duration::from_secs(5), "renewed {apart:?} from its clock's now: {w:?}");
+        assert!(w.lease_runs(now), "{w:?}");
+        assert!(apart(w.renewed_at.as_deref().unwrap()) < Duration::from_secs(5), "{w:?}");
     }
     assert_eq!(shift("2026-12-01T00:00:00.000Z", -1.5), "2026-11-30T23:59:58.500Z");
 }
