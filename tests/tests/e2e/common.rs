@@ -276,3 +276,19 @@ pub fn process(dir: &Path) -> (Option<u32>, Option<serde_json::Value>) {
     }
     (pid, exit)
 }
+
+/// Exactly `n` arms completed and none twice (`trials`: `optx trials --format json`), and
+/// each trial executed once, as the script logs its executions (`{trial} ...` a line).
+pub fn assert_exact_and_once(trials: &[serde_json::Value], n: usize, log: &Path) {
+    let completed: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "COMPLETED").collect();
+    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), n, "exact budget: {trials:?}");
+    assert_eq!(completed.len(), n, "{trials:?}");
+    let arms: std::collections::HashSet<String> = completed.iter().map(|t| t["parameters"].to_string()).collect();
+    assert_eq!(arms.len(), n, "no arm completed twice");
+    let runs = std::fs::read_to_string(log).unwrap();
+    let mut per_trial = std::collections::HashMap::new();
+    for l in runs.lines() {
+        *per_trial.entry(l.split(' ').next().unwrap_or_default().to_string()).or_insert(0) += 1;
+    }
+    assert!(per_trial.values().all(|n| *n == 1), "a trial ran twice: {runs}");
+}

@@ -2,7 +2,7 @@
 //! workers sharing it, one killed, the server restarted under them, bad URLs, and copies
 //! between the two kinds of store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -78,18 +78,7 @@ fn logged_runner(log: &Path, sleep: &str) -> String {
 
 /// Exactly `n` arms completed, none twice, each trial executed once.
 fn check_exact(s: &OnServer, n: usize, log: &Path) {
-    let trials = s.trials();
-    let completed: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "COMPLETED").collect();
-    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), n, "exact budget: {trials:?}");
-    assert_eq!(completed.len(), n, "{trials:?}");
-    let arms: HashSet<String> = completed.iter().map(|t| t["parameters"].to_string()).collect();
-    assert_eq!(arms.len(), n, "no arm completed twice");
-    let runs = std::fs::read_to_string(log).unwrap();
-    let mut per_trial = HashMap::new();
-    for l in runs.lines() {
-        *per_trial.entry(l.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
-    }
-    assert!(per_trial.values().all(|n| *n == 1), "a trial ran twice: {runs}");
+    assert_exact_and_once(&s.trials(), n, log);
 }
 
 #[test]

@@ -93,18 +93,8 @@ fn four_workers_share_one_store_and_a_killed_one_is_taken_over() {
         assert_eq!(st.code(), Some(0), "worker {i}: {}", e.log(&format!("w{i}")));
     }
     let trials = e.trials();
-    let completed: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "COMPLETED").collect();
-    assert_eq!(trials.iter().filter(|t| t["lost"] == false).count(), 40, "exact budget: {trials:?}");
-    assert_eq!(completed.len(), 40);
-    let arms: std::collections::HashSet<String> = completed.iter().map(|t| t["parameters"].to_string()).collect();
-    assert_eq!(arms.len(), 40, "no arm completed twice");
     // Each trial ran once, whoever started it.
-    let runs = std::fs::read_to_string(log.path()).unwrap();
-    let mut per_trial = std::collections::HashMap::new();
-    for l in runs.lines() {
-        *per_trial.entry(l.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
-    }
-    assert!(per_trial.values().all(|n| *n == 1), "a trial ran twice: {runs}");
+    assert_exact_and_once(&trials, 40, log.path());
     let creators: std::collections::HashSet<i64> = trials.iter().filter_map(|t| t["worker"].as_i64()).collect();
     assert!(creators.len() >= 3, "the work was shared: {creators:?}");
     let taken = e.count(&format!("SELECT count(*) FROM sessions WHERE pid = {victim_pid} AND taken_over IS NOT NULL"));
