@@ -123,8 +123,41 @@ pub struct PollSchedule {
 }
 
 impl PollSchedule {
+    /// The wait after `current`: backed off by `factor`, within [`initial`, `max`]. It grows
+    /// from at least a millisecond, so `initial_seconds_between_polls = 0` polls at once
+    /// first, then backs off, and never spins a core.
     pub fn next(&self, current: Duration) -> Duration {
-        current.mul_f64(self.factor).min(self.max).max(self.initial)
+        current
+            .max(Duration::from_millis(1))
+            .mul_f64(self.factor.max(1.0))
+            .min(self.max.max(Duration::from_millis(1)))
+            .max(self.initial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_back_off_from_their_first_wait_and_never_spin() {
+        let ms = Duration::from_millis;
+        let p = PollSchedule { initial: ms(0), factor: 2.0, max: ms(5) };
+        let mut w = p.initial;
+        let waits: Vec<Duration> = (0..5)
+            .map(|_| {
+                w = p.next(w);
+                w
+            })
+            .collect();
+        assert_eq!(waits, [ms(2), ms(4), ms(5), ms(5), ms(5)]);
+        // No backoff and no first wait: still a millisecond between polls.
+        let flat = PollSchedule { initial: ms(0), factor: 1.0, max: ms(0) };
+        assert_eq!(flat.next(ms(0)), ms(1));
+        // Ax's defaults: 1 s, x1.5, at most 10 s.
+        let ax = PollSchedule { initial: ms(1000), factor: 1.5, max: ms(10_000) };
+        assert_eq!(ax.next(ms(1000)), ms(1500));
+        assert_eq!(ax.next(ms(8000)), ms(10_000));
     }
 }
 
