@@ -135,32 +135,6 @@ impl PollSchedule {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn polls_back_off_from_their_first_wait_and_never_spin() {
-        let ms = Duration::from_millis;
-        let p = PollSchedule { initial: ms(0), factor: 2.0, max: ms(5) };
-        let mut w = p.initial;
-        let waits: Vec<Duration> = (0..5)
-            .map(|_| {
-                w = p.next(w);
-                w
-            })
-            .collect();
-        assert_eq!(waits, [ms(2), ms(4), ms(5), ms(5), ms(5)]);
-        // No backoff and no first wait: still a millisecond between polls.
-        let flat = PollSchedule { initial: ms(0), factor: 1.0, max: ms(0) };
-        assert_eq!(flat.next(ms(0)), ms(1));
-        // Ax's defaults: 1 s, x1.5, at most 10 s.
-        let ax = PollSchedule { initial: ms(1000), factor: 1.5, max: ms(10_000) };
-        assert_eq!(ax.next(ms(1000)), ms(1500));
-        assert_eq!(ax.next(ms(8000)), ms(10_000));
-    }
-}
-
 pub trait TrialRunner: Send + Sync {
     /// Deploy (or re-attach to) `job` and follow it to its end, sending events; the last
     /// event is always `Finished`.
@@ -197,5 +171,31 @@ pub trait TrialRunner: Send + Sync {
     /// `call_timeout`): the scheduler starts as many new ones.
     fn stuck(&self) -> usize {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_back_off_from_their_first_wait_and_never_spin() {
+        let ms = Duration::from_millis;
+        let p = PollSchedule { initial: ms(0), factor: 2.0, max: ms(5) };
+        let mut w = p.initial;
+        let waits: Vec<Duration> = (0..5)
+            .map(|_| {
+                w = p.next(w);
+                w
+            })
+            .collect();
+        assert_eq!(waits, [ms(2), ms(4), ms(5), ms(5), ms(5)]);
+        // No backoff and no first wait: still a millisecond between polls.
+        let flat = PollSchedule { initial: ms(0), factor: 1.0, max: ms(0) };
+        assert_eq!(flat.next(ms(0)), ms(1));
+        // Ax's defaults: 1 s, x1.5, at most 10 s.
+        let ax = PollSchedule { initial: ms(1000), factor: 1.5, max: ms(10_000) };
+        assert_eq!(ax.next(ms(1000)), ms(1500));
+        assert_eq!(ax.next(ms(8000)), ms(10_000));
     }
 }
