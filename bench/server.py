@@ -24,6 +24,8 @@ import tempfile
 import threading
 import time
 
+from workers import pct
+
 EXPERIMENT = """[experiment]
 name = "{name}"
 seed = 1
@@ -51,11 +53,6 @@ method = "sobol"
 """
 
 LOCK = re.compile(r"waited_us=(\d+) held_us=(\d+)(?: server_us=(\d+))?")
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))] if xs else float("nan")
 
 
 def psql(url, sql):

@@ -1101,6 +1101,14 @@ mod tests {
         .unwrap();
     }
 
+    /// A store as an optx of schema 1 left it.
+    fn schema_1_store(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c
+    }
+
     fn worker(pid: u32) -> NewWorker<'static> {
         NewWorker { command: "optx run", pid, process_start: Some(1), host: "h", lease_seconds: 60.0 }
     }
@@ -1110,13 +1118,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // An optx from before leases that still holds its store (its owner row).
         let old = d.path().join("old.db");
-        {
-            let c = Connection::open(&old).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
-            c.pragma_update(None, "user_version", 1).unwrap();
-            c.execute("INSERT INTO owner (id, pid, process_start, host, since) VALUES (1, 77, 1, 'h', 't')", [])
-                .unwrap();
-        }
+        let c = schema_1_store(&old);
+        c.execute("INSERT INTO owner (id, pid, process_start, host, since) VALUES (1, 77, 1, 'h', 't')", []).unwrap();
+        drop(c);
         let mut s = SqliteStore::open_existing(&old).unwrap();
         assert!(
             matches!(s.join(&worker(12), true, &|w| w.lease_runs(SystemTime::now())), Err(StoreError::Owned(w)) if w.pid == 77)
@@ -1128,11 +1132,7 @@ mod tests {
     fn a_store_of_schema_1_is_upgraded_by_its_owner_only() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("old.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
-            c.pragma_update(None, "user_version", 1).unwrap();
-        }
+        drop(schema_1_store(&path));
         // Opened (by a reader, or by a run that is refused), it stays as it is.
         let s = SqliteStore::open_existing(&path).unwrap();
         assert!(s.id().is_err());

@@ -273,7 +273,7 @@ impl Ledger for PgStore {
         let from = self.schema.clone();
         // Under the experiment's lock, so that no transaction of a worker joining right now
         // runs in the schema while it is renamed.
-        let lock = self.lock_sql();
+        let lock = self.lock_sql().to_string();
         self.conn()?.batch_execute(&format!(
             "BEGIN; {lock}; ALTER SCHEMA {} RENAME TO {}; COMMIT",
             ident(&from),
@@ -316,7 +316,7 @@ impl PgStore {
 
     /// The rows of `dump`, into the new experiment's tables, in one transaction.
     fn fill(s: &PgStore, t: &mut postgres::Transaction, dump: &Dump) -> Result<()> {
-        t.batch_execute(&s.lock_sql())?;
+        t.batch_execute(s.lock_sql())?;
         t.execute("UPDATE optx_meta SET uuid = $1, created_at = $2 WHERE id = 1", &[&dump.uuid, &dump.created_at])?;
         for (table, rows) in &dump.tables {
             let Some((_, _, cols)) = TABLES.iter().find(|(n, _, _)| n == table) else { continue };

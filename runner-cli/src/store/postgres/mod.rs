@@ -89,6 +89,9 @@ pub struct PgStore {
     /// The URL as shown (no password).
     shown: String,
     schema: String,
+    /// The statement that takes the experiment's lock: an advisory lock on its name (the
+    /// name written in, never taken from the session, so that no lookup can miss it).
+    lock: String,
     writer: bool,
     /// The worker whose lease every transaction checks first.
     fence: Option<i64>,
@@ -154,6 +157,10 @@ impl PgStore {
                 reconnected: std::cell::Cell::new(None),
                 config,
                 shown,
+                lock: format!(
+                    "SELECT pg_advisory_xact_lock(hashtext({}))",
+                    literal(&V::T(Some(format!("optx:{schema}"))))
+                ),
                 schema,
                 writer: mode != Mode::Read,
                 fence: None,
@@ -283,10 +290,9 @@ impl PgStore {
         Ok(true)
     }
 
-    /// The statement that takes the experiment's lock: an advisory lock on its name (the
-    /// name written in, never taken from the session, so that no lookup can miss it).
-    fn lock_sql(&self) -> String {
-        format!("SELECT pg_advisory_xact_lock(hashtext({}))", literal(&V::T(Some(format!("optx:{}", self.schema)))))
+    /// The statement that takes the experiment's lock.
+    fn lock_sql(&self) -> &str {
+        &self.lock
     }
 
     fn connect(&self) -> Result<Client> {

@@ -16,7 +16,7 @@ impl PgStore {
             (Some(_), Some((at, every))) if at.elapsed() >= every => Some(self.server_now()),
             _ => None,
         };
-        let lock = self.lock_sql();
+        let lock = self.lock_sql().to_string();
         let (seq, taken) = loop {
             let mut c = self.conn()?;
             match begin(&mut c, &lock, fence, renew.as_deref()) {
@@ -103,7 +103,7 @@ impl PgStore {
         deferred: &[String],
     ) -> std::result::Result<(), Replay> {
         let mut c = self.conn().map_err(Replay::Stop)?;
-        match rerun(&mut c, &self.lock_sql(), seq, fence, Some(token), log) {
+        match rerun(&mut c, self.lock_sql(), seq, fence, Some(token), log) {
             Ok(Rerun::Ready) => commit(&mut c, seq, token, deferred).map_err(Replay::from),
             Ok(Rerun::Committed) => {
                 let _ = c.batch_execute("ROLLBACK");
@@ -365,7 +365,7 @@ impl PgTx<'_> {
         loop {
             let mut c = self.store.conn()?;
             // No token: the commit was not sent yet.
-            match rerun(&mut c, &self.store.lock_sql(), self.seq, self.fence, None, &self.log) {
+            match rerun(&mut c, self.store.lock_sql(), self.seq, self.fence, None, &self.log) {
                 Ok(_) => return Ok(()),
                 Err(Replay::Broken | Replay::Gone) => {
                     drop(c);
