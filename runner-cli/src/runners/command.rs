@@ -13,9 +13,10 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 
 use super::output::{read_result_files, MetricPoint, OutputParser};
 use super::tail::Tail;
+use super::verdict::verdict;
 use super::PluginMetrics;
 use super::{Control, Outcome, PollSchedule, RunnerEvent, TrialJob, TrialResult, TrialRunner, Unstarted};
-use crate::domain::{CommandSpec, ExperimentSpec, KeepTrialDirs, MetricRule, RunnerSpec, Segment, Template};
+use crate::domain::{CommandSpec, ExperimentSpec, MetricRule, RunnerSpec, Segment, Template};
 use crate::exec::{self, ExitInfo, ProcEvent, ProcessRecord, RunInfo, Shepherd, SpawnRequest};
 
 /// How long a new trial may run before its deployment is reported on its own.
@@ -355,12 +356,6 @@ impl CommandRunner {
             finals.insert(name, p);
         }
         let finals_vec: Vec<MetricPoint> = finals.values().cloned().collect();
-        let missing: Vec<&String> = self.required.iter().filter(|m| !finals.contains_key(*m)).collect();
-        let nonfinite: Vec<String> = finals
-            .values()
-            .filter(|p| self.required.contains(&p.metric) && !p.mean.is_finite())
-            .map(|p| format!("metric `{}` is not finite ({})", p.metric, p.mean))
-            .collect();
         let stderr_tail = || {
             let s = last_lines(&dir.join(exec::STDERR_FILE), 5);
             if s.is_empty() {
@@ -381,24 +376,18 @@ impl CommandRunner {
                 None,
             ),
             w => {
-                let note = matches!(w, Waited::Gone).then(|| "the exit status is unknown (the process ended while optx was not running); completed from its result file".to_string());
-                if let Some(p) = problems.first().filter(|_| !missing.is_empty()) {
-                    (Outcome::Failed { reason: p.clone(), lost: false }, note)
-                } else if !missing.is_empty() {
-                    let names = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
-                    let reason = format!(
-                        "metric {names} was not reported (looked in result.json, JSON lines and name=value pairs on stdout{}){}",
-                        if self.metrics.values().any(|r| !matches!(r, MetricRule::Default)) { ", and the [metrics] rules" } else { "" },
-                        stderr_tail()
-                    );
-                    (Outcome::Failed { reason, lost: false }, note)
-                } else if let Some(nf) = nonfinite.first() {
-                    (Outcome::Failed { reason: nf.clone(), lost: false }, note)
-                } else if let Some(p) = problems.first() {
-                    (Outcome::Completed, Some(note.map_or(p.clone(), |n| format!("{n}; {p}"))))
-                } else {
-                    (Outcome::Completed, note)
-                }
+                let gone = matches!(w, Waited::Gone).then(|| "the exit status is unknown (the process ended while optx was not running); completed from its result file".to_string());
+                let looked = format!(
+                    "result.json, JSON lines and name=value pairs on stdout{}",
+                    if self.metrics.values().any(|r| !matches!(r, MetricRule::Default)) { ", and the [metrics] rules" } else { "" }
+                );
+                let (outcome, problem) = verdict(&self.required, &finals, &problems, &looked, &stderr_tail());
+                let note = match (gone, problem) {
+                    (Some(n), Some(p)) if outcome == Outcome::Completed => Some(format!("{n}; {p}")),
+                    (n, p) if outcome == Outcome::Completed => n.or(p),
+                    (n, _) => n,
+                };
+                (outcome, note)
             }
         };
         TrialResult { outcome, finals: finals_vec, curve, stop_metadata, note }
@@ -619,14 +608,7 @@ impl TrialRunner for CommandRunner {
     }
 
     fn cleanup(&self, dir: &Path, failed: bool) {
-        let remove = match self.spec.keep_trial_dirs {
-            KeepTrialDirs::All => false,
-            KeepTrialDirs::Failed => !failed,
-            KeepTrialDirs::None => true,
-        };
-        if remove {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        crate::runners::keep_or_remove(self.spec.keep_trial_dirs, dir, failed)
     }
 
     fn close(&self) {

@@ -5,9 +5,11 @@
 //! [`RunnerEvent`]s. It never writes the store: the dispatcher does, before acting.
 
 mod command;
+pub mod driver;
 pub mod output;
 pub mod plugin;
 mod tail;
+mod verdict;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -16,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use command::CommandRunner;
 pub use output::MetricPoint;
-pub use plugin::{PluginMetrics, PluginRunner};
+pub use plugin::{plugin_runner, PluginMetrics, PluginRunner};
 
 use crate::domain::Arm;
 
@@ -35,6 +37,33 @@ pub struct TrialJob {
     pub token: String,
     /// Points of its learning curves the store holds already (a re-attached trial).
     pub stored_points: usize,
+}
+
+/// Work a runner hands to one of the scheduler's workers (reading an ended job's results).
+pub type Task = Box<dyn FnOnce() + Send>;
+
+/// The dispatcher's end of a trial's control channel. A runner whose trials are followed
+/// by one driver loop is woken by each control too (it cannot wait on every trial's
+/// channel at once).
+#[derive(Clone)]
+pub struct ControlTx {
+    tx: Sender<Control>,
+    wake: Option<Sender<()>>,
+}
+
+impl ControlTx {
+    pub fn send(&self, c: Control) {
+        let _ = self.tx.send(c);
+        if let Some(w) = &self.wake {
+            let _ = w.try_send(());
+        }
+    }
+}
+
+/// A trial's control channel; `wake` is the runner's [`TrialRunner::waker`].
+pub fn control_channel(wake: Option<Sender<()>>) -> (ControlTx, Receiver<Control>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (ControlTx { tx, wake }, rx)
 }
 
 /// What the dispatcher can tell a running trial.
@@ -114,6 +143,19 @@ pub enum Unstarted {
     Unknown(String),
 }
 
+/// Remove a trial's dir after its end is committed, as `keep_trial_dirs` says.
+pub fn keep_or_remove(keep: crate::domain::KeepTrialDirs, dir: &std::path::Path, failed: bool) {
+    use crate::domain::KeepTrialDirs;
+    let remove = match keep {
+        KeepTrialDirs::All => false,
+        KeepTrialDirs::Failed => !failed,
+        KeepTrialDirs::None => true,
+    };
+    if remove {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Polling intervals: start, growth while nothing changes, cap.
 #[derive(Debug, Clone, Copy)]
 pub struct PollSchedule {
@@ -171,6 +213,28 @@ pub trait TrialRunner: Send + Sync {
     /// `call_timeout`): the scheduler starts as many new ones.
     fn stuck(&self) -> usize {
         0
+    }
+
+    /// Workers the scheduler runs for `parallelism` trials: one per trial for a runner that
+    /// follows its trial on the worker (a local process), a few for a driven runner, whose
+    /// workers only deploy.
+    fn workers(&self, parallelism: usize) -> usize {
+        parallelism
+    }
+
+    /// A driven runner's wake-up for its loop, given to each trial's [`ControlTx`].
+    fn waker(&self) -> Option<Sender<()>> {
+        None
+    }
+
+    /// The loop of a runner whose trials live elsewhere, which follows them all: run by
+    /// the scheduler on a thread of its own; it returns once [`close`](Self::close) is
+    /// called. `spawn` hands a task to one of the scheduler's workers. Runners without one
+    /// return at once.
+    fn drive(&self, _spawn: &dyn Fn(Task)) {}
+
+    fn driven(&self) -> bool {
+        self.waker().is_some()
     }
 }
 

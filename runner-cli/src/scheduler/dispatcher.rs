@@ -53,7 +53,7 @@ impl Dispatcher<'_> {
                     }
                     // Workers stuck for good in a runner's call are replaced, so that
                     // `parallelism` trials still run.
-                    let want = self.parallelism.max(self.st.running.len()) + self.runner.stuck();
+                    let want = self.runner.workers(self.parallelism.max(self.st.running.len())) + self.runner.stuck();
                     if let Err(e) = self.pool.grow_to(want) {
                         tracing::warn!("{e}");
                     }
@@ -102,8 +102,7 @@ impl Dispatcher<'_> {
                     "interrupted again: stopping {n} running trial(s); they will run again on `optx resume` (interrupt a third time to exit at once)"
                 )));
                 for r in self.st.running.values() {
-                    let _ = r
-                        .control
+                    r.control
                         .send(Control::Stop { reason: "stopped by a second interrupt of optx".into(), lost: true });
                 }
             }
@@ -244,6 +243,7 @@ impl<'a> State<'a> {
             interrupted,
             cursor,
             created_now: 0,
+            waker: None,
         };
         // A budget spent already (by earlier runs or other workers) deploys nothing more.
         if let Some(s) = super::stop::cost(&spec.orchestration, st.cost) {
@@ -263,13 +263,21 @@ pub(crate) fn drive(
     interrupts: &Interrupts,
 ) -> Result<RunEnd, store::StoreError> {
     let (signals, interrupted) = (&interrupts.signals, Arc::clone(&interrupts.flag));
-    let st = State::load(spec, store, seed, session, interrupted)?;
+    let mut st = State::load(spec, store, seed, session, interrupted)?;
+    st.waker = runner.waker();
     let parallelism = spec.orchestration.parallelism;
     let attach = st.trials.iter().filter(|t| !t.status.is_terminal()).count();
     let (jobs_tx, jobs_rx) = unbounded::<Work>();
     let (events_tx, events_rx) = unbounded();
-    let mut pool = Pool { jobs: jobs_rx, events: events_tx, runner: Arc::clone(&runner), workers: Vec::new() };
-    pool.grow_to(parallelism.max(attach).max(1)).map_err(store::StoreError::Other)?;
+    let mut pool = Pool {
+        jobs: jobs_rx,
+        tasks: Some(jobs_tx.clone()),
+        events: events_tx,
+        runner: Arc::clone(&runner),
+        workers: Vec::new(),
+        driver: None,
+    };
+    pool.grow_to(runner.workers(parallelism.max(attach).max(1))).map_err(store::StoreError::Other)?;
     let mut d = Dispatcher {
         store,
         st,
@@ -284,15 +292,20 @@ pub(crate) fn drive(
     let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let end = d.run(deadline, signals);
     let workers = std::mem::take(&mut d.pool.workers);
+    let driver = d.pool.driver.take();
     drop(d);
-    // A worker stuck in a call that never returns (a plugin's) cannot be joined: leave it.
-    if end.is_ok() && runner.stuck() == 0 {
-        for w in workers {
-            let _ = w.join();
+    if end.is_ok() {
+        // The driver ends on `close`, and drops its end of the workers' queue.
+        runner.close();
+        if let Some(h) = driver {
+            let _ = h.join();
         }
-        runner.close();
-    } else if end.is_ok() {
-        runner.close();
+        // A worker stuck in a call that never returns (a plugin's) cannot be joined: leave it.
+        if runner.stuck() == 0 {
+            for w in workers {
+                let _ = w.join();
+            }
+        }
     }
     // On an error optx exits without waiting: running trials go on under the shepherd,
     // which records how they end, and `optx resume` reconciles them.

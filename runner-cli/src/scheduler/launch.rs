@@ -13,7 +13,7 @@ use super::{drive, EventSink, Interrupts, RunEnd, RunEvent};
 use crate::domain::{ExperimentSpec, RunnerSpec, StoreLocation};
 use crate::exec;
 use crate::generate::Generator;
-use crate::runners::{CommandRunner, PluginMetrics, PluginRunner, PollSchedule, TrialRunner};
+use crate::runners::{plugin_runner, CommandRunner, PluginMetrics, PollSchedule, TrialRunner};
 use crate::store::{self, Ledger, LedgerExt, NewWorker, StoreError, Worker};
 
 /// What `optx run` / `optx resume` start with.
@@ -246,7 +246,7 @@ pub(super) fn runner_for(spec: &ExperimentSpec, exe: &Path) -> Result<Arc<dyn Tr
             CommandRunner::new(spec, polls, exe, metrics)
                 .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
         ),
-        RunnerSpec::Plugin(_) => Arc::new(PluginRunner::new(spec, polls, metrics).map_err(RunError::Usage)?),
+        RunnerSpec::Plugin(_) => Arc::new(plugin_runner(spec, polls, metrics).map_err(RunError::Usage)?),
     })
 }
 

@@ -8,17 +8,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::stop::{self, Stop};
 use super::RunEvent;
 use crate::domain::{Arm, ExperimentSpec, Observation, OutcomeConstraint, Trial, TrialStatus};
 use crate::generate::Generator;
-use crate::runners::{Control, Outcome, RunnerEvent, TrialJob};
+use crate::runners::{Control, ControlTx, Outcome, RunnerEvent, TrialJob};
 use crate::store::{self, NewTrial, TransitionData, Tx};
 
 pub(super) struct Running {
-    pub(super) control: Sender<Control>,
+    pub(super) control: ControlTx,
     pub(super) slot: usize,
     /// A trial deployed in a batch: the job that follows it once its deployment is committed.
     pub(super) follow: Option<(TrialJob, Receiver<Control>)>,
@@ -96,6 +96,8 @@ pub(super) struct State<'a> {
     pub(super) cursor: i64,
     /// Trials this worker created (for `--max-trials-per-worker`).
     pub(super) created_now: u64,
+    /// The runner's wake-up for its driver loop, given to every trial's control channel.
+    pub(super) waker: Option<Sender<()>>,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -142,7 +144,7 @@ impl<'a> State<'a> {
             None => self.free_slots.pop_first().unwrap_or(self.running.len()),
         };
         let started_at = self.trials[index as usize].started_at.as_deref().and_then(store::parse_time);
-        let (ctl_tx, ctl_rx) = unbounded();
+        let (ctl_tx, ctl_rx) = crate::runners::control_channel(self.waker.clone());
         let job = TrialJob {
             index,
             arm,

@@ -1,0 +1,116 @@
+//! `[runner] kind = "plugin"` and `[metrics.X] plugin = ...`: runners and metrics in a cdylib
+//! that implements the optx plugin ABI. The only module that sees the ABI.
+//!
+//! A library is loaded once per process and never unloaded. A plugin call that does not
+//! return within `call_timeout` fails its trials while optx goes on (see `calls`); the
+//! thread stuck in it is left behind (a thread cannot be killed).
+
+mod calls;
+mod metrics;
+mod runner;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use optx_plugin_api::host::Plugin;
+
+pub use metrics::PluginMetrics;
+pub use runner::{plugin_runner, PluginBackend, PluginRunner};
+
+use crate::domain::{ExperimentSpec, MetricRule, PluginRef, RunnerSpec};
+
+/// Libraries loaded so far, by path: each is loaded once and never unloaded.
+fn loaded() -> &'static Mutex<BTreeMap<PathBuf, Plugin>> {
+    static LOADED: OnceLock<Mutex<BTreeMap<PathBuf, Plugin>>> = OnceLock::new();
+    LOADED.get_or_init(Default::default)
+}
+
+/// Load a plugin library and check its table (the ABI version first). Errors name the
+/// place in the experiment file that names the library.
+pub fn load(r: &PluginRef) -> Result<Plugin, String> {
+    let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = cache.get(&r.library) {
+        return Ok(p.clone());
+    }
+    let path = r.library.display();
+    match std::fs::metadata(&r.library) {
+        Err(_) => {
+            return Err(format!(
+                "{}: the plugin library {path} does not exist (build it first, e.g. `cargo build --workspace`)",
+                r.origin
+            ))
+        }
+        // Opening a FIFO or a device to load it would block, or worse.
+        Ok(m) if !m.is_file() => {
+            return Err(format!("{}: the plugin library {path} is not a regular file (a .so file)", r.origin))
+        }
+        Ok(_) => {}
+    }
+    // SAFETY: loading a library runs its initializers. A library named as an optx plugin is
+    // code the user chose to run, like the command of a command runner.
+    let lib = unsafe { libloading::Library::new(&r.library) }
+        .map_err(|e| format!("{}: cannot load the plugin library {path}: {e}", r.origin))?;
+    // SAFETY: `optx_plugin_v1` has the ABI's entry type in every optx plugin; the pointer is
+    // copied out and used only while the library stays loaded (forever, below).
+    let entry = unsafe { lib.get::<optx_plugin_api::abi::EntryFn>(optx_plugin_api::ENTRY_SYMBOL.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|_| {
+            format!(
+                "{}: {path} is not an optx plugin: it does not export `{}`",
+                r.origin,
+                optx_plugin_api::ENTRY_SYMBOL
+            )
+        })?;
+    // SAFETY: the entry point of a loaded library that is never unloaded, so its table and
+    // strings live as long as the process.
+    let plugin = unsafe { Plugin::from_entry(entry) }.map_err(|e| format!("{}: {path} is refused: {e}", r.origin))?;
+    // Never unloaded: threads left behind by a call timeout may still run its code.
+    std::mem::forget(lib);
+    cache.insert(r.library.clone(), plugin.clone());
+    Ok(plugin)
+}
+
+/// Load the library of `r` and check that it offers `r.name` as a `kind`.
+pub fn check(r: &PluginRef, kind: &str) -> Result<Plugin, String> {
+    let p = load(r)?;
+    let offered = if kind == "runner" { &p.runners } else { &p.metrics };
+    if !offered.contains(&r.name) {
+        let list = if offered.is_empty() { "none".to_string() } else { offered.join(", ") };
+        return Err(format!(
+            "{}: the plugin `{}` ({}) offers no {kind} `{}`; its {kind}s: {list}",
+            r.origin,
+            p.name,
+            r.library.display(),
+            r.name
+        ));
+    }
+    Ok(p)
+}
+
+/// Every plugin library an experiment names, loaded and checked: one line per runner or
+/// metric (what it is, the plugin's name, version and ABI), or every error.
+pub fn check_all(spec: &ExperimentSpec) -> Result<Vec<String>, Vec<String>> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let mut wanted = Vec::new();
+    if let RunnerSpec::Plugin(p) = &spec.runner {
+        wanted.push((format!("runner `{}`", p.plugin.name), &p.plugin, "runner"));
+    }
+    for (name, rule) in &spec.metrics {
+        if let MetricRule::Plugin(r) = rule {
+            wanted.push((format!("metric `{name}` = `{}`", r.name), r, "metric"));
+        }
+    }
+    for (what, r, kind) in wanted {
+        match check(r, kind) {
+            Ok(p) => found.push(format!("{what}: {} {} (ABI {}.{})", p.name, p.version, p.abi.0, p.abi.1)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(found)
+    } else {
+        Err(errors)
+    }
+}
