@@ -987,6 +987,16 @@ fn cmd_validate(file: &Path) -> i32 {
         RunnerSpec::Plugin(p) => {
             let _ = writeln!(out, "runner:      plugin `{}` in {}", p.plugin.name, p.plugin.library.display());
         }
+        RunnerSpec::External(e) => {
+            let what = match &e.system {
+                crate::domain::JobSystem::Slurm { .. } => "slurm: sbatch, one squeue per poll, scancel",
+                crate::domain::JobSystem::Commands { status_all: Some(_), .. } => {
+                    "external: submit, status_all, cancel"
+                }
+                crate::domain::JobSystem::Commands { .. } => "external: submit, status, cancel",
+            };
+            let _ = writeln!(out, "runner:      {what}");
+        }
     }
     for line in &plugins {
         let _ = writeln!(out, "plugin:      {line}");

@@ -5,6 +5,8 @@
 //! errors with a suggestion, and keys of a later version are refused by name.
 
 mod expr;
+mod jobs;
+pub use jobs::DEFAULT_STATUS_WORDS;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -772,15 +774,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
     match kind_s {
         "command" => {}
         "plugin" => return read_plugin_runner(ctx, t, base),
-        "external" | "slurm" => {
-            ctx.err(
-                kind_v?.span(),
-                format!(
-                    "`runner.kind = \"{kind_s}\"` is not supported yet: this version of optx runs `kind = \"command\"` and `kind = \"plugin\"`"
-                ),
-            );
-            return None;
-        }
+        "external" | "slurm" => return jobs::read_external_runner(ctx, t, space, base, kind_s),
         other => {
             ctx.err(
                 kind_v?.span(),
@@ -796,88 +790,13 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
 
     let names: Vec<&str> = space.parameters.iter().map(|p| p.name.as_str()).collect();
     let placeholders: Vec<&str> = names.iter().copied().chain(RESERVED_PLACEHOLDERS).collect();
-    let tmpl = |ctx: &mut Ctx, s: &str, span: std::ops::Range<usize>, what: &str| -> Option<Template> {
-        match expr::template(s) {
-            Err(e) => {
-                ctx.err(span, format!("`{what}`: {e}"));
-                None
-            }
-            Ok(t) => {
-                let mut ok = true;
-                for seg in &t.segments {
-                    if let Segment::Placeholder(p) = seg {
-                        if !placeholders.contains(&p.as_str()) {
-                            ctx.err(
-                                span.clone(),
-                                format!(
-                                    "`{what}`: unknown placeholder `{{{p}}}`{}",
-                                    did_you_mean(p, placeholders.iter().copied())
-                                        .replace("`?", "}`?")
-                                        .replace("mean `", "mean `{")
-                                ),
-                            );
-                            ok = false;
-                        }
-                    }
-                }
-                ok.then_some(t)
-            }
-        }
+    let tmpl = |ctx: &mut Ctx, s: &str, span: std::ops::Range<usize>, what: &str| {
+        template_with(ctx, s, span, what, &placeholders)
     };
     let shell = t.bool(ctx, "shell").unwrap_or(false);
     let command_v = t.require(ctx, "command")?;
-    let mut argv = Vec::new();
-    match command_v.get_ref() {
-        DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), "runner.command")),
-        DeValue::String(s) => match shlex::split(s) {
-            Some(words) if !words.is_empty() => {
-                let operator = words.iter().skip(1).find(|w| {
-                    matches!(w.as_str(), "|" | "||" | "&&" | ";" | "&" | ">" | ">>" | "<" | "2>" | "2>&1")
-                        || w.starts_with(['>', '<', '|'])
-                        || w.ends_with(';')
-                });
-                if let Some(op) = operator {
-                    ctx.warn(
-                        command_v.span(),
-                        format!("`runner.command` holds `{op}`, but it does not run through a shell: `{op}` reaches the program as an argument; set `shell = true` for pipes, redirections and `;`"),
-                    );
-                }
-                for w in words {
-                    argv.push(tmpl(ctx, &w, command_v.span(), "runner.command"));
-                }
-            }
-            _ => {
-                ctx.err(command_v.span(), "`runner.command` cannot be split into words (an unclosed quote?)");
-                return None;
-            }
-        },
-        DeValue::Array(items) => {
-            let mut words = Vec::new();
-            for item in items {
-                words.push((as_str(ctx, item, "runner.command")?, item.span()));
-            }
-            if words.is_empty() {
-                ctx.err(command_v.span(), "`runner.command` is empty");
-                return None;
-            }
-            if shell {
-                let joined = words.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" ");
-                argv.push(tmpl(ctx, &joined, command_v.span(), "runner.command"));
-            } else {
-                for (w, span) in words {
-                    argv.push(tmpl(ctx, w, span, "runner.command"));
-                }
-            }
-        }
-        other => {
-            ctx.err(
-                command_v.span(),
-                format!("`runner.command` must be an array of strings or a string, not {}", kind(other)),
-            );
-            return None;
-        }
-    }
-    let argv: Option<Vec<Template>> = argv.into_iter().collect();
+    let argv = read_argv(ctx, command_v, "runner.command", shell, &placeholders)?;
+    let argv = Some(argv);
     let mut shell_quoting = Vec::new();
     if let (true, Some([t])) = (shell, argv.as_deref()) {
         match crate::domain::shell_quoting(t) {
@@ -940,6 +859,99 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
     }))
 }
 
+/// A template whose placeholders must be among `placeholders`.
+fn template_with(
+    ctx: &mut Ctx,
+    s: &str,
+    span: std::ops::Range<usize>,
+    what: &str,
+    placeholders: &[&str],
+) -> Option<Template> {
+    match expr::template(s) {
+        Err(e) => {
+            ctx.err(span, format!("`{what}`: {e}"));
+            None
+        }
+        Ok(t) => {
+            let mut ok = true;
+            for seg in &t.segments {
+                if let Segment::Placeholder(p) = seg {
+                    if !placeholders.contains(&p.as_str()) {
+                        ctx.err(
+                            span.clone(),
+                            format!(
+                                "`{what}`: unknown placeholder `{{{p}}}`{}",
+                                did_you_mean(p, placeholders.iter().copied())
+                                    .replace("`?", "}`?")
+                                    .replace("mean `", "mean `{")
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(t)
+        }
+    }
+}
+
+/// A command: an argv array, or a string split like a shell would (then each word is a
+/// template); with `shell`, one template for `sh -c`.
+fn read_argv(ctx: &mut Ctx, command_v: &SV, what: &str, shell: bool, placeholders: &[&str]) -> Option<Vec<Template>> {
+    let tmpl = |ctx: &mut Ctx, s: &str, span: std::ops::Range<usize>, what: &str| {
+        template_with(ctx, s, span, what, placeholders)
+    };
+    let mut argv = Vec::new();
+    match command_v.get_ref() {
+        DeValue::String(s) if shell => argv.push(tmpl(ctx, s, command_v.span(), what)),
+        DeValue::String(s) => match shlex::split(s) {
+            Some(words) if !words.is_empty() => {
+                let operator = words.iter().skip(1).find(|w| {
+                    matches!(w.as_str(), "|" | "||" | "&&" | ";" | "&" | ">" | ">>" | "<" | "2>" | "2>&1")
+                        || w.starts_with(['>', '<', '|'])
+                        || w.ends_with(';')
+                });
+                if let Some(op) = operator {
+                    ctx.warn(
+                        command_v.span(),
+                        format!("`{what}` holds `{op}`, but it does not run through a shell: `{op}` reaches the program as an argument; set `shell = true` for pipes, redirections and `;`"),
+                    );
+                }
+                for w in words {
+                    argv.push(tmpl(ctx, &w, command_v.span(), what));
+                }
+            }
+            _ => {
+                ctx.err(command_v.span(), format!("`{what}` cannot be split into words (an unclosed quote?)"));
+                return None;
+            }
+        },
+        DeValue::Array(items) => {
+            let mut words = Vec::new();
+            for item in items {
+                words.push((as_str(ctx, item, what)?, item.span()));
+            }
+            if words.is_empty() {
+                ctx.err(command_v.span(), format!("`{what}` is empty"));
+                return None;
+            }
+            if shell {
+                let joined = words.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" ");
+                argv.push(tmpl(ctx, &joined, command_v.span(), what));
+            } else {
+                for (w, span) in words {
+                    argv.push(tmpl(ctx, w, span, what));
+                }
+            }
+        }
+        other => {
+            ctx.err(command_v.span(), format!("`{what}` must be an array of strings or a string, not {}", kind(other)));
+            return None;
+        }
+    }
+    argv.into_iter().collect()
+}
+
 /// Keys of a `[runner]` of kind `kind`: a key of another kind is misplaced, any other
 /// unknown key gets a suggestion.
 fn check_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
@@ -956,6 +968,12 @@ fn check_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
 
 /// Keys of the other kinds found in a `[runner]` of kind `kind`: each is misplaced.
 fn misplaced_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
+    let own: Vec<&str> = match kind {
+        "command" => COMMAND_KEYS[1..].to_vec(),
+        "external" => EXTERNAL_KEYS.iter().chain(jobs::SHARED_KEYS.iter()).copied().collect(),
+        "slurm" => SLURM_KEYS.iter().chain(jobs::SHARED_KEYS.iter()).chain(["command"].iter()).copied().collect(),
+        _ => PLUGIN_KEYS.iter().chain(["keep_trial_dirs"].iter()).copied().collect(),
+    };
     let groups: [(&str, &[&str]); 4] = [
         ("command", &COMMAND_KEYS[1..]),
         ("external", &EXTERNAL_KEYS),
@@ -963,9 +981,7 @@ fn misplaced_runner_keys(ctx: &mut Ctx, t: &Table, kind: &str) {
         ("plugin", &PLUGIN_KEYS),
     ];
     for (k, span, _) in &t.entries {
-        let own = groups.iter().any(|(g, keys)| *g == kind && keys.contains(k));
-        // `keep_trial_dirs` is shared by the local kinds.
-        if own || *k == "kind" || (*k == "keep_trial_dirs" && matches!(kind, "command" | "plugin")) {
+        if own.contains(k) || *k == "kind" {
             continue;
         }
         if let Some((g, _)) = groups.iter().find(|(_, keys)| keys.contains(k)) {

@@ -92,6 +92,64 @@ pub struct PluginSpec {
 pub enum RunnerSpec {
     Command(CommandSpec),
     Plugin(PluginSpec),
+    /// `kind = "external"` and its preset `kind = "slurm"`.
+    External(ExternalSpec),
+}
+
+/// What a word of a job system's status means (`status_map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobWord {
+    Staged,
+    Running,
+    Completed,
+    Failed,
+    Abandoned,
+    /// Ended through no fault of the trial (preempted, node failure): it runs again.
+    Lost,
+}
+
+/// How the jobs of an external runner are submitted, polled and cancelled.
+#[derive(Debug, Clone)]
+pub enum JobSystem {
+    /// `kind = "external"`: the user's commands.
+    Commands {
+        submit: Vec<Template>,
+        /// For one job (`{job_id}`).
+        status: Option<Vec<Template>>,
+        /// For all live jobs at once (`{job_ids}`).
+        status_all: Option<Vec<Template>>,
+        /// Words of the system, lower-cased, and what they mean.
+        status_map: Vec<(String, JobWord)>,
+        cancel: Option<Vec<Template>>,
+        job_id_regex: regex::Regex,
+    },
+    /// `kind = "slurm"`: sbatch, squeue, scontrol or sacct, scancel.
+    Slurm {
+        /// The batch script (resolved against the experiment file's directory), or
+        script: Option<Template>,
+        /// a command for `sbatch --wrap`.
+        command: Option<Vec<Template>>,
+        sbatch_args: Vec<Template>,
+    },
+}
+
+/// `[runner] kind = "external" | "slurm"`: jobs on another system.
+#[derive(Debug, Clone)]
+pub struct ExternalSpec {
+    pub system: JobSystem,
+    /// Commands run by `sh -c` (their substituted values shell-quoted).
+    pub shell: bool,
+    pub env: Vec<(String, Template)>,
+    /// Where the commands run (default: the experiment file's directory).
+    pub workdir: Option<Template>,
+    pub keep_trial_dirs: KeepTrialDirs,
+    pub progression: String,
+}
+
+impl PartialEq for ExternalSpec {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
 /// `[metrics.NAME]`: how to read a metric when the default protocol won't do.

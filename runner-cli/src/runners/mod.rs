@@ -6,6 +6,7 @@
 
 mod command;
 pub mod driver;
+pub mod external;
 pub mod output;
 pub mod plugin;
 mod tail;

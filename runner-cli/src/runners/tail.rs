@@ -18,7 +18,7 @@ pub(super) const MAX_LINE: usize = 1024 * 1024;
 /// How many bytes before the read position are compared to notice a rewritten file.
 const FINGERPRINT: usize = 64;
 
-pub(super) struct Tail {
+pub struct Tail {
     path: PathBuf,
     offset: u64,
     /// The last bytes read (up to FINGERPRINT), which must still be there at the next read.

@@ -13,6 +13,7 @@ use super::{drive, EventSink, Interrupts, RunEnd, RunEvent};
 use crate::domain::{ExperimentSpec, RunnerSpec, StoreLocation};
 use crate::exec;
 use crate::generate::Generator;
+use crate::runners::external::external_runner;
 use crate::runners::{plugin_runner, CommandRunner, PluginMetrics, PollSchedule, TrialRunner};
 use crate::store::{self, Ledger, LedgerExt, NewWorker, StoreError, Worker};
 
@@ -247,6 +248,7 @@ pub(super) fn runner_for(spec: &ExperimentSpec, exe: &Path) -> Result<Arc<dyn Tr
                 .map_err(|e| RunError::Runtime(format!("cannot start the process that runs trials: {e}")))?,
         ),
         RunnerSpec::Plugin(_) => Arc::new(plugin_runner(spec, polls, metrics).map_err(RunError::Usage)?),
+        RunnerSpec::External(_) => Arc::new(external_runner(spec, polls, metrics).map_err(RunError::Usage)?),
     })
 }
 
