@@ -68,6 +68,10 @@ enum Command {
         /// With --join: this worker creates at most N trials
         #[arg(long, value_name = "N", requires = "join", value_parser = clap::value_parser!(u64).range(1..))]
         max_trials_per_worker: Option<u64>,
+        /// Runners whose jobs live elsewhere (external, slurm): deploy up to `parallelism`
+        /// trials, record them and exit 0; a later `optx resume` collects them and goes on
+        #[arg(long, conflicts_with = "join")]
+        detach: bool,
     },
     /// Continue an experiment after a crash, an interrupt or a timeout, or to raise --max-trials
     Resume {
@@ -202,8 +206,8 @@ pub fn main() -> i32 {
         .collect::<Vec<_>>()
         .join(" ");
     match cli.command {
-        Command::Run { file, overrides, seed, store, fresh, join, max_trials_per_worker } => {
-            let worker = Worker { join, max_trials: max_trials_per_worker };
+        Command::Run { file, overrides, seed, store, fresh, join, max_trials_per_worker, detach } => {
+            let worker = Worker { join, max_trials: max_trials_per_worker, detach };
             cmd_run(&file, overrides, seed, store, fresh, worker, &line)
         }
         Command::Resume { target, overrides, store, allow_changes } => {
@@ -310,6 +314,7 @@ fn exe() -> Result<PathBuf, i32> {
 struct Worker {
     join: bool,
     max_trials: Option<u64>,
+    detach: bool,
 }
 
 fn cmd_run(
@@ -336,6 +341,16 @@ fn cmd_run(
         return c;
     }
     spec.orchestration.max_trials_per_worker = worker.max_trials;
+    if worker.detach && !matches!(spec.runner, crate::domain::RunnerSpec::External(_)) {
+        return fail(
+            EXIT_USAGE,
+            format!(
+                "{}: --detach needs a runner whose jobs outlive optx (`kind = \"external\"` or `\"slurm\"`): the trials of this runner end with optx",
+                file.display()
+            ),
+        );
+    }
+    spec.orchestration.detach = worker.detach;
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,
@@ -657,7 +672,7 @@ fn start(l: Launch, o: &Overrides) -> i32 {
     let mut printer = Printer { quiet: o.quiet, json: o.events_json, out: std::io::stdout() };
     let end = scheduler::launch(l, &mut printer);
     let code = match &end {
-        Ok(RunEnd::Done) => EXIT_OK,
+        Ok(RunEnd::Done | RunEnd::Detached(_)) => EXIT_OK,
         Ok(RunEnd::FailureRate | RunEnd::TooManyLost) => EXIT_RUNTIME,
         Ok(RunEnd::Interrupted) => EXIT_INTERRUPTED,
         Err(e @ (RunError::Usage(_) | RunError::Owned { .. })) => return fail(EXIT_USAGE, e),
@@ -678,6 +693,9 @@ fn start(l: Launch, o: &Overrides) -> i32 {
                 Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {store_path}`)"),
                 Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
                 Ok(RunEnd::TooManyLost) => "stopped: too many trials were lost".into(),
+                Ok(RunEnd::Detached(n)) => format!(
+                    "detached: {n} trial(s) run on without optx; `optx resume {store_path}` collects them and goes on"
+                ),
                 _ => "done".into(),
             };
             println!("optx: {verb}: {}", report::summary_line(&spec, &summary));

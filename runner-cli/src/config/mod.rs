@@ -1124,6 +1124,7 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
             .f64_where(ctx, "worker_lease_seconds", "a number of seconds of at least 1", |x| x >= 1.0 && x.is_finite())
             .unwrap_or(d.worker_lease_seconds),
         max_trials_per_worker: None,
+        detach: false,
     };
     if o.run_trials_in_batches && runner_is_command {
         ctx.err(

@@ -214,6 +214,9 @@ pub struct Orchestration {
     /// The most trials this worker creates (`run --join --max-trials-per-worker`, not a
     /// key of the file).
     pub max_trials_per_worker: Option<u64>,
+    /// `run --detach` (not a key of the file): deploy up to `parallelism` trials, record
+    /// them and end, leaving them to a later resume.
+    pub detach: bool,
 }
 
 impl Orchestration {
@@ -256,6 +259,7 @@ impl Default for Orchestration {
             max_pending_trials: None,
             worker_lease_seconds: 60.0,
             max_trials_per_worker: None,
+            detach: false,
             max_cost: None,
             run_trials_in_batches: false,
         }

@@ -129,6 +129,10 @@ impl Dispatcher<'_> {
             if self.st.running.is_empty() {
                 break;
             }
+            if self.st.spec.orchestration.detach && self.st.all_deployed() {
+                // `run --detach`: the jobs are recorded with their ids; a resume follows them.
+                return Ok(RunEnd::Detached(self.st.running.len()));
+            }
             let mut batch = Vec::new();
             select! {
                 recv(events) -> ev => {

@@ -87,4 +87,6 @@ pub enum RunEnd {
     TooManyLost,
     /// Ctrl-C or SIGTERM: state saved, resumable.
     Interrupted,
+    /// `run --detach`: this many trials were deployed and run on without optx.
+    Detached(usize),
 }

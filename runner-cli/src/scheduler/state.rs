@@ -137,6 +137,11 @@ impl<'a> State<'a> {
         self.effects.push(Effect::Print(e));
     }
 
+    /// Every trial this dispatcher runs is deployed and recorded with its run metadata.
+    pub(super) fn all_deployed(&self) -> bool {
+        self.running.keys().all(|i| self.trials.get(*i as usize).is_some_and(|t| t.status == TrialStatus::Running))
+    }
+
     /// Hand a trial to a worker once the transaction commits.
     pub(super) fn dispatch(&mut self, index: u64, arm: Arm, attach: Option<serde_json::Value>, slot: Option<usize>) {
         let slot = match slot.filter(|s| self.free_slots.remove(s)) {
