@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite. The server-store tests need a PostgreSQL server: this starts a
-# throw-away one (scripts/pg-server.sh) in a temp dir on loopback, and stops it after.
+# The whole test suite. The server-store tests need a PostgreSQL server and the Slurm tests
+# a Slurm cluster: this starts a throw-away one of each (scripts/pg-server.sh,
+# scripts/slurm-local.sh) in temp dirs on loopback, and stops them after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d "${TMPDIR:-/tmp}/optx-pg.XXXXXX")
-trap 'bash scripts/pg-server.sh stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+slurm=$(mktemp -d "${TMPDIR:-/tmp}/optx-slurm.XXXXXX")
+cleanup() {
+  bash scripts/pg-server.sh stop "$dir" >/dev/null 2>&1 || true
+  bash scripts/slurm-local.sh down "$slurm" >/dev/null 2>&1 || true
+  rm -rf "$dir" "$slurm"
+}
+trap cleanup EXIT
 OPTX_TEST_PG_URL=$(bash scripts/pg-server.sh start "$dir")
 export OPTX_TEST_PG_URL OPTX_TEST_PG_DIR="$dir"
+conf=$(bash scripts/slurm-local.sh up "$slurm" | sed -n 's/^export SLURM_CONF=//p')
+[ -n "$conf" ] || { echo "test.sh: the local Slurm did not start" >&2; exit 1; }
+export SLURM_CONF="$conf"
 cargo build --workspace
 cargo test --workspace "$@"

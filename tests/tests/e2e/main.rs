@@ -1,11 +1,13 @@
 //! End-to-end tests: the real optx binary, real processes, real signals, real SQLite and a
-//! real PostgreSQL server (`OPTX_TEST_PG_URL`: run them with scripts/test.sh).
+//! real PostgreSQL server (`OPTX_TEST_PG_URL`) and a real single-node Slurm (`SLURM_CONF`):
+//! run them with scripts/test.sh, which starts both.
 //! Build first (`cargo build --workspace`); `OPTX_BIN` overrides the binary's path.
 
 mod bayes;
 mod chaos;
 mod common;
 mod config_errors;
+mod external;
 mod failures;
 mod interrupts;
 mod options;
@@ -15,6 +17,7 @@ mod resume;
 mod run;
 mod server;
 mod shell;
+mod slurm;
 mod store_access;
 mod trial_dirs;
 mod workers;
