@@ -8,7 +8,10 @@ median of --runs runs (this host's steal time makes single runs noisy). The runs
 dirs are deleted only after the last run: ext4 allocates inodes slowly for a while after
 mass deletions, which would slow every run after the first.
 
-Usage: bench/plugin.py path/to/optx path/to/liboptx_hartmann6.so [--trials N] [--runs N] [--workdir DIR]
+With --baseline OTHER_OPTX, the runs of the two binaries alternate (baseline first) and
+the ratio of their medians is printed: compare a change side by side on this noisy host.
+
+Usage: bench/plugin.py path/to/optx path/to/liboptx_hartmann6.so [--trials N] [--runs N] [--workdir DIR] [--baseline OPTX]
 (bench/plugin.sh builds the release binaries and calls this.)
 """
 import argparse
@@ -83,11 +86,18 @@ def main():
     ap.add_argument("--trials", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="where the stores and trial dirs go (default: a temp dir)")
+    ap.add_argument("--baseline", default=None, help="another optx binary, run alternately with this one")
     a = ap.parse_args()
     optx, lib = os.path.abspath(a.optx), os.path.abspath(a.lib)
-    rates, rss = [], []
+    rates, rss, base = [], [], []
     with tempfile.TemporaryDirectory(dir=a.workdir) as top:
         for i in range(a.runs):
+            if a.baseline:
+                d = os.path.join(top, f"b{i}")
+                os.mkdir(d)
+                r, _ = run(os.path.abspath(a.baseline), lib, a.trials, d)
+                base.append(r)
+                print(f"run {i + 1}: baseline {r:.0f} trials/s", flush=True)
             d = os.path.join(top, str(i))
             os.mkdir(d)
             r, m = run(optx, lib, a.trials, d)
@@ -95,6 +105,9 @@ def main():
             rss.append(m)
             print(f"run {i + 1}: {r:.0f} trials/s, peak RSS {m:.1f} MB", flush=True)
         floor = fs_floor(top, a.trials)
+    if base:
+        b = statistics.median(base)
+        print(f"baseline median {b:.0f} trials/s; this one / baseline = {statistics.median(rates) / b:.3f}")
     med = statistics.median(rates)
     print(f"filesystem alone, same place: {a.trials} x (mkdir + write one file), 4 threads: {floor:.0f} per s")
     print(f"median of {a.runs}: {med:.0f} trials/s over {a.trials} trials "

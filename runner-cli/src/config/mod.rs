@@ -795,8 +795,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
     };
     let shell = t.bool(ctx, "shell").unwrap_or(false);
     let command_v = t.require(ctx, "command")?;
-    let argv = read_argv(ctx, command_v, "runner.command", shell, &placeholders)?;
-    let argv = Some(argv);
+    let argv = read_argv(ctx, command_v, "runner.command", shell, &placeholders);
     let mut shell_quoting = Vec::new();
     if let (true, Some([t])) = (shell, argv.as_deref()) {
         match crate::domain::shell_quoting(t) {
