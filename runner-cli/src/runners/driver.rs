@@ -127,6 +127,16 @@ pub trait Backend: Send + Sync + 'static {
     /// the trial was already ended through `events` (a plugin call past its timeout).
     fn finish(&self, live: Live<Self::Follow>, end: JobState, events: &Sender<RunnerEvent>) -> Option<TrialResult>;
 
+    /// With `initial_seconds_between_polls = 0` (poll as fast as events come): the state of
+    /// a job just submitted, asked at once by the worker that submitted it, where that is
+    /// cheap (a call into a plugin, not a command). `None`: the driver asks in its next
+    /// round. A job that ended at once is finished on that worker: a queue that completes
+    /// jobs as fast as they come costs no hand-off per job. `Some(None)`: the trial was
+    /// already ended through `events` (a plugin call past its timeout).
+    fn poll_at_once(&self, _live: &Live<Self::Follow>, _events: &Sender<RunnerEvent>) -> Option<Option<JobState>> {
+        None
+    }
+
     /// Consecutive failed rounds a job survives (`None`: retried for ever, with backoff).
     fn poll_retries(&self) -> Option<u32> {
         None
@@ -199,9 +209,27 @@ impl<B: Backend> Driver<B> {
         let started = job.started_at.unwrap_or_else(SystemTime::now);
         let ttl_at = self.ttl.map(|t| Instant::now() + t.saturating_sub(started.elapsed().unwrap_or_default()));
         let follow = self.backend.follow(&job);
+        let live = Live { job, meta, follow };
+        if deployed && self.polls.initial.is_zero() {
+            match self.backend.poll_at_once(&live, events) {
+                // The watchdog ended it.
+                Some(None) => return,
+                Some(Some(s)) if s.ended() => {
+                    let (index, run_metadata) = (live.job.index, live.meta.clone());
+                    let result = self.backend.finish(live, s, events);
+                    // Its deployment and its end back to back: one commit, not two.
+                    let _ = events.send(RunnerEvent::Deployed { index, run_metadata });
+                    if let Some(result) = result {
+                        let _ = events.send(RunnerEvent::Finished { index, result });
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         let entry = Entry {
-            deployed: deployed.then(|| meta.clone()),
-            live: Live { job, meta, follow },
+            deployed: deployed.then(|| live.meta.clone()),
+            live,
             control,
             events: events.clone(),
             ttl_at,

@@ -392,6 +392,16 @@ impl Backend for PluginBackend {
         self.complete(&mut live, events).ok()
     }
 
+    fn poll_at_once(&self, live: &Live<Sent>, events: &Sender<RunnerEvent>) -> Option<Option<JobState>> {
+        let (index, meta) = (live.job.index, &live.meta);
+        match self.watched("poll_trial", &[index], events, |c| c.poll_trial(index, meta)) {
+            Ok(Ok(p)) => Some(Some(state_of(p))),
+            Err(Abandoned) => Some(None),
+            // An error the driver's rounds will meet again, and judge.
+            Ok(Err(_)) => None,
+        }
+    }
+
     fn poll_retries(&self) -> Option<u32> {
         Some(POLL_RETRIES)
     }
