@@ -1,8 +1,12 @@
 //! L2: adapters behind the trait the scheduler sees, [`TrialRunner`].
 //!
-//! A runner runs on a worker thread: it deploys one trial (or re-attaches to one that was
-//! running when optx stopped), follows it to its end, and reports through
-//! [`RunnerEvent`]s. It never writes the store: the dispatcher does, before acting.
+//! A runner deploys trials on the scheduler's workers (or re-attaches to ones that were
+//! running when optx stopped) and reports through [`RunnerEvent`]s. The command runner
+//! follows its local process on the worker until it ends (its end is an event, not
+//! polled). Runners whose trials live elsewhere (plugin, external, slurm) are [`driver`]s:
+//! their workers only deploy, and one loop, on a thread the scheduler starts for it,
+//! polls all their live jobs in one round. A runner never writes the store: the dispatcher
+//! does, before acting.
 
 mod command;
 pub mod driver;
