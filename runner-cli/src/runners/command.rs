@@ -118,21 +118,8 @@ impl CommandRunner {
         } else {
             self.spec.argv.iter().map(|t| self.render(t, job, false)).collect()
         };
-        let dir = job.trial_dir.to_string_lossy().into_owned();
-        let mut env = vec![
-            (exec::TOKEN_VAR.to_string(), job.token.clone()),
-            ("OPTX_TRIAL_INDEX".to_string(), job.index.to_string()),
-            ("OPTX_TRIAL_DIR".to_string(), dir.clone()),
-            ("OPTX_SLOT".to_string(), job.slot.to_string()),
-            ("OPTX_EXPERIMENT".to_string(), self.experiment.clone()),
-            ("OPTX_PARAMS".to_string(), job.arm.to_json().to_string()),
-            ("OPTX_PARAMS_FILE".to_string(), format!("{dir}/params.json")),
-            ("OPTX_RESULT_FILE".to_string(), format!("{dir}/result.json")),
-            ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
-        ];
-        for (name, v) in &job.arm.values {
-            env.push((crate::domain::param_env_var(name), v.to_string()));
-        }
+        let mut env = vec![(exec::TOKEN_VAR.to_string(), job.token.clone())];
+        env.extend(super::trial_env(job, &self.experiment));
         for (k, t) in &self.spec.env {
             env.push((k.clone(), self.render(t, job, false)));
         }

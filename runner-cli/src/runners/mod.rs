@@ -148,6 +148,26 @@ pub enum Unstarted {
     Unknown(String),
 }
 
+/// What every trial sees in its environment: its index, dir, slot, experiment, parameters
+/// (as JSON, a file, and one variable each) and result file.
+pub fn trial_env(job: &TrialJob, experiment: &str) -> Vec<(String, String)> {
+    let dir = job.trial_dir.to_string_lossy().into_owned();
+    let mut env = vec![
+        ("OPTX_TRIAL_INDEX".to_string(), job.index.to_string()),
+        ("OPTX_TRIAL_DIR".to_string(), dir.clone()),
+        ("OPTX_SLOT".to_string(), job.slot.to_string()),
+        ("OPTX_EXPERIMENT".to_string(), experiment.to_string()),
+        ("OPTX_PARAMS".to_string(), job.arm.to_json().to_string()),
+        ("OPTX_PARAMS_FILE".to_string(), format!("{dir}/params.json")),
+        ("OPTX_RESULT_FILE".to_string(), format!("{dir}/result.json")),
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+    ];
+    for (name, v) in &job.arm.values {
+        env.push((crate::domain::param_env_var(name), v.to_string()));
+    }
+    env
+}
+
 /// Remove a trial's dir after its end is committed, as `keep_trial_dirs` says.
 pub fn keep_or_remove(keep: crate::domain::KeepTrialDirs, dir: &std::path::Path, failed: bool) {
     use crate::domain::KeepTrialDirs;
