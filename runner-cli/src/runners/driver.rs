@@ -391,9 +391,12 @@ impl<B: Backend> Round<'_, B> {
                 next = next.min(Instant::now() + wait);
             }
             if Instant::now() >= next && !self.live.is_empty() {
+                // Rounds are spaced from start to start: a job that ends just after one is
+                // seen by the next within the wait, however long the round took.
+                let started = Instant::now();
                 let changed = self.poll();
                 wait = if changed { polls.initial } else { polls.next(wait) };
-                next = Instant::now() + wait;
+                next = started + wait;
             }
         }
     }

@@ -10,7 +10,7 @@ mod slurm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -48,8 +48,9 @@ pub struct ExternalBackend {
     base_dir: PathBuf,
     trials_root: PathBuf,
     plugin_metrics: PluginMetrics,
-    /// Slurm: `sacct` answered that accounting is off; `scontrol` is asked instead.
-    no_accounting: AtomicBool,
+    /// Slurm: whether `sacct` works (`ACCOUNTING_*`); when accounting is off, `scontrol`
+    /// is asked instead.
+    accounting: AtomicU8,
 }
 
 impl ExternalBackend {
@@ -63,7 +64,7 @@ impl ExternalBackend {
             base_dir: spec.base_dir.clone(),
             trials_root: spec.trials_root(),
             plugin_metrics,
-            no_accounting: AtomicBool::new(false),
+            accounting: AtomicU8::new(slurm::ACCOUNTING_UNKNOWN),
         })
     }
 

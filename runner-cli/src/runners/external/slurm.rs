@@ -15,6 +15,15 @@ use crate::runners::driver::{Answers, JobState, Live, PollError, Submitted};
 use crate::runners::tail::Tail;
 use crate::runners::{TrialJob, Unstarted};
 
+/// Whether Slurm keeps accounting (`sacct`): not known yet, yes, no.
+pub(super) const ACCOUNTING_UNKNOWN: u8 = 0;
+const ACCOUNTING_ON: u8 = 1;
+const ACCOUNTING_OFF: u8 = 2;
+
+fn accounting_off(r: &Ran) -> bool {
+    r.stderr.contains("accounting storage is disabled") || r.stdout.contains("accounting storage is disabled")
+}
+
 /// The job name of a trial: its store and index, so that a resume can find a job whose
 /// submission optx did not live to record.
 fn job_name(job: &TrialJob) -> String {
@@ -120,9 +129,9 @@ fn live_state(word: &str) -> Option<JobState> {
         "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => {
             Some(JobState::Staged)
         }
-        "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT" | "RESIZING" => {
-            Some(JobState::Running)
-        }
+        // COMPLETING is not here: its batch script has ended (its exit code is known), Slurm
+        // is only cleaning up; it is read as ended, not waited for.
+        "RUNNING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT" | "RESIZING" => Some(JobState::Running),
         _ => None,
     }
 }
@@ -140,8 +149,11 @@ fn exit_of(code: &str) -> String {
 fn ended_state(id: &str, word: &str, code: &str, reason: &str) -> JobState {
     let word = word.split_whitespace().next().unwrap_or(word);
     let why = if reason.is_empty() || reason == "None" { String::new() } else { format!(", reason {reason}") };
+    let ok = exit_of(code) == "exit code 0";
     match word {
         "COMPLETED" => JobState::Completed,
+        "COMPLETING" if ok => JobState::Completed,
+        "COMPLETING" => JobState::Failed(format!("Slurm job {id} FAILED ({}){why}", exit_of(code))),
         "CANCELLED" => JobState::Failed(format!(
             "Slurm job {id} was CANCELLED outside optx (scancel by hand, or an administrator){why}"
         )),
@@ -221,17 +233,33 @@ pub(super) fn poll(b: &ExternalBackend, jobs: &[&Live<Tail>]) -> Result<Answers,
             None => gone.push(id),
         }
     }
+    let accounting = b.accounting.load(Ordering::Relaxed);
     if gone.is_empty() {
+        if accounting == ACCOUNTING_UNKNOWN {
+            // A round with one call so far: learn whether sacct works, so that the round in
+            // which jobs first leave the queue asks the right command.
+            if let Ok(r) = run(b, &["sacct", "-n", "-X", "-P", "-o", "JobID", "-j", &list], "sacct") {
+                let known = if r.success() {
+                    ACCOUNTING_ON
+                } else if accounting_off(&r) {
+                    ACCOUNTING_OFF
+                } else {
+                    ACCOUNTING_UNKNOWN
+                };
+                b.accounting.store(known, Ordering::Relaxed);
+            }
+        }
         return Ok(out);
     }
-    // The jobs that left squeue (or show a final state in it): how they ended.
+    // The jobs that left squeue: how they ended, from one more call.
     let mut ended: HashMap<String, [String; 4]> = HashMap::new();
-    let mut asked = false;
-    if !b.no_accounting.load(Ordering::Relaxed) {
+    if accounting == ACCOUNTING_OFF {
+        ended = scontrol_jobs(b).map_err(PollError::Retry)?;
+    } else {
         let list = gone.join(",");
         match run(b, &["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", &list], "sacct") {
             Ok(r) if r.success() => {
-                asked = true;
+                b.accounting.store(ACCOUNTING_ON, Ordering::Relaxed);
                 for line in r.stdout.lines() {
                     let f: Vec<&str> = line.split('|').collect();
                     if let [id, state, code, ..] = f.as_slice() {
@@ -242,21 +270,15 @@ pub(super) fn poll(b: &ExternalBackend, jobs: &[&Live<Tail>]) -> Result<Answers,
                     }
                 }
             }
-            Ok(r)
-                if r.stderr.contains("accounting storage is disabled")
-                    || r.stdout.contains("accounting storage is disabled") =>
-            {
+            Ok(r) if accounting_off(&r) => {
                 tracing::debug!("sacct: accounting is off; scontrol is asked from now on");
-                b.no_accounting.store(true, Ordering::Relaxed);
+                b.accounting.store(ACCOUNTING_OFF, Ordering::Relaxed);
                 // At most two calls per round: scontrol is asked at the next one.
                 return Ok(out);
             }
             Ok(r) => return Err(PollError::Retry(format!("sacct failed ({})", r.failure()))),
             Err(e) => return Err(PollError::Retry(format!("sacct failed: {e}"))),
         }
-    }
-    if !asked {
-        ended = scontrol_jobs(b).map_err(PollError::Retry)?;
     }
     for id in gone {
         let (index, live) = by_id[id];
@@ -340,7 +362,12 @@ mod tests {
             assert!(matches!(ended_state("7", w, "0:0", ""), JobState::Lost(_)), "{w}");
         }
         assert_eq!(live_state("PENDING"), Some(JobState::Staged));
-        assert_eq!(live_state("COMPLETING"), Some(JobState::Running));
+        assert_eq!(live_state("COMPLETING"), None);
+        assert_eq!(ended_state("7", "COMPLETING", "0:0", ""), JobState::Completed);
+        assert_eq!(
+            ended_state("7", "COMPLETING", "2:0", ""),
+            JobState::Failed("Slurm job 7 FAILED (exit code 2)".into())
+        );
         assert_eq!(live_state("COMPLETED"), None);
     }
 }
