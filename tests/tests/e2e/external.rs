@@ -30,6 +30,12 @@ if verb == "submit":
     open(os.path.join(Q, f"{job}.pid"), "w").write(str(p.pid))
     print(f"Submitted job {job} to the fake queue")
 elif verb == "status":
+    # A queue that is down for a while: its status command fails as often as fail_status says.
+    flaky = os.path.join(Q, "..", "fail_status")
+    if os.path.exists(flaky) and int(open(flaky).read() or 0) > 0:
+        left = int(open(flaky).read())
+        open(flaky, "w").write(str(left - 1))
+        sys.exit("the queue is down")
     for j in args:
         if os.path.exists(os.path.join(Q, f"{j}.cancelled")):
             print(j, "KILLED", "by the user")
@@ -88,12 +94,33 @@ fn the_external_runner_follows_a_queue_with_one_status_call_for_all_its_jobs() {
     // The learning curves came from stdout.log in the trial dirs.
     let points = e.count("SELECT count(*) FROM observations WHERE progression IS NOT NULL AND final = 0");
     assert!(points >= 6, "{points} points of learning curves");
+    // They were read while the jobs ran, not only at their end.
+    let early = e.count(
+        "SELECT count(*) FROM observations o JOIN trials t ON o.trial = t.idx \
+         WHERE o.progression IS NOT NULL AND o.final = 0 AND o.time < t.completed_at",
+    );
+    assert!(early >= 1, "no point of a learning curve arrived before its trial ended");
     // One status call per round asks about every live job.
     let calls = std::fs::read_to_string(e.path().join("queue/calls.log")).unwrap();
     let status: Vec<usize> =
         calls.lines().filter(|l| l.starts_with("status")).map(|l| l.split_whitespace().count() - 1).collect();
     assert!(status.iter().any(|n| *n >= 2), "a round asks about several jobs at once: {status:?}");
     assert_eq!(calls.lines().filter(|l| l.starts_with("submit")).count(), 6);
+}
+
+#[test]
+fn a_status_command_that_fails_is_retried_and_fails_no_trial() {
+    let e = queue_exp("qs", X, "max_trials = 2\nparallelism = 2");
+    e.file("fail_status", "3");
+    let out = e.optx(&["run", "experiment.toml"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(e.path().join("fail_status")).unwrap(),
+        "0",
+        "the status command failed 3 times"
+    );
+    let trials = e.trials();
+    assert!(trials.iter().all(|t| status(t) == "COMPLETED"), "{trials:?}");
 }
 
 #[test]

@@ -141,3 +141,18 @@ fn a_job_cancelled_by_hand_fails_its_trial_with_that_reason() {
     let reason = t["reason"].as_str().unwrap();
     assert!(reason.contains(&format!("Slurm job {id} was CANCELLED outside optx")), "{reason}");
 }
+
+#[test]
+fn run_trials_in_batches_submits_one_job_array() {
+    let e = on_slurm("s_array", 0.2, 0, "", "max_trials = 3\nparallelism = 3\nrun_trials_in_batches = true");
+    e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    assert!(trials.iter().all(|t| status(t) == "COMPLETED"), "{trials:?}");
+    let conn = rusqlite::Connection::open_with_flags(e.store(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut q = conn.prepare("SELECT json_extract(run_metadata, '$.job_id') FROM trials ORDER BY idx").unwrap();
+    let ids: Vec<String> = q.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    // The first batch is one array whose task ids are the trial indices.
+    let array = ids[0].split('_').next().unwrap().to_string();
+    assert!(ids.iter().enumerate().all(|(i, id)| *id == format!("{array}_{i}")), "{ids:?}");
+    assert!(std::fs::read_to_string(e.trial_dir(2).join("stdout.log")).unwrap().contains("step=2"));
+}
