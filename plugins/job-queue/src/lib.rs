@@ -160,11 +160,29 @@ impl Metric for BraninMetric {
     }
 }
 
+/// A learning curve of a job, a point per poll it has seen so far (while it runs too):
+/// `branin + 10 / k` at progression `k`, the last one at its end.
+pub struct CurveMetric;
+
+impl Metric for CurveMetric {
+    fn open(_req: &OpenRequest) -> Result<Self, Error> {
+        Ok(CurveMetric)
+    }
+
+    fn fetch(&self, _trial_index: u64, metadata: &Value) -> Result<Vec<Observation>, Error> {
+        let (id, ..) = job_of(metadata)?;
+        let Some((polls, x1, x2)) = with_queue(|q| q.jobs.get(&id).map(|j| (j.polls, j.x1, j.x2))) else {
+            return Err(Error::new(format!("the queue has no job {id}")));
+        };
+        Ok((1..=polls).map(|k| Observation::new(branin(x1, x2) + 10.0 / k as f64).at(k as f64)).collect())
+    }
+}
+
 export_plugin! {
     name: "job-queue",
     version: env!("CARGO_PKG_VERSION"),
     runners: ["job-queue" => JobQueueRunner],
-    metrics: ["branin" => BraninMetric],
+    metrics: ["branin" => BraninMetric, "curve" => CurveMetric],
 }
 
 #[cfg(test)]

@@ -404,3 +404,26 @@ fn a_second_interrupt_stops_plugin_trials_through_stop_trial_and_they_run_again(
     assert_eq!(trials.iter().filter(|t| t["lost"] == false && status(t) == "COMPLETED").count(), 4);
     assert_eq!(trials.iter().filter(|t| t["generation"] == "rerun").count(), 2);
 }
+
+#[test]
+fn learning_curves_of_plugin_trials_arrive_while_they_run() {
+    let e = example("branin_queue.toml", |t| {
+        let lib = t.split("library = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+        format!("{t}\n[metrics.curve]\nplugin = {{ library = \"{lib}\", name = \"curve\" }}\n")
+            .replace("max_trials = 20", "max_trials = 6")
+    });
+    e.run_ok(&["run", "experiment.toml"]);
+    let points = e.count("SELECT count(*) FROM observations WHERE metric = 'curve' AND progression IS NOT NULL");
+    assert!(points >= 6, "{points} points");
+    let early = e.count(
+        "SELECT count(*) FROM observations o JOIN trials t ON o.trial = t.idx \
+         WHERE o.metric = 'curve' AND o.progression IS NOT NULL AND o.final = 0 AND o.time < t.completed_at",
+    );
+    assert!(early >= 1, "no point of a learning curve arrived before its trial ended");
+    // No point is stored twice (the driver sends each once; the end adds only the rest).
+    let dupes = e.count(
+        "SELECT count(*) FROM (SELECT trial, progression, count(*) n FROM observations \
+         WHERE metric = 'curve' AND final = 0 GROUP BY trial, progression HAVING n > 1)",
+    );
+    assert_eq!(dupes, 0);
+}
