@@ -94,16 +94,8 @@ impl CommandRunner {
     }
 
     fn render(&self, t: &Template, job: &TrialJob, quote: bool) -> String {
-        let dir = job.trial_dir.to_string_lossy();
         t.render_nth(&|n, name| {
-            let raw = match name {
-                "trial" => job.index.to_string(),
-                "trial_dir" => dir.to_string(),
-                "experiment" => self.experiment.clone(),
-                "params_file" => job.trial_dir.join("params.json").to_string_lossy().into_owned(),
-                "slot" => job.slot.to_string(),
-                p => job.arm.get(p).map(|v| v.to_string()).unwrap_or_default(),
-            };
+            let raw = super::placeholder(job, &self.experiment, name);
             match self.spec.shell_quoting.get(n).filter(|_| quote) {
                 Some(q) => crate::domain::shell_quote(&raw, *q),
                 None => raw,

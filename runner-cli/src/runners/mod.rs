@@ -148,6 +148,19 @@ pub enum Unstarted {
     Unknown(String),
 }
 
+/// The value of a placeholder of the runner's templates for a trial: `{trial}`,
+/// `{trial_dir}`, `{experiment}`, `{params_file}`, `{slot}`, or a parameter.
+pub fn placeholder(job: &TrialJob, experiment: &str, name: &str) -> String {
+    match name {
+        "trial" => job.index.to_string(),
+        "trial_dir" => job.trial_dir.to_string_lossy().into_owned(),
+        "experiment" => experiment.to_string(),
+        "params_file" => job.trial_dir.join("params.json").to_string_lossy().into_owned(),
+        "slot" => job.slot.to_string(),
+        p => job.arm.get(p).map(|v| v.to_string()).unwrap_or_default(),
+    }
+}
+
 /// What every trial sees in its environment: its index, dir, slot, experiment, parameters
 /// (as JSON, a file, and one variable each) and result file.
 pub fn trial_env(job: &TrialJob, experiment: &str) -> Vec<(String, String)> {

@@ -75,16 +75,10 @@ impl ExternalBackend {
     /// A template with a trial's values (shell-quoted for `sh -c` when `quote`).
     fn render(&self, t: &Template, job: &TrialJob, job_id: Option<&str>, quote: bool) -> String {
         let quoting = if quote { crate::domain::shell_quoting(t).unwrap_or_default() } else { Vec::new() };
-        let dir = job.trial_dir.to_string_lossy();
         t.render_nth(&|n, name| {
             let raw = match name {
-                "trial" => job.index.to_string(),
-                "trial_dir" => dir.to_string(),
-                "experiment" => self.experiment.clone(),
-                "params_file" => job.trial_dir.join("params.json").to_string_lossy().into_owned(),
-                "slot" => job.slot.to_string(),
                 "job_id" => job_id.unwrap_or_default().to_string(),
-                p => job.arm.get(p).map(|v| v.to_string()).unwrap_or_default(),
+                name => super::placeholder(job, &self.experiment, name),
             };
             match quoting.get(n) {
                 Some(q) => crate::domain::shell_quote(&raw, *q),
