@@ -5,8 +5,9 @@
 //! ```text
 //! L4  cli        argv, terminal, exit codes
 //! L3  scheduler  the closed loop: dispatcher thread, worker pool, channels, signals
-//! L2  runners    adapters behind TrialRunner: command (local process), plugin (cdylib)
-//! L1  config, generate, store, exec, report
+//! L2  runners    adapters behind TrialRunner: command (local process), plugin (cdylib),
+//!                external and slurm (jobs elsewhere, followed by one driver)
+//! L1  config, generate, stopping, store, exec, report
 //! L0  domain     pure types and rules
 //! ```
 
@@ -18,4 +19,5 @@ pub mod generate;
 pub mod report;
 pub mod runners;
 pub mod scheduler;
+pub mod stopping;
 pub mod store;
