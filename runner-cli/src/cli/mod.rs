@@ -608,6 +608,9 @@ impl EventSink for Printer {
                 RunEvent::Failed { index, reason, lost, will_retry } => {
                     serde_json::json!({"event": "failed", "trial": index, "reason": reason, "lost": lost, "retry": will_retry})
                 }
+                RunEvent::EarlyStopped { index, reason } => {
+                    serde_json::json!({"event": "early_stopped", "trial": index, "reason": reason})
+                }
                 RunEvent::Notice(n) => serde_json::json!({"event": "notice", "message": n}),
             };
             let _ = writeln!(out, "{v}");
@@ -661,6 +664,7 @@ impl EventSink for Printer {
                 }
                 r
             }
+            RunEvent::EarlyStopped { index, reason } => writeln!(out, "[{index:>4}] stopped    {reason}"),
             RunEvent::Notice(n) => writeln!(out, "optx: {n}"),
         };
     }

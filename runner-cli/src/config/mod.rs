@@ -6,6 +6,7 @@
 
 mod expr;
 mod jobs;
+mod stopping;
 pub use jobs::DEFAULT_STATUS_WORDS;
 mod walk;
 
@@ -132,7 +133,7 @@ pub fn fixed_part_changes(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-const ROOT_KEYS: [&str; 9] = [
+const ROOT_KEYS: [&str; 10] = [
     "experiment",
     "parameters",
     "objective",
@@ -142,19 +143,17 @@ const ROOT_KEYS: [&str; 9] = [
     "orchestration",
     "generation",
     "storage",
+    "early_stopping",
 ];
 
 fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec> {
     root.check_keys(
         ctx,
         &ROOT_KEYS,
-        &[
-            ("early_stopping", "early stopping arrives in a later version of optx; remove the table to run without it"),
-            (
-                "global_stopping",
-                "global stopping arrives in a later version of optx; remove the table to run without it",
-            ),
-        ],
+        &[(
+            "global_stopping",
+            "global stopping arrives in a later version of optx; remove the table to run without it",
+        )],
     );
     let table = |ctx: &mut Ctx, key: &str, required: bool| -> Option<Table> {
         match root.get(key) {
@@ -176,6 +175,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let orchestration = table(ctx, "orchestration", true);
     let generation = table(ctx, "generation", false);
     let storage = table(ctx, "storage", false);
+    let early_stopping = table(ctx, "early_stopping", false);
 
     let header = experiment.as_ref().and_then(|t| read_experiment(ctx, t));
     let mut space = parameters.as_ref().map(|t| read_parameters(ctx, t)).unwrap_or_default();
@@ -225,6 +225,10 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let (store, durability) = read_storage(ctx, storage.as_ref(), base, &name);
     let (name, description, owner, seed) = header?;
     let (goal, _) = objective?;
+    let early_stopping = match &early_stopping {
+        Some(t) => Some(stopping::read_early_stopping(ctx, t, &goal, &outcome_constraints, &metric_rules)?),
+        None => None,
+    };
     let (runner, orchestration) = (runner?, orchestration?);
     Some(ExperimentSpec {
         name,
@@ -242,6 +246,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         durability,
         base_dir: base.to_path_buf(),
         warnings: Vec::new(),
+        early_stopping,
     })
 }
 
@@ -1311,9 +1316,28 @@ max_trials = 3
 
     #[test]
     fn later_features_are_refused_by_name() {
-        let e = errors(&format!("{GOOD}\n[early_stopping]\nstrategy = \"percentile\"\n"));
+        let e = errors(&format!("{GOOD}\n[global_stopping]\nstrategy = \"improvement\"\n"));
         assert_eq!(e.len(), 1);
-        assert!(e[0].contains("`early_stopping` is not supported yet"), "{e:?}");
+        assert!(e[0].contains("`global_stopping` is not supported yet"), "{e:?}");
+    }
+
+    #[test]
+    fn early_stopping_is_read_with_its_defaults_and_checked() {
+        let es = |extra: &str| parse(&format!("{GOOD}\n[early_stopping]\n{extra}"), "e.toml", Path::new("/tmp"));
+        let s = es("strategy = \"percentile\"\nmin_progression = 5\n").unwrap();
+        let e = s.early_stopping.unwrap();
+        assert_eq!(e.metric, "f");
+        assert_eq!(e.rule, crate::domain::StopRule::Percentile { threshold: 50.0 });
+        assert_eq!((e.options.min_curves, e.options.min_progression, e.options.minimize), (5, Some(5.0), true));
+        let s = es("strategy = \"asha\"\nmax_resource = 27\n").unwrap();
+        let asha = crate::domain::StopRule::Asha { min_resource: 1.0, max_resource: 27.0, reduction_factor: 3.0 };
+        assert_eq!(s.early_stopping.unwrap().rule, asha);
+        let e = errors(&format!("{GOOD}\n[early_stopping]\nstrategy = \"threshold\"\n"));
+        assert!(e.iter().any(|m| m.contains("metric_threshold")), "{e:?}");
+        let e = errors(&format!("{GOOD}\n[early_stopping]\nmetric = \"g\"\n"));
+        assert!(e.iter().any(|m| m.contains("must be an objective or a constrained metric")), "{e:?}");
+        let e = errors(&format!("{GOOD}\n[early_stopping]\nstrategy = \"median\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
     }
 
     #[test]

@@ -326,6 +326,8 @@ pub struct ExperimentSpec {
     pub base_dir: PathBuf,
     /// What looks wrong but is allowed, each as `file:line:col: message`.
     pub warnings: Vec<String>,
+    /// `[early_stopping]`.
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl ExperimentSpec {
@@ -362,5 +364,51 @@ impl ExperimentSpec {
     /// `auto`'s number of initial (center + Sobol) trials.
     pub fn initial_trials(&self) -> u64 {
         self.generation.initial_trials.unwrap_or_else(|| (2 * self.space.dims() as u64).max(5))
+    }
+}
+
+/// `[early_stopping]`: a rule (see the `stopping` module) on one metric's learning curves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStopping {
+    pub metric: String,
+    pub rule: StopRule,
+    pub options: StopOptions,
+}
+
+/// An early-stopping rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopRule {
+    /// Stop a trial worse than this percentile of the trials with data at its progression.
+    Percentile { threshold: f64 },
+    /// Stop a trial worse than this value.
+    Threshold { value: f64 },
+    /// Successive halving on rungs `min_resource * reduction_factor^k` up to `max_resource`:
+    /// a trial reaching a rung goes on only in the top 1/`reduction_factor` of those there.
+    Asha { min_resource: f64, max_resource: f64, reduction_factor: f64 },
+}
+
+/// Options of every rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopOptions {
+    pub minimize: bool,
+    pub min_progression: Option<f64>,
+    pub max_progression: Option<f64>,
+    pub min_curves: usize,
+    pub patience: f64,
+    pub protect_best: usize,
+    pub interval: Option<f64>,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        StopOptions {
+            minimize: true,
+            min_progression: None,
+            max_progression: None,
+            min_curves: 5,
+            patience: 0.0,
+            protect_best: 0,
+            interval: None,
+        }
     }
 }

@@ -337,6 +337,7 @@ mod tests {
             durability: Durability::Normal,
             base_dir: "/tmp".into(),
             warnings: vec![],
+            early_stopping: None,
         }
     }
 

@@ -60,6 +60,11 @@ impl Dispatcher<'_> {
                     let _ = self.jobs.send(Work::One(job, ctl));
                 }
                 Effect::Cleanup { index, failed } => self.runner.cleanup(&self.st.trial_dir(index), failed),
+                Effect::Stop { index, reason } => {
+                    if let Some(r) = self.st.running.get(&index) {
+                        r.control.send(Control::Stop { reason, lost: false });
+                    }
+                }
             }
         }
         if !batch.is_empty() {
@@ -248,7 +253,18 @@ impl<'a> State<'a> {
             cursor,
             created_now: 0,
             waker: None,
+            early: spec.early_stopping.as_ref().map(crate::stopping::Checker::of),
+            curves: Default::default(),
+            stopping: HashMap::new(),
         };
+        // The curves the rule compares: every trial's, as the store holds them.
+        if let Some(es) = &spec.early_stopping {
+            for o in store.observations()?.into_iter().filter(|o| !o.is_final && o.metric == es.metric) {
+                if let (Some(at), true) = (o.progression, o.mean.is_finite()) {
+                    st.curves.entry(o.trial).or_default().push((at, o.mean));
+                }
+            }
+        }
         // A budget spent already (by earlier runs or other workers) deploys nothing more.
         if let Some(s) = super::stop::cost(&spec.orchestration, st.cost) {
             st.stop(s);

@@ -67,6 +67,11 @@ pub enum RunEvent {
         lost: bool,
         will_retry: bool,
     },
+    /// Stopped by the early-stopping rule.
+    EarlyStopped {
+        index: u64,
+        reason: String,
+    },
     Notice(String),
 }
 

@@ -51,6 +51,11 @@ pub(super) enum Effect {
         index: u64,
         failed: bool,
     },
+    /// Stop a running trial (the early-stopping rule said so).
+    Stop {
+        index: u64,
+        reason: String,
+    },
 }
 
 /// The run state. It changes only inside a store transaction, which also records the
@@ -98,6 +103,11 @@ pub(super) struct State<'a> {
     pub(super) created_now: u64,
     /// The runner's wake-up for its driver loop, given to every trial's control channel.
     pub(super) waker: Option<Sender<()>>,
+    /// `[early_stopping]`: the rule, the curves of its metric (every trial's), and the
+    /// trials it stopped that have not ended yet, with its reason.
+    pub(super) early: Option<crate::stopping::Checker>,
+    pub(super) curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>>,
+    pub(super) stopping: HashMap<u64, String>,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -310,12 +320,102 @@ impl<'a> State<'a> {
                     for p in points.iter().filter(|p| p.mean.is_finite()) {
                         tx.observation(&observation(index, p, false))?;
                     }
+                    self.add_points(index, &points);
                 }
                 RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
                 RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),
             }
         }
         self.fill(tx)
+    }
+
+    /// A trial the rule stopped (its curve and final values already stored): EARLY_STOPPED
+    /// with the rule's reason; it counts toward `max_trials`, and the model learns from its
+    /// last values.
+    fn early_stopped(
+        &mut self,
+        tx: &mut dyn Tx,
+        index: u64,
+        reason: String,
+        result: crate::runners::TrialResult,
+    ) -> Result<(), store::StoreError> {
+        let spec = self.spec;
+        // Its curve and final values are stored (by `finish`). Its last point of the compared
+        // curve is its final value of that metric when the runner read none.
+        let mut finals = result.finals.clone();
+        if let (Some(es), Some(last)) = (&spec.early_stopping, self.curves.get(&index).and_then(|c| c.last())) {
+            if !finals.iter().any(|p| p.metric == es.metric) {
+                let p = crate::runners::MetricPoint {
+                    metric: es.metric.clone(),
+                    progression: Some(last.0),
+                    mean: last.1,
+                    sem: None,
+                };
+                tx.observation(&observation(index, &p, true))?;
+                finals.push(p);
+            }
+        }
+        let data = TransitionData {
+            reason: Some(&reason),
+            stop_metadata: result.stop_metadata.as_ref(),
+            ..Default::default()
+        };
+        let t = &mut self.trials[index as usize];
+        tx.transition(index, t.status, TrialStatus::EarlyStopped, &data)?;
+        t.status = TrialStatus::EarlyStopped;
+        t.reason = Some(reason.clone());
+        t.completed_at = Some(tx.time().to_string());
+        let t = t.clone();
+        if self.generator.learns() {
+            match Arm::from_json(&spec.space, &t.parameters) {
+                Some(arm) => {
+                    let values = finals.iter().map(|p| (p.metric.clone(), (p.mean, p.sem))).collect();
+                    self.generator.observe(index, &arm, values);
+                }
+                None => self.generator.forget(index),
+            }
+        }
+        self.trials[index as usize].shrink();
+        self.undeployed.remove(&index);
+        if let Some(r) = self.running.remove(&index) {
+            self.free_slots.insert(r.slot);
+        }
+        self.print(RunEvent::EarlyStopped { index, reason });
+        self.effects.push(Effect::Cleanup { index, failed: false });
+        Ok(())
+    }
+
+    /// Points of the early-stopping metric's curve, one at a time: the rule is asked at
+    /// each, so that what it decides does not depend on how many points one read brought.
+    fn add_points(&mut self, index: u64, points: &[crate::runners::MetricPoint]) {
+        let Some(es) = &self.spec.early_stopping else { return };
+        for p in points.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
+            if let Some(at) = p.progression {
+                self.curves.entry(index).or_default().push((at, p.mean));
+                self.early_stop();
+            }
+        }
+    }
+
+    /// Ask the rule about every running trial (once the new points are in).
+    fn early_stop(&mut self) {
+        let Some(checker) = self.early.as_mut() else { return };
+        let running: Vec<u64> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|i| !self.stopping.contains_key(i) && self.curves.contains_key(i))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let curves: Vec<crate::stopping::Curve> =
+            self.curves.iter().map(|(t, pts)| crate::stopping::Curve::new(*t, pts.clone())).collect();
+        for d in checker.decide(&curves, &running) {
+            tracing::debug!(trial = d.trial, progression = d.progression, "early stopping: {}", d.reason);
+            self.stopping.insert(d.trial, d.reason.clone());
+            self.effects.push(Effect::Stop { index: d.trial, reason: d.reason });
+        }
     }
 
     pub(super) fn finish(
@@ -330,6 +430,21 @@ impl<'a> State<'a> {
         }
         for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
             tx.observation(&observation(index, p, true))?;
+        }
+        // The last points of its curve count in the comparisons of the trials still running.
+        if let Some(es) = &spec.early_stopping {
+            for p in result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
+                if let Some(at) = p.progression {
+                    self.curves.entry(index).or_default().push((at, p.mean));
+                }
+            }
+        }
+        let early = match (&result.outcome, self.stopping.remove(&index)) {
+            (Outcome::Failed { .. }, Some(reason)) => Some(reason),
+            _ => None,
+        };
+        if let Some(reason) = early {
+            return self.early_stopped(tx, index, reason, result);
         }
         let (to, reason, lost, feas) = match &result.outcome {
             Outcome::Completed => {

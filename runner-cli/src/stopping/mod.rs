@@ -66,42 +66,7 @@ impl Curve {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Rule {
-    /// Stop a trial worse than this percentile of the trials with data at its progression.
-    Percentile { threshold: f64 },
-    /// Stop a trial worse than this value.
-    Threshold { value: f64 },
-    /// Successive halving on rungs `min_resource * reduction_factor^k` up to `max_resource`:
-    /// a trial reaching a rung goes on only in the top 1/`reduction_factor` of those there.
-    Asha { min_resource: f64, max_resource: f64, reduction_factor: f64 },
-}
-
-/// Options of every rule.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Options {
-    pub minimize: bool,
-    pub min_progression: Option<f64>,
-    pub max_progression: Option<f64>,
-    pub min_curves: usize,
-    pub patience: f64,
-    pub protect_best: usize,
-    pub interval: Option<f64>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            minimize: true,
-            min_progression: None,
-            max_progression: None,
-            min_curves: 5,
-            patience: 0.0,
-            protect_best: 0,
-            interval: None,
-        }
-    }
-}
+pub use crate::domain::{StopOptions as Options, StopRule as Rule};
 
 /// A trial to stop: at which progression, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +108,10 @@ fn fmt(x: f64) -> String {
 impl Checker {
     pub fn new(rule: Rule, options: Options) -> Checker {
         Checker { rule, options, checked: BTreeMap::new() }
+    }
+
+    pub fn of(spec: &crate::domain::EarlyStopping) -> Checker {
+        Checker::new(spec.rule, spec.options)
     }
 
     fn worse(&self, a: f64, b: f64) -> bool {

@@ -18,6 +18,7 @@ mod run;
 mod server;
 mod shell;
 mod slurm;
+mod stopping;
 mod store_access;
 mod trial_dirs;
 mod workers;

@@ -1,0 +1,93 @@
+//! Early stopping through the real binary: trials report learning curves on stdout, the rule
+//! stops the bad ones while they run, and they end EARLY_STOPPED with their curves kept.
+
+use crate::common::*;
+
+const X: &str = r#"x = { type = "float", bounds = [0.0, 1.0] }"#;
+
+/// A loss curve `(x - 0.3)^2 + 1 / step` over 20 steps, 50 ms apart.
+const TRIAL: &str = r#"import sys, time
+x = float(sys.argv[1])
+for step in range(1, 21):
+    print(f"step={step} loss={(x - 0.3) ** 2 + 1.0 / step}", flush=True)
+    time.sleep(0.05)
+"#;
+
+fn stopping_exp(name: &str, rule: &str) -> Exp {
+    let text = format!(
+        "[experiment]\nname = \"{name}\"\nseed = 1\n\n[parameters]\n{X}\n\n[objective]\nminimize = \"loss\"\n\n\
+         [runner]\ncommand = [\"python3\", \"trial.py\", \"{{x}}\"]\n\n[orchestration]\nmax_trials = 16\nparallelism = 4\n\
+         initial_seconds_between_polls = 0.1\n\n[generation]\nmethod = \"sobol\"\n\n[early_stopping]\n{rule}\n"
+    );
+    let e = Exp::new(name, &text);
+    e.file("trial.py", TRIAL);
+    e
+}
+
+fn distance(t: &serde_json::Value) -> f64 {
+    (t["parameters"]["x"].as_f64().unwrap() - 0.3).powi(2)
+}
+
+#[test]
+fn threshold_stops_exactly_the_curves_worse_than_the_value() {
+    let e = stopping_exp(
+        "es_threshold",
+        "strategy = \"threshold\"\nmetric_threshold = 0.3\nmin_progression = 10\nmin_curves = 1",
+    );
+    let out = e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    assert_eq!(trials.len(), 16, "{}", text(&out));
+    for t in &trials {
+        let d = distance(t);
+        // From step 10 on, the loss is d + 1/step <= d + 0.1: above 0.3 once d > 0.2, and
+        // below it at every step when d < 0.15.
+        if d > 0.2 {
+            assert_eq!(status(t), "EARLY_STOPPED", "{t}");
+            let reason = t["reason"].as_str().unwrap();
+            assert!(reason.starts_with("threshold: its value") && reason.contains("at progression 10"), "{reason}");
+            assert!(metric(t, "loss").is_some(), "its last value is kept: {t}");
+        } else if d < 0.15 {
+            assert_eq!(status(t), "COMPLETED", "{t}");
+        }
+    }
+    assert!(trials.iter().any(|t| status(t) == "EARLY_STOPPED"));
+    assert!(text(&out).contains("early-stopped"), "{}", text(&out));
+    // The curves of stopped trials are kept, and they were stopped before their end.
+    let stopped_points = e.count(
+        "SELECT max(n) FROM (SELECT count(*) n FROM observations o JOIN trials t ON o.trial = t.idx \
+         WHERE t.status = 'EARLY_STOPPED' AND o.final = 0 GROUP BY o.trial)",
+    );
+    assert!((10..20).contains(&stopped_points), "{stopped_points} points of a stopped trial's curve");
+    let twice = e.count(
+        "SELECT count(*) FROM (SELECT trial, progression, count(*) n FROM observations \
+         WHERE final = 0 GROUP BY trial, progression HAVING n > 1)",
+    );
+    assert_eq!(twice, 0, "no point stored twice");
+}
+
+#[test]
+fn percentile_stops_the_bad_curves_and_keeps_the_best() {
+    let e = stopping_exp(
+        "es_pct",
+        "strategy = \"percentile\"\npercentile_threshold = 50\nmin_progression = 5\nmin_curves = 4",
+    );
+    e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    assert_eq!(trials.len(), 16);
+    let stopped: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "EARLY_STOPPED").collect();
+    assert!(stopped.len() >= 4, "{} stopped", stopped.len());
+    // The best arm of the 16 is never stopped: at every progression it is below the median.
+    let best = trials.iter().min_by(|a, b| distance(a).total_cmp(&distance(b))).unwrap();
+    assert_eq!(status(best), "COMPLETED", "{best}");
+    for t in &stopped {
+        assert!(t["reason"].as_str().unwrap().starts_with("percentile: its value"), "{t}");
+        assert!(distance(t) > distance(best));
+    }
+    // A stopped trial's process group is gone.
+    for t in &stopped {
+        let (pid, _) = process(&e.trial_dir(t["index"].as_u64().unwrap()));
+        if let Some(pid) = pid {
+            assert!(!alive(pid as i32), "trial {} still runs", t["index"]);
+        }
+    }
+}
