@@ -86,6 +86,9 @@ enum Command {
         /// Accept changes to parameters, objective, constraints or runner since the last run
         #[arg(long)]
         allow_changes: bool,
+        /// Go on although `[global_stopping]` says the run has stopped improving
+        #[arg(long)]
+        ignore_global_stopping: bool,
     },
     /// Counts by status, running trials, best so far
     Status { target: PathBuf },
@@ -210,8 +213,8 @@ pub fn main() -> i32 {
             let worker = Worker { join, max_trials: max_trials_per_worker, detach };
             cmd_run(&file, overrides, seed, store, fresh, worker, &line)
         }
-        Command::Resume { target, overrides, store, allow_changes } => {
-            cmd_resume(&target, overrides, store, allow_changes, &line)
+        Command::Resume { target, overrides, store, allow_changes, ignore_global_stopping } => {
+            cmd_resume(&target, overrides, store, (allow_changes, ignore_global_stopping), &line)
         }
         Command::Status { target } => with_store(&target, |snap, path| {
             print!("{}", report::status(snap, &path.to_string()));
@@ -470,7 +473,8 @@ fn worker_view(w: &crate::store::Worker, trials: &[crate::domain::Trial]) -> rep
     }
 }
 
-fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes: bool, line: &str) -> i32 {
+fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, flags: (bool, bool), line: &str) -> i32 {
+    let (allow_changes, ignore_global_stopping) = flags;
     let store_path = match (&store, is_store(target)) {
         (Some(p), true) => location(p),
         (None, true) => location(target),
@@ -550,6 +554,7 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, allow_changes
     if let Err(c) = check_overrides(&spec, &o) {
         return c;
     }
+    spec.orchestration.ignore_global_stopping = ignore_global_stopping;
     let exe = match exe() {
         Ok(e) => e,
         Err(c) => return c,

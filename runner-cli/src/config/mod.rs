@@ -133,7 +133,7 @@ pub fn fixed_part_changes(old: &str, new: &str) -> Vec<String> {
     out
 }
 
-const ROOT_KEYS: [&str; 10] = [
+const ROOT_KEYS: [&str; 11] = [
     "experiment",
     "parameters",
     "objective",
@@ -144,17 +144,11 @@ const ROOT_KEYS: [&str; 10] = [
     "generation",
     "storage",
     "early_stopping",
+    "global_stopping",
 ];
 
 fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec> {
-    root.check_keys(
-        ctx,
-        &ROOT_KEYS,
-        &[(
-            "global_stopping",
-            "global stopping arrives in a later version of optx; remove the table to run without it",
-        )],
-    );
+    root.check_keys(ctx, &ROOT_KEYS, &[]);
     let table = |ctx: &mut Ctx, key: &str, required: bool| -> Option<Table> {
         match root.get(key) {
             Some(v) => Table::of(ctx, key, v),
@@ -176,6 +170,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
     let generation = table(ctx, "generation", false);
     let storage = table(ctx, "storage", false);
     let early_stopping = table(ctx, "early_stopping", false);
+    let global_stopping = table(ctx, "global_stopping", false);
 
     let header = experiment.as_ref().and_then(|t| read_experiment(ctx, t));
     let mut space = parameters.as_ref().map(|t| read_parameters(ctx, t)).unwrap_or_default();
@@ -229,6 +224,10 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         Some(t) => Some(stopping::read_early_stopping(ctx, t, &goal, &outcome_constraints, &metric_rules)?),
         None => None,
     };
+    let global_stopping = match &global_stopping {
+        Some(t) => Some(stopping::read_global_stopping(ctx, t, &goal)?),
+        None => None,
+    };
     let (runner, orchestration) = (runner?, orchestration?);
     Some(ExperimentSpec {
         name,
@@ -247,6 +246,7 @@ fn read_root(ctx: &mut Ctx, root: &Table, base: &Path) -> Option<ExperimentSpec>
         base_dir: base.to_path_buf(),
         warnings: Vec::new(),
         early_stopping,
+        global_stopping,
     })
 }
 
@@ -1129,6 +1129,7 @@ fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Opti
             .unwrap_or(d.worker_lease_seconds),
         max_trials_per_worker: None,
         detach: false,
+        ignore_global_stopping: false,
     };
     if o.run_trials_in_batches && runner_is_command {
         ctx.err(
@@ -1315,10 +1316,12 @@ max_trials = 3
     }
 
     #[test]
-    fn later_features_are_refused_by_name() {
-        let e = errors(&format!("{GOOD}\n[global_stopping]\nstrategy = \"improvement\"\n"));
-        assert_eq!(e.len(), 1);
-        assert!(e[0].contains("`global_stopping` is not supported yet"), "{e:?}");
+    fn global_stopping_is_read_with_axs_defaults() {
+        let s = parse(&format!("{GOOD}\n[global_stopping]\n"), "e.toml", Path::new("/tmp")).unwrap();
+        let g = crate::domain::GlobalStopping::Improvement { min_trials: 5, window_size: 5, improvement_bar: 0.1 };
+        assert_eq!(s.global_stopping, Some(g));
+        let e = errors(&format!("{GOOD}\n[global_stopping]\nstrategy = \"target\"\n"));
+        assert!(e.iter().any(|m| m.contains("value")), "{e:?}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::walk::{Ctx, Table};
-use crate::domain::{Direction, EarlyStopping, Goal, MetricRule, OutcomeConstraint, Relation, StopOptions, StopRule};
+use crate::domain::{
+    Direction, EarlyStopping, GlobalStopping, Goal, MetricRule, OutcomeConstraint, Relation, StopOptions, StopRule,
+};
 
 const KEYS: [&str; 13] = [
     "strategy",
@@ -110,4 +112,37 @@ pub(super) fn read_early_stopping(
         }
     }
     Some(EarlyStopping { metric, rule, options })
+}
+
+/// `[global_stopping]`: improvement (Ax's defaults: 5 trials, a window of 5, a bar of 0.1),
+/// no_improvement (`patience`), or target (`value`). One objective only.
+pub(super) fn read_global_stopping(ctx: &mut Ctx, t: &Table, goal: &Goal) -> Option<GlobalStopping> {
+    t.check_keys(ctx, &["strategy", "min_trials", "window_size", "improvement_bar", "patience", "value"], &[]);
+    if goal.objectives.len() != 1 {
+        ctx.err(
+            t.span.clone(),
+            "`[global_stopping]` needs a single objective (a Pareto front has no one best value to watch)",
+        );
+        return None;
+    }
+    let strategy = t.one_of(ctx, "strategy", &["improvement", "no_improvement", "target"]).unwrap_or("improvement");
+    let count = |ctx: &mut Ctx, key: &str, default: i64| {
+        t.get(key).and_then(|_| t.i64_where(ctx, key, "a positive integer", |x| x >= 1)).unwrap_or(default) as usize
+    };
+    let min_trials = count(ctx, "min_trials", 5);
+    Some(match strategy {
+        "target" => {
+            t.require(ctx, "value")?;
+            GlobalStopping::Target { min_trials, value: t.f64_where(ctx, "value", "a number", f64::is_finite)? }
+        }
+        "no_improvement" => GlobalStopping::NoImprovement { min_trials, patience: count(ctx, "patience", 10) },
+        _ => GlobalStopping::Improvement {
+            min_trials,
+            window_size: count(ctx, "window_size", 5),
+            improvement_bar: t
+                .get("improvement_bar")
+                .and_then(|_| t.f64_where(ctx, "improvement_bar", "a number >= 0", |x| x >= 0.0))
+                .unwrap_or(0.1),
+        },
+    })
 }

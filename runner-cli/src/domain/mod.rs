@@ -18,8 +18,9 @@ pub use shell::{shell_quote, shell_quoting, ShellQuote};
 pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
 pub use spec::{
     param_env_var, CommandSpec, Durability, EarlyStopping, ExperimentSpec, ExternalSpec, GenerationMethod,
-    GenerationSpec, JobSystem, JobWord, KeepTrialDirs, MetricRule, Orchestration, PluginRef, PluginSpec, RunnerSpec,
-    Segment, StopOptions, StopRule, Template, MAX_INT_BOUND, MAX_LOCAL_PARALLELISM, MAX_PARALLELISM,
+    GenerationSpec, GlobalStopping, JobSystem, JobWord, KeepTrialDirs, MetricRule, Orchestration, PluginRef,
+    PluginSpec, RunnerSpec, Segment, StopOptions, StopRule, Template, MAX_INT_BOUND, MAX_LOCAL_PARALLELISM,
+    MAX_PARALLELISM,
 };
 pub use trial::{best_trials, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

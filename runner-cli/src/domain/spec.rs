@@ -217,6 +217,8 @@ pub struct Orchestration {
     /// `run --detach` (not a key of the file): deploy up to `parallelism` trials, record
     /// them and end, leaving them to a later resume.
     pub detach: bool,
+    /// `resume --ignore-global-stopping` (not a key of the file).
+    pub ignore_global_stopping: bool,
 }
 
 impl Orchestration {
@@ -260,6 +262,7 @@ impl Default for Orchestration {
             worker_lease_seconds: 60.0,
             max_trials_per_worker: None,
             detach: false,
+            ignore_global_stopping: false,
             max_cost: None,
             run_trials_in_batches: false,
         }
@@ -328,6 +331,8 @@ pub struct ExperimentSpec {
     pub warnings: Vec<String>,
     /// `[early_stopping]`.
     pub early_stopping: Option<EarlyStopping>,
+    /// `[global_stopping]`.
+    pub global_stopping: Option<GlobalStopping>,
 }
 
 impl ExperimentSpec {
@@ -411,4 +416,16 @@ impl Default for StopOptions {
             interval: None,
         }
     }
+}
+
+/// `[global_stopping]`: when the whole run has stopped improving.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GlobalStopping {
+    /// Ax's improvement rule: the best of the last `window_size` trials improves on the best
+    /// before them by less than `improvement_bar` times the interquartile range.
+    Improvement { min_trials: usize, window_size: usize, improvement_bar: f64 },
+    /// `patience` trials in a row without a new best.
+    NoImprovement { min_trials: usize, patience: usize },
+    /// The objective reached `value`.
+    Target { min_trials: usize, value: f64 },
 }

@@ -338,6 +338,7 @@ mod tests {
             base_dir: "/tmp".into(),
             warnings: vec![],
             early_stopping: None,
+            global_stopping: None,
         }
     }
 

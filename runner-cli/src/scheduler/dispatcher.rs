@@ -256,7 +256,27 @@ impl<'a> State<'a> {
             early: spec.early_stopping.as_ref().map(crate::stopping::Checker::of),
             curves: Default::default(),
             stopping: HashMap::new(),
+            completed: Vec::new(),
         };
+        // The objective of the completed, feasible trials, in the order they completed (for
+        // global stopping, which a resume applies again unless told to ignore it).
+        if spec.global_stopping.is_some() {
+            let mut done: Vec<(&str, f64)> = st
+                .trials
+                .iter()
+                .filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true))
+                .filter_map(|t| {
+                    let f = finals.get(&t.index)?;
+                    let v = spec.goal.objectives.first()?.value(|m| f.get(m).map(|o| o.mean))?;
+                    Some((t.completed_at.as_deref().unwrap_or(""), v))
+                })
+                .collect();
+            done.sort_by(|a, b| a.0.cmp(b.0));
+            st.completed = done.into_iter().map(|d| d.1).collect();
+            if let Some(s) = super::stop::global(spec, &st.completed) {
+                st.stop(s);
+            }
+        }
         // The curves the rule compares: every trial's, as the store holds them.
         if let Some(es) = &spec.early_stopping {
             for o in store.observations()?.into_iter().filter(|o| !o.is_final && o.metric == es.metric) {

@@ -108,6 +108,8 @@ pub(super) struct State<'a> {
     pub(super) early: Option<crate::stopping::Checker>,
     pub(super) curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>>,
     pub(super) stopping: HashMap<u64, String>,
+    /// The objective of each completed, feasible trial, in the order they completed.
+    pub(super) completed: Vec<f64>,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -503,6 +505,13 @@ impl<'a> State<'a> {
                     _ => false,
                 };
                 self.cost += result.finals.iter().find(|p| p.metric == "cost").map_or(0.0, |p| p.mean);
+                if let (true, Some(Some(v))) = (feas, values.first()) {
+                    self.completed.push(*v);
+                    if let Some(s) = stop::global(spec, &self.completed) {
+                        tx.event(Some(index), "global_stopping", Some(&s.why))?;
+                        self.stop(s);
+                    }
+                }
                 let note = result.note.clone();
                 self.print(RunEvent::Completed {
                     index,

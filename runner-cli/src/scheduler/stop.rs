@@ -10,6 +10,9 @@ use crate::domain::Orchestration;
 /// The kinds of reasons, least severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum StopKind {
+    /// `[global_stopping]`: the run stopped improving; done (`resume
+    /// --ignore-global-stopping` goes on).
+    Global,
     /// A budget was reached (`timeout_hours`, `max_cost`): done, resumable.
     Budget,
     /// Trial after trial was lost.
@@ -23,7 +26,7 @@ pub(super) enum StopKind {
 impl StopKind {
     pub(super) fn end(self) -> RunEnd {
         match self {
-            StopKind::Budget => RunEnd::Done,
+            StopKind::Global | StopKind::Budget => RunEnd::Done,
             StopKind::TooManyLost => RunEnd::TooManyLost,
             StopKind::Interrupted => RunEnd::Interrupted,
             StopKind::FailureRate => RunEnd::FailureRate,
@@ -41,6 +44,17 @@ pub(super) struct Stop {
 /// Whether `next` replaces the reason the run stopped for (if any): only a more severe one.
 pub(super) fn supersedes(current: Option<&Stop>, next: &Stop) -> bool {
     current.is_none_or(|c| next.kind > c.kind)
+}
+
+/// `[global_stopping]`, given the objective of each completed, feasible trial in order.
+pub(super) fn global(spec: &crate::domain::ExperimentSpec, values: &[f64]) -> Option<Stop> {
+    let rule = spec.global_stopping.as_ref().filter(|_| !spec.orchestration.ignore_global_stopping)?;
+    let minimize = spec.goal.objectives.first().is_none_or(|o| o.direction == crate::domain::Direction::Minimize);
+    let why = crate::stopping::global::should_stop(rule, minimize, values)?;
+    Some(Stop {
+        kind: StopKind::Global,
+        why: format!("{why}: deploying nothing more (`optx resume --ignore-global-stopping` goes on)"),
+    })
 }
 
 /// The failure rate of this session: `failed` of `deployed` (neither counting lost trials).

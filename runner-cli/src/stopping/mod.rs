@@ -17,6 +17,7 @@
 //! The [`Checker`] keeps what must be remembered between points (the last interval or rung
 //! a trial was checked at), so that each new point of a running trial is one call.
 
+pub mod global;
 #[cfg(test)]
 mod tests;
 

@@ -91,3 +91,45 @@ fn percentile_stops_the_bad_curves_and_keeps_the_best() {
         }
     }
 }
+
+fn global_exp(name: &str, command: &str, rule: &str) -> Exp {
+    let text = toml(
+        name,
+        X,
+        &format!("command = {command}"),
+        "max_trials = 20",
+        &format!("[generation]\nmethod = \"sobol\"\n\n[global_stopping]\n{rule}"),
+    );
+    Exp::new(name, &text)
+}
+
+#[test]
+fn global_stopping_ends_a_converged_run_and_ignore_global_stopping_resumes_it() {
+    // A flat objective: Ax's improvement rule sees no improvement over the window.
+    let e = global_exp("gs_flat", "\"echo f=1.0\"", "strategy = \"improvement\"\nmin_trials = 5\nwindow_size = 5");
+    let out = e.run_ok(&["run", "experiment.toml"]);
+    assert!(
+        text(&out).contains("global stopping: the best objective improved by 0 over the last 5 trials"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(e.trials().len(), 6, "min_trials, and a window of 5 after one trial");
+    // The reason is stored.
+    assert_eq!(e.count("SELECT count(*) FROM events WHERE kind = 'global_stopping'"), 1);
+    // A resume applies the rule again; with --ignore-global-stopping it goes on.
+    let out = e.run_ok(&["resume", "experiment.toml"]);
+    assert!(text(&out).contains("global stopping"), "{}", text(&out));
+    assert_eq!(e.trials().len(), 6);
+    e.run_ok(&["resume", "experiment.toml", "--ignore-global-stopping"]);
+    assert_eq!(e.trials().len(), 20);
+}
+
+#[test]
+fn a_target_stops_the_run_once_reached() {
+    let e = global_exp("gs_target", "\"echo f={x}\"", "strategy = \"target\"\nvalue = 0.6\nmin_trials = 3");
+    let out = e.run_ok(&["run", "experiment.toml"]);
+    assert!(text(&out).contains("global stopping: the objective reached the target 0.6"), "{}", text(&out));
+    let trials = e.trials();
+    // The center point (x = 0.5) reaches it first; the rule waits for min_trials.
+    assert_eq!(trials.len(), 3, "{trials:?}");
+}
