@@ -392,7 +392,8 @@ impl<'a> State<'a> {
     fn add_points(&mut self, index: u64, points: &[crate::runners::MetricPoint]) {
         let Some(es) = &self.spec.early_stopping else { return };
         for p in points.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
-            if let Some(at) = p.progression {
+            // Points a stopped trial reports after the rule's decision do not count.
+            if let (Some(at), false) = (p.progression, self.stopping.contains_key(&index)) {
                 self.curves.entry(index).or_default().push((at, p.mean));
                 self.early_stop();
             }
@@ -433,8 +434,9 @@ impl<'a> State<'a> {
         for p in result.finals.iter().filter(|p| p.mean.is_finite()) {
             tx.observation(&observation(index, p, true))?;
         }
-        // The last points of its curve count in the comparisons of the trials still running.
-        if let Some(es) = &spec.early_stopping {
+        // The last points of its curve count in the comparisons of the trials still running
+        // (but not those a stopped trial reported after the rule's decision).
+        if let (Some(es), false) = (&spec.early_stopping, self.stopping.contains_key(&index)) {
             for p in result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
                 if let Some(at) = p.progression {
                     self.curves.entry(index).or_default().push((at, p.mean));

@@ -133,3 +133,22 @@ fn a_target_stops_the_run_once_reached() {
     // The center point (x = 0.5) reaches it first; the rule waits for min_trials.
     assert_eq!(trials.len(), 3, "{trials:?}");
 }
+
+#[test]
+fn asha_stops_at_its_rungs_only() {
+    let e = stopping_exp(
+        "es_asha",
+        "strategy = \"asha\"\nmin_resource = 2\nmax_resource = 18\nreduction_factor = 3\nmin_curves = 1",
+    );
+    e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    let stopped: Vec<&serde_json::Value> = trials.iter().filter(|t| status(t) == "EARLY_STOPPED").collect();
+    assert!(!stopped.is_empty(), "{trials:?}");
+    for t in &stopped {
+        let reason = t["reason"].as_str().unwrap();
+        // Rungs at 2, 6 and 18 (max_resource), nowhere else.
+        assert!(["2", "6", "18"].iter().any(|r| reason.starts_with(&format!("asha: at rung {r} "))), "{reason}");
+    }
+    let best = trials.iter().min_by(|a, b| distance(a).total_cmp(&distance(b))).unwrap();
+    assert_eq!(status(best), "COMPLETED", "{best}");
+}
