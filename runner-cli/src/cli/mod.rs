@@ -832,8 +832,12 @@ fn cmd_tell(
     let _ = store.leave(session, Some(if told.is_ok() { 0 } else { 2 }));
     match told {
         Ok(scheduler::Told::Point) => {
-            // Until early stopping exists, every point lets the trial go on.
             println!("continue");
+            EXIT_OK
+        }
+        Ok(scheduler::Told::Stop(reason)) => {
+            println!("stop");
+            eprintln!("optx: trial {trial}: {reason}");
             EXIT_OK
         }
         Ok(scheduler::Told::Completed { feasible }) => {

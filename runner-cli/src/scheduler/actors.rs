@@ -27,8 +27,11 @@ pub enum Told {
     Completed {
         feasible: bool,
     },
-    /// A point of its learning curve was stored (early stopping would answer here).
+    /// A point of its learning curve was stored, and the trial goes on.
     Point,
+    /// A point was stored, and the early-stopping rule stops the trial (now, or earlier:
+    /// it is EARLY_STOPPED), for this reason.
+    Stop(String),
     Failed,
     Abandoned,
 }
@@ -206,6 +209,41 @@ fn complete(spec: &ExperimentSpec, tx: &mut dyn Tx, index: u64, results: &[Repor
     Ok(Told::Completed { feasible })
 }
 
+/// The early-stopping rule on a point told of trial `index` (one the user runs): asked
+/// about it alone, with every stored curve and this point; a stop ends it EARLY_STOPPED,
+/// its last value as its final one.
+fn early_stop(
+    spec: &ExperimentSpec,
+    tx: &mut dyn crate::store::Tx,
+    index: u64,
+    progression: f64,
+    values: &[Reported],
+    stored: &[(u64, f64, f64)],
+) -> Result<Told, crate::store::StoreError> {
+    let Some(es) = &spec.early_stopping else { return Ok(Told::Point) };
+    let Some(mine) = values.iter().find(|r| r.metric == es.metric) else { return Ok(Told::Point) };
+    let mut by_trial: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = Default::default();
+    for (t, p, v) in stored {
+        by_trial.entry(*t).or_default().push((*p, *v));
+    }
+    by_trial.entry(index).or_default().push((progression, mine.mean));
+    let curves: Vec<crate::stopping::Curve> =
+        by_trial.into_iter().map(|(t, pts)| crate::stopping::Curve::new(t, pts)).collect();
+    let Some(d) = crate::stopping::Checker::of(es).decide(&curves, &[index]).pop() else { return Ok(Told::Point) };
+    let last = Observation {
+        trial: index,
+        metric: es.metric.clone(),
+        progression: Some(progression),
+        mean: mine.mean,
+        sem: mine.sem,
+        is_final: true,
+    };
+    tx.observation(&last)?;
+    let data = TransitionData { reason: Some(&d.reason), ..Default::default() };
+    tx.transition(index, TrialStatus::Running, TrialStatus::EarlyStopped, &data)?;
+    Ok(Told::Stop(d.reason))
+}
+
 /// How `tell` ends a trial, or adds to it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tell {
@@ -220,6 +258,17 @@ pub fn tell(spec: &ExperimentSpec, store: &mut dyn Ledger, index: u64, what: &Te
     if let Tell::Results(r) = what {
         completion(spec, r)?;
     }
+    // The curves the rule compares, as stored before this point.
+    let curves: Vec<(u64, f64, f64)> = match (&spec.early_stopping, what) {
+        (Some(es), Tell::Point { .. }) => store
+            .observations()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|o| !o.is_final && o.metric == es.metric && o.mean.is_finite())
+            .filter_map(|o| Some((o.trial, o.progression?, o.mean)))
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut refusal = None;
     let told = store
         .tx(|tx| {
@@ -255,7 +304,13 @@ pub fn tell(spec: &ExperimentSpec, store: &mut dyn Ledger, index: u64, what: &Te
                         tx.observation(&o)?;
                     }
                     tx.event(Some(index), "progress", Some(&format!("progression {progression}")))?;
-                    Told::Point
+                    if t.status == TrialStatus::EarlyStopped {
+                        Told::Stop(t.reason.clone().unwrap_or_else(|| "it was stopped earlier".into()))
+                    } else if t.status.is_terminal() {
+                        Told::Point
+                    } else {
+                        early_stop(spec, tx, index, *progression, values, &curves)?
+                    }
                 }
                 Tell::Failed(why) => {
                     let data = TransitionData { reason: Some(why), ..Default::default() };

@@ -152,3 +152,34 @@ fn asha_stops_at_its_rungs_only() {
     let best = trials.iter().min_by(|a, b| distance(a).total_cmp(&distance(b))).unwrap();
     assert_eq!(status(best), "COMPLETED", "{best}");
 }
+
+#[test]
+fn tell_progression_answers_as_the_rule_decides() {
+    let text = toml(
+        "es_tell",
+        X,
+        "command = \"echo f=0.3\"",
+        // A run that ends at once (its deadline), so that the store exists.
+        "max_trials = 5\ntimeout_hours = 0.000001",
+        "[early_stopping]\nstrategy = \"threshold\"\nmetric_threshold = 0.5\nmin_progression = 2\nmin_curves = 1",
+    );
+    let e = Exp::new("es_tell", &text);
+    e.run_ok(&["run", "experiment.toml"]);
+    let before = e.trials().len();
+    let asked = e.run_ok(&["ask", "experiment.toml", "--json"]);
+    let a: serde_json::Value = serde_json::from_slice(&asked.stdout).unwrap();
+    let index = a["index"].as_u64().unwrap().to_string();
+    let tell = |p: &str, v: &str| {
+        let out = e.run_ok(&["tell", "experiment.toml", &index, "--progression", p, &format!("f={v}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(tell("1", "0.9"), "continue", "before min_progression");
+    assert_eq!(tell("2", "0.4"), "continue");
+    assert_eq!(tell("3", "0.7"), "stop");
+    let t = &e.trials()[before];
+    assert_eq!(status(t), "EARLY_STOPPED");
+    assert_eq!(metric(t, "f"), Some(0.7), "its last value is its final one");
+    // A point for a trial stopped earlier: stored, and the answer is stop again.
+    assert_eq!(tell("4", "0.1"), "stop");
+    assert_eq!(e.count("SELECT count(*) FROM observations WHERE final = 0"), 4);
+}
