@@ -4,6 +4,8 @@
 //! Exit codes: 0 done, 1 runtime failure (e.g. failure rate exceeded), 2 bad input
 //! (config, arguments, a store in use), 130 interrupted (state saved, resumable).
 
+mod replay;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -148,6 +150,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The early-stopping rule over a finished experiment's learning curves: which trials it
+    /// stops, at what progression, and the share of progressions saved
+    Replay {
+        /// The store (or the experiment file that names it)
+        target: PathBuf,
+        /// The rule of this file's [early_stopping] instead of the stored one
+        #[arg(long, value_name = "FILE")]
+        with: Option<PathBuf>,
+    },
     /// A consistent copy of a store, while or after it runs (copying the .db file alone can
     /// miss what its -wal file holds)
     Backup {
@@ -247,6 +258,7 @@ pub fn main() -> i32 {
         }),
         Command::Validate { file } => cmd_validate(&file),
         Command::Backup { target, dest } => cmd_backup(&target, &dest),
+        Command::Replay { target, with } => replay::cmd_replay(&target, with.as_deref()),
         Command::Ask { target, count, json } => cmd_ask(&target, count, json, &line),
         Command::Tell { target, trial, metrics, progression, failed, abandon } => {
             cmd_tell(&target, trial, &metrics, progression, failed, abandon, &line)

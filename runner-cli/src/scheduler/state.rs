@@ -395,20 +395,21 @@ impl<'a> State<'a> {
             // Points a stopped trial reports after the rule's decision do not count.
             if let (Some(at), false) = (p.progression, self.stopping.contains_key(&index)) {
                 self.curves.entry(index).or_default().push((at, p.mean));
-                self.early_stop();
+                self.early_stop(None);
             }
         }
     }
 
-    /// Ask the rule about every running trial (once the new points are in).
-    fn early_stop(&mut self) {
+    /// Ask the rule about every running trial (but `ending`, whose end is being recorded).
+    fn early_stop(&mut self, ending: Option<u64>) {
         let Some(checker) = self.early.as_mut() else { return };
-        let running: Vec<u64> = self
+        let mut running: Vec<u64> = self
             .running
             .keys()
             .copied()
-            .filter(|i| !self.stopping.contains_key(i) && self.curves.contains_key(i))
+            .filter(|i| !self.stopping.contains_key(i) && self.curves.contains_key(i) && Some(*i) != ending)
             .collect();
+        running.sort_unstable();
         if running.is_empty() {
             return;
         }
@@ -436,10 +437,12 @@ impl<'a> State<'a> {
         }
         // The last points of its curve count in the comparisons of the trials still running
         // (but not those a stopped trial reported after the rule's decision).
+        // Each asks the rule about the others, as any new point does (`replay` does the same).
         if let (Some(es), false) = (&spec.early_stopping, self.stopping.contains_key(&index)) {
             for p in result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
                 if let Some(at) = p.progression {
                     self.curves.entry(index).or_default().push((at, p.mean));
+                    self.early_stop(Some(index));
                 }
             }
         }

@@ -18,6 +18,7 @@
 //! a trial was checked at), so that each new point of a running trial is one call.
 
 pub mod global;
+pub mod replay;
 #[cfg(test)]
 mod tests;
 

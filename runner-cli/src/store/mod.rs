@@ -410,6 +410,9 @@ pub trait Ledger {
     fn observations(&self) -> Result<Vec<Observation>>;
     /// The final observations only.
     fn final_observations(&self) -> Result<Vec<Observation>>;
+    /// Every observation in the order it was stored, with the time of its transaction
+    /// (`replay` runs the stopping rules over this log).
+    fn observation_log(&self) -> Result<Vec<(Observation, String)>>;
     /// Trials by (status, lost).
     fn status_counts(&self) -> Result<Vec<(String, bool, u64)>>;
     /// The number of feasible completed trials.

@@ -729,6 +729,14 @@ impl Ledger for SqliteStore {
         self.query_observations("WHERE final = 1")
     }
 
+    fn observation_log(&self) -> Result<Vec<(Observation, String)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT trial, metric, progression, mean, sem, final, time FROM observations ORDER BY rowid",
+        )?;
+        let rows = st.query_map([], |r| Ok((observation_row(r)?, r.get::<_, String>(6)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     fn status_counts(&self) -> Result<Vec<(String, bool, u64)>> {
         let mut st = self.conn.prepare_cached("SELECT status, lost, count(*) FROM trials GROUP BY status, lost")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0, r.get::<_, i64>(2)? as u64)))?;

@@ -183,3 +183,35 @@ fn tell_progression_answers_as_the_rule_decides() {
     assert_eq!(tell("4", "0.1"), "stop");
     assert_eq!(e.count("SELECT count(*) FROM observations WHERE final = 0"), 4);
 }
+
+#[test]
+fn replay_reproduces_a_runs_decisions_and_tunes_a_rule_on_a_run_without_one() {
+    let rule = "strategy = \"percentile\"\npercentile_threshold = 50\nmin_progression = 5\nmin_curves = 4";
+    let e = stopping_exp("es_replay", rule);
+    e.run_ok(&["run", "experiment.toml"]);
+    let stopped = e.trials().iter().filter(|t| status(t) == "EARLY_STOPPED").count();
+    assert!(stopped > 0);
+    let out = e.run_ok(&["replay", ".optx/es_replay.db"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("the run's own decisions are reproduced exactly"), "{said}");
+    assert_eq!(said.lines().filter(|l| l.ends_with("(as the run did)")).count(), stopped, "{said}");
+    // The same rule over a run that had none: what it would have stopped and saved.
+    let plain = stopping_exp("es_plain", rule);
+    let file = std::fs::read_to_string(plain.path().join("experiment.toml")).unwrap();
+    plain.file("experiment.toml", file.split("[early_stopping]").next().unwrap());
+    plain.file("rule.toml", &file);
+    plain.run_ok(&["run", "experiment.toml"]);
+    assert!(plain.trials().iter().all(|t| status(t) == "COMPLETED"));
+    let out = plain.run_ok(&["replay", ".optx/es_plain.db", "--with", "rule.toml"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let share: f64 = said
+        .lines()
+        .find_map(|l| l.split("progressions saved: ").nth(1))
+        .and_then(|s| s.split('(').nth(1)?.split('%').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(share > 10.0, "{said}");
+    assert!(said.contains("(the run let it go on: COMPLETED)"), "{said}");
+    // A store and a file without a rule: nothing to replay (exit 2).
+    let out = plain.optx(&["replay", ".optx/es_plain.db"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+}

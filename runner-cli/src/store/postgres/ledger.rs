@@ -185,6 +185,14 @@ impl Ledger for PgStore {
             .collect())
     }
 
+    fn observation_log(&self) -> Result<Vec<(Observation, String)>> {
+        Ok(self
+            .read(&format!("SELECT {OBS_COLUMNS}, time FROM observations ORDER BY id"), vec![])?
+            .iter()
+            .map(|r| (observation_row(r), r.get::<_, String>(6)))
+            .collect())
+    }
+
     fn status_counts(&self) -> Result<Vec<(String, bool, u64)>> {
         Ok(self
             .read("SELECT status, lost, count(*) FROM trials GROUP BY status, lost", vec![])?

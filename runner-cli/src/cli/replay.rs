@@ -1,0 +1,86 @@
+//! `optx replay STORE [--with FILE]`: the early-stopping rule of the store's experiment (or
+//! of FILE) over its stored learning curves: which trials it stops, where, and what it saves.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{fail, load, open_target, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
+use crate::domain::TrialStatus;
+use crate::stopping::replay::replay;
+
+pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> i32 {
+    let (store, spec, path) = match open_target(target) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let (es, from) = match with {
+        Some(file) => match load(file) {
+            Ok((s, _)) => (s.early_stopping, file.display().to_string()),
+            Err(c) => return c,
+        },
+        None => (spec.early_stopping.clone(), format!("the experiment in {path}")),
+    };
+    let Some(es) = es else {
+        return fail(EXIT_USAGE, format!("{from} has no [early_stopping] to replay (give one with --with FILE)"));
+    };
+    let (trials, log) = match (store.trials(), store.observation_log()) {
+        (Ok(t), Ok(l)) => (t, l),
+        (Err(e), _) | (_, Err(e)) => return fail(EXIT_RUNTIME, e),
+    };
+    let ended_at: BTreeMap<u64, String> = trials
+        .iter()
+        .filter_map(|t| Some((t.index, t.completed_at.clone().filter(|_| t.status.is_terminal())?)))
+        .collect();
+    let r = replay(&es, &log, &ended_at);
+    println!(
+        "optx: replaying {} learning curve(s) of `{}` ({} points) under {:?}",
+        r.curves, es.metric, r.points, es.rule
+    );
+    let mut same = true;
+    for t in trials.iter().filter(|t| t.status == TrialStatus::EarlyStopped || r.stopped.contains_key(&t.index)) {
+        let run = (t.status == TrialStatus::EarlyStopped).then(|| t.reason.clone().unwrap_or_default());
+        match (r.stopped.get(&t.index), run) {
+            (Some(d), Some(reason)) if reason == d.reason => {
+                println!("trial {}: stopped at progression {}: {} (as the run did)", t.index, d.progression, d.reason)
+            }
+            (Some(d), Some(_)) => {
+                same = false;
+                println!(
+                    "trial {}: stopped at progression {}: {} (the run stopped it otherwise)",
+                    t.index, d.progression, d.reason
+                )
+            }
+            (Some(d), None) => {
+                same = spec.early_stopping.is_none() && same;
+                println!(
+                    "trial {}: stopped at progression {}: {} (the run let it go on: {})",
+                    t.index, d.progression, d.reason, t.status
+                )
+            }
+            (None, Some(reason)) => {
+                same = false;
+                println!("trial {}: not stopped (the run stopped it: {reason})", t.index)
+            }
+            (None, None) => {}
+        }
+    }
+    let share = if r.points > 0 { 100.0 * r.saved as f64 / r.points as f64 } else { 0.0 };
+    println!(
+        "optx: it stops {} of {} trial(s) with curves; progressions saved: {} of {} ({share:.1}%)",
+        r.stopped.len(),
+        r.curves,
+        r.saved,
+        r.points
+    );
+    if with.is_none() && spec.early_stopping.is_some() {
+        println!(
+            "optx: {}",
+            if same {
+                "the run's own decisions are reproduced exactly"
+            } else {
+                "the run decided otherwise for some trials (above)"
+            }
+        );
+    }
+    EXIT_OK
+}
