@@ -693,7 +693,7 @@ fn start(l: Launch, o: &Overrides) -> i32 {
     let mut printer = Printer { quiet: o.quiet, json: o.events_json, out: std::io::stdout() };
     let end = scheduler::launch(l, &mut printer);
     let code = match &end {
-        Ok(RunEnd::Done | RunEnd::Detached(_)) => EXIT_OK,
+        Ok(RunEnd::Done | RunEnd::Detached(_) | RunEnd::Deadline(_)) => EXIT_OK,
         Ok(RunEnd::FailureRate | RunEnd::TooManyLost) => EXIT_RUNTIME,
         Ok(RunEnd::Interrupted) => EXIT_INTERRUPTED,
         Err(e @ (RunError::Usage(_) | RunError::Owned { .. })) => return fail(EXIT_USAGE, e),
@@ -714,6 +714,9 @@ fn start(l: Launch, o: &Overrides) -> i32 {
                 Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {store_path}`)"),
                 Ok(RunEnd::FailureRate) => "stopped: too many trials failed".into(),
                 Ok(RunEnd::TooManyLost) => "stopped: too many trials were lost".into(),
+                Ok(RunEnd::Deadline(n)) => {
+                    format!("timeout_hours reached: {n} trial(s) left running; `optx resume {store_path}` follows them")
+                }
                 Ok(RunEnd::Detached(n)) => format!(
                     "detached: {n} trial(s) run on without optx; `optx resume {store_path}` collects them and goes on"
                 ),

@@ -126,6 +126,13 @@ impl Dispatcher<'_> {
         self.store.tx(|tx| st.reconcile(tx, runner.as_ref()))?;
         self.act();
         let timeout = deadline.map_or_else(never, crossbeam_channel::at);
+        // After the deadline, running trials get `stop_grace` to end; those still running
+        // then are left to a resume (they go on without optx, as after a crash).
+        let mut grace = never::<Instant>();
+        let stop_grace = match &self.st.spec.runner {
+            crate::domain::RunnerSpec::Command(c) => c.stop_grace,
+            _ => Duration::from_secs(10),
+        };
         let events = self.events.clone();
         // The lease is renewed every third of its length, whatever else happens.
         let lease = Duration::from_secs_f64(self.st.spec.orchestration.worker_lease_seconds / 3.0);
@@ -147,6 +154,15 @@ impl Dispatcher<'_> {
                 recv(signals) -> _ => self.on_signal(),
                 recv(timeout) -> _ => {
                     self.st.stop(stop::deadline());
+                    grace = crossbeam_channel::after(stop_grace);
+                },
+                recv(grace) -> _ => {
+                    let n = self.st.running.len();
+                    self.sink.event(&RunEvent::Notice(format!(
+                        "timeout_hours: {n} trial(s) still running {} after the deadline are left running; `optx resume` follows them",
+                        humantime::format_duration(stop_grace)
+                    )));
+                    return Ok(RunEnd::Deadline(n));
                 },
                 recv(renew) -> _ => {
                     self.store.renew(self.st.session)?;
@@ -331,6 +347,10 @@ pub(crate) fn drive(
     };
     let deadline = spec.orchestration.timeout_hours.map(|h| Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let end = d.run(deadline, signals);
+    if let Ok(RunEnd::Deadline(_)) = end {
+        // Workers follow the trials left running: optx exits without waiting for them.
+        return end;
+    }
     let workers = std::mem::take(&mut d.pool.workers);
     let driver = d.pool.driver.take();
     drop(d);

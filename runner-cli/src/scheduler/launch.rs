@@ -344,7 +344,7 @@ pub fn launch(l: Launch, sink: &mut dyn EventSink) -> Result<RunEnd, RunError> {
     let result = claim_trials_root(spec, store.as_ref(), sink)
         .and_then(|_| run_owned(&l, store.as_mut(), runner, session, sink));
     let code = match &result {
-        Ok(RunEnd::Done) => Some(0),
+        Ok(RunEnd::Done | RunEnd::Detached(_) | RunEnd::Deadline(_)) => Some(0),
         Ok(RunEnd::Interrupted) => Some(130),
         Ok(_) => Some(1),
         Err(RunError::Usage(_) | RunError::Owned { .. }) => Some(2),

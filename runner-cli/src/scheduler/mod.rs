@@ -94,4 +94,7 @@ pub enum RunEnd {
     Interrupted,
     /// `run --detach`: this many trials were deployed and run on without optx.
     Detached(usize),
+    /// `timeout_hours` passed, and `stop_grace` after it: this many running trials were
+    /// left to a resume.
+    Deadline(usize),
 }

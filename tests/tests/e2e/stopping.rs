@@ -215,3 +215,29 @@ fn replay_reproduces_a_runs_decisions_and_tunes_a_rule_on_a_run_without_one() {
     let out = plain.optx(&["replay", ".optx/es_plain.db"]);
     assert_eq!(code(&out), 2, "{}", text(&out));
 }
+
+#[test]
+fn timeout_hours_leaves_trials_still_running_after_stop_grace_to_a_resume() {
+    let runner = "command = [\"sh\", \"-c\", \"sleep 4; echo f=0.5\"]\nstop_grace = \"1s\"";
+    // A deadline of about a second.
+    let e = Exp::new("deadline", &toml("deadline", X, runner, "max_trials = 1\ntimeout_hours = 0.0003", ""));
+    let started = std::time::Instant::now();
+    // Its output to files: the trial's helper, which outlives optx, holds no pipe of ours.
+    let mut run = e.spawn(&["run", "experiment.toml"], "run");
+    let code = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{}", e.log("run"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "optx waited for the trial: {}", e.log("run"));
+    assert_eq!(code, Some(0), "{}", e.log("run"));
+    assert!(e.log("run").contains("timeout_hours reached: 1 trial(s) left running"), "{}", e.log("run"));
+    assert_eq!(status(&e.trials()[0]), "RUNNING");
+    // The trial went on without optx; a resume (without the deadline) collects it.
+    let file = std::fs::read_to_string(e.path().join("experiment.toml")).unwrap();
+    e.file("experiment.toml", &file.replace("timeout_hours = 0.0003", ""));
+    e.run_ok(&["resume", "experiment.toml"]);
+    assert_eq!(status(&e.trials()[0]), "COMPLETED");
+}
