@@ -273,6 +273,7 @@ impl<'a> State<'a> {
             curves: Default::default(),
             stopping: HashMap::new(),
             completed: Vec::new(),
+            failures: Vec::new(),
         };
         // The objective of the completed, feasible trials, in the order they completed (for
         // global stopping, which a resume applies again unless told to ignore it).

@@ -110,6 +110,8 @@ pub(super) struct State<'a> {
     pub(super) stopping: HashMap<u64, String>,
     /// The objective of each completed, feasible trial, in the order they completed.
     pub(super) completed: Vec<f64>,
+    /// This session's failed trials (not lost) and their reasons, for the failure-rate stop.
+    pub(super) failures: Vec<(u64, String)>,
 }
 
 /// Each objective's value from a trial's final metrics.
@@ -553,6 +555,9 @@ impl<'a> State<'a> {
                 }
                 if !lost && t.session == self.session {
                     self.failed_now += 1;
+                    if self.failures.len() < 10_000 {
+                        self.failures.push((index, reason.clone()));
+                    }
                     self.check_failure_rate();
                 }
                 if lost && t.session == self.session {
@@ -568,7 +573,9 @@ impl<'a> State<'a> {
 
     pub(super) fn check_failure_rate(&mut self) {
         let deployed = self.deployed_now.saturating_sub(self.lost_now);
-        if let Some(s) = stop::failure_rate(&self.spec.orchestration, self.failed_now, deployed) {
+        if let Some(mut s) = stop::failure_rate(&self.spec.orchestration, self.failed_now, deployed) {
+            // Why they failed, grouped, so that the cause to fix is in front of the user.
+            s.why.push_str(&stop::failure_groups(&self.failures, 5));
             self.stop(s);
         }
     }

@@ -71,6 +71,37 @@ pub(super) fn failure_rate(o: &Orchestration, failed: u64, deployed: u64) -> Opt
     })
 }
 
+/// The reasons of failed trials grouped by their first line, most frequent first: each
+/// group's count, trials and the rest of its first reason (the end of stderr, say). At most
+/// `max` groups, and a line for the rest.
+pub(super) fn failure_groups(failures: &[(u64, String)], max: usize) -> String {
+    let mut groups: Vec<(String, Vec<u64>, String)> = Vec::new();
+    for (index, reason) in failures {
+        let (first, rest) = reason.split_once('\n').unwrap_or((reason.as_str(), ""));
+        // Reasons that differ only in their numbers (exit codes aside) are one group.
+        let key: String = first.chars().filter(|c| !c.is_ascii_digit()).collect();
+        match groups.iter_mut().find(|g| g.0.chars().filter(|c| !c.is_ascii_digit()).collect::<String>() == key) {
+            Some(g) => g.1.push(*index),
+            None => groups.push((first.to_string(), vec![*index], rest.to_string())),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
+    let mut out = String::new();
+    for (first, trials, rest) in groups.iter().take(max) {
+        let list: Vec<String> = trials.iter().take(8).map(|t| t.to_string()).collect();
+        let more = if trials.len() > 8 { ", ..." } else { "" };
+        out.push_str(&format!("\n  {} x (trial {}{more}): {first}", trials.len(), list.join(", ")));
+        for line in rest.lines().filter(|l| !l.trim().is_empty()).take(5) {
+            out.push_str(&format!("\n      | {line}"));
+        }
+    }
+    if groups.len() > max {
+        let n: usize = groups[max..].iter().map(|g| g.1.len()).sum();
+        out.push_str(&format!("\n  and {n} more in {} other group(s): `optx trials` lists them", groups.len() - max));
+    }
+    out
+}
+
 /// Trials lost one after the other: they are not counted, so nothing else would end a run
 /// whose every trial is lost. The bound is max(5, 2 × parallelism).
 pub(super) fn lost_streak(o: &Orchestration, streak: u64, last_reason: &str) -> Option<Stop> {
@@ -159,6 +190,19 @@ mod tests {
         let failed = failure_rate(&orch("min_failed=1"), 2, 2).unwrap();
         assert!(supersedes(Some(&interrupted()), &failed), "a failure rate says the most");
         assert_eq!(failed.kind.end(), RunEnd::FailureRate);
+        let g = failure_groups(
+            &[
+                (1, "exit 1; stderr ends with:\nModuleNotFoundError: no torch".into()),
+                (2, "metric `f` was not reported".into()),
+                (3, "exit 1; stderr ends with:\nModuleNotFoundError: no torch".into()),
+                (4, "exit 2; stderr ends with:\nother".into()),
+            ],
+            5,
+        );
+        assert_eq!(
+            g,
+            "\n  3 x (trial 1, 3, 4): exit 1; stderr ends with:\n      | ModuleNotFoundError: no torch\n  1 x (trial 2): metric `f` was not reported"
+        );
         assert_eq!(deadline().kind.end(), RunEnd::Done);
     }
 }

@@ -101,12 +101,17 @@ fn a_script_that_does_not_exist_fails_before_it_runs() {
 
 #[test]
 fn too_many_failures_stop_the_run_with_exit_1() {
-    let runner = r#"command = ["sh", "-c", "exit 1"]"#;
+    let runner = r#"command = ["sh", "-c", "echo no module named torch >&2; exit 1"]"#;
     let orch = "max_trials = 40\nparallelism = 2\ntolerated_trial_failure_rate = 0.5\nmin_failed_trials_for_failure_rate_check = 3";
     let e = Exp::new("rate", &toml("rate", X, runner, orch, ""));
     let out = e.optx(&["run", "experiment.toml"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(text(&out).contains("tolerated_trial_failure_rate"), "{}", text(&out));
+    // Why they failed, grouped, with the end of stderr.
+    let said = text(&out);
+    let group = said.lines().skip_while(|l| !l.contains("tolerated_trial_failure_rate")).nth(1).unwrap_or_default();
+    assert!(group.contains(" x (trial 0, 1") && group.ends_with("exit code 1; stderr ends with:"), "{said}");
+    assert!(said.contains("      | no module named torch"), "{said}");
     let n = e.trials().len();
     assert!((3..=5).contains(&n), "stopped early, after {n} trials");
 }
