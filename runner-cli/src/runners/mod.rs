@@ -14,7 +14,7 @@ pub mod external;
 pub mod output;
 pub mod plugin;
 mod tail;
-mod verdict;
+pub(crate) mod verdict;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 
 use super::{MetricPoint, Outcome};
 
+/// The problem of a metric whose fetch failed for good (after its retries).
+pub fn fetch_failed(metric: &str, detail: &str) -> String {
+    format!("metric `{metric}`: fetch failed{detail}")
+}
+
 /// The outcome of a trial that ended well, from the final values read (`finals`) and the
 /// problems met reading them. `looked` says where the metrics were looked for, `after`
 /// comes at the end of a reason (the last lines of stderr, say). A problem beside a
@@ -24,7 +29,12 @@ pub fn verdict(
         .find(|p| !p.mean.is_finite())
         .map(|p| format!("metric `{}` is not finite ({})", p.metric, p.mean));
     let failed = |reason: String| (Outcome::Failed { reason, lost: false }, None);
-    if let Some(p) = problems.first().filter(|_| !missing.is_empty()) {
+    // A metric that could not be fetched says nothing about the trial: it is abandoned, as
+    // Ax abandons a trial whose data cannot be fetched (not a failure of its arm).
+    let unfetched = missing.iter().find_map(|m| problems.iter().find(|p| p.starts_with(&fetch_failed(m, ""))));
+    if let Some(p) = unfetched {
+        (Outcome::Abandoned { reason: p.clone() }, None)
+    } else if let Some(p) = problems.first().filter(|_| !missing.is_empty()) {
         failed(p.clone())
     } else if !missing.is_empty() {
         let names = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
@@ -65,6 +75,9 @@ mod tests {
         let (o, _) = verdict(&required, &some, &["cannot read mem.json".into()], "x", "");
         assert_eq!(o, Outcome::Failed { reason: "cannot read mem.json".into(), lost: false });
 
+        // A required metric whose fetch failed for good: abandoned.
+        let (o, _) = verdict(&required, &some, &[fetch_failed("mem", " 5 times, last: timeout")], "x", "");
+        assert_eq!(o, Outcome::Abandoned { reason: "metric `mem`: fetch failed 5 times, last: timeout".into() });
         let nan: BTreeMap<_, _> = [point("loss", f64::NAN), point("mem", 1.0)].into();
         let (o, _) = verdict(&required, &nan, &[], "x", "");
         assert_eq!(o, Outcome::Failed { reason: "metric `loss` is not finite (NaN)".into(), lost: false });

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::calls::{guarded, watched};
 use super::check;
 use crate::domain::{ExperimentSpec, MetricRule, RunnerSpec};
+use crate::runners::verdict::fetch_failed;
 use crate::runners::{MetricPoint, RunnerEvent};
 
 /// A call about a trial overran its `call_timeout`: the watchdog ended the trial.
@@ -109,9 +110,9 @@ impl PluginMetrics {
                     }
                 }
                 Err(e) if e.retry() => {
-                    problems.push(format!("metric `{name}`: fetch failed {attempt} times, last: {e}"));
+                    problems.push(fetch_failed(name, &format!(" {attempt} times, last: {e}")));
                 }
-                Err(e) => problems.push(format!("metric `{name}`: fetch failed: {e}")),
+                Err(e) => problems.push(fetch_failed(name, &format!(": {e}"))),
             }
         }
         Ok(())
