@@ -33,6 +33,12 @@ pub struct CommandRunner {
     experiment: String,
     base_dir: PathBuf,
     polls: PollSchedule,
+    /// How often the output of a trial that reports is read at most: every 20 ms with
+    /// early stopping (a stop should reach the trial soon after the report that calls for
+    /// it), else at the poll schedule (at least 50 ms apart).
+    output_every: Duration,
+    /// Early stopping is on: the output is read every `output_every`, without backoff.
+    eager: bool,
     /// `ttl_seconds_for_trials`: a trial running longer fails (and is stopped).
     ttl: Option<Duration>,
     exe: PathBuf,
@@ -86,6 +92,12 @@ impl CommandRunner {
             experiment: spec.name.clone(),
             base_dir: spec.base_dir.clone(),
             polls,
+            eager: spec.early_stopping.is_some(),
+            output_every: if spec.early_stopping.is_some() {
+                Duration::from_millis(20)
+            } else {
+                polls.initial.max(Duration::from_millis(50))
+            },
             ttl: spec.orchestration.ttl_seconds_for_trials.map(Duration::from_secs_f64),
             exe: exe.to_path_buf(),
             shepherd: Mutex::new((shepherd, 1)),
@@ -240,7 +252,7 @@ impl CommandRunner {
         tail: &mut Tail,
     ) -> TrialResult {
         let deadline = self.deadline(job.started_at.unwrap_or_else(SystemTime::now));
-        let mut interval = self.polls.initial.max(Duration::from_millis(50));
+        let mut interval = self.output_every;
         // Without a dispatcher to send them, there are no more stop requests.
         let mut control = control.clone();
         loop {
@@ -275,9 +287,13 @@ impl CommandRunner {
                     let points = tail.curve(read);
                     if !points.is_empty() {
                         let _ = events.send(RunnerEvent::Progress { index: job.index, points });
-                        interval = self.polls.initial.max(Duration::from_millis(50));
+                        interval = self.output_every;
+                    } else if self.eager {
+                        // With early stopping, a report is read within 20 ms, however long
+                        // the trial was silent before it.
+                        interval = self.output_every;
                     } else {
-                        interval = self.polls.next(interval).max(Duration::from_millis(50));
+                        interval = self.polls.next(interval).max(self.output_every);
                     }
                     if rx.is_none() {
                         if let Some(w) = self.wait_until(info, None, job, Some(Instant::now())) {
