@@ -274,6 +274,7 @@ impl<'a> State<'a> {
             stopping: HashMap::new(),
             completed: Vec::new(),
             failures: Vec::new(),
+            said_no_curve: false,
         };
         // The objective of the completed, feasible trials, in the order they completed (for
         // global stopping, which a resume applies again unless told to ignore it).

@@ -112,9 +112,20 @@ pub(super) struct State<'a> {
     pub(super) completed: Vec<f64>,
     /// This session's failed trials (not lost) and their reasons, for the failure-rate stop.
     pub(super) failures: Vec<(u64, String)>,
+    /// Whether the user was told that no learning curve arrives for early stopping.
+    pub(super) said_no_curve: bool,
 }
 
 /// Each objective's value from a trial's final metrics.
+/// The key that marks a point of a learning curve.
+fn progression_key(spec: &ExperimentSpec) -> &str {
+    match &spec.runner {
+        crate::domain::RunnerSpec::Command(c) => &c.progression,
+        crate::domain::RunnerSpec::External(e) => &e.progression,
+        crate::domain::RunnerSpec::Plugin(_) => "step",
+    }
+}
+
 pub(super) fn objective_values(spec: &ExperimentSpec, finals: &[crate::runners::MetricPoint]) -> Vec<Option<f64>> {
     let metric = |m: &str| finals.iter().find(|p| p.metric == m).map(|p| p.mean);
     spec.goal.objectives.iter().map(|o| o.value(metric)).collect()
@@ -512,6 +523,13 @@ impl<'a> State<'a> {
                     _ => false,
                 };
                 self.cost += result.finals.iter().find(|p| p.metric == "cost").map_or(0.0, |p| p.mean);
+                if let (Some(es), false, true) = (&spec.early_stopping, self.said_no_curve, self.curves.is_empty()) {
+                    self.said_no_curve = true;
+                    self.print(RunEvent::Notice(format!(
+                        "early stopping: trial {index} ended without a point of a learning curve of `{}`; report one with a progression (a line `{}=3 {}=0.4`) for the rule to compare trials",
+                        es.metric, progression_key(spec), es.metric
+                    )));
+                }
                 if let (true, Some(Some(v))) = (feas, values.first()) {
                     self.completed.push(*v);
                     if let Some(s) = stop::global(spec, &self.completed) {

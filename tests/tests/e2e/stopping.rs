@@ -241,3 +241,31 @@ fn timeout_hours_leaves_trials_still_running_after_stop_grace_to_a_resume() {
     e.run_ok(&["resume", "experiment.toml"]);
     assert_eq!(status(&e.trials()[0]), "COMPLETED");
 }
+
+#[test]
+fn protect_best_keeps_the_top_trials_running_and_no_curve_is_said_once() {
+    // Worse than the 10th percentile: nearly everything, but for the three best.
+    let rule =
+        "strategy = \"percentile\"\npercentile_threshold = 90\nmin_progression = 5\nmin_curves = 4\nprotect_best = 3";
+    let e = stopping_exp("es_protect", rule);
+    e.run_ok(&["run", "experiment.toml"]);
+    let trials = e.trials();
+    let mut ranked: Vec<&serde_json::Value> = trials.iter().collect();
+    ranked.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+    assert_eq!(status(ranked[0]), "COMPLETED", "the best arm: {:?}", ranked[0]);
+    assert!(trials.iter().filter(|t| status(t) == "COMPLETED").count() >= 3, "{trials:?}");
+    assert!(trials.iter().any(|t| status(t) == "EARLY_STOPPED"));
+    // A file whose trials report no curve still runs, and says so once.
+    let flat = Exp::new(
+        "es_none",
+        &toml(
+            "es_none",
+            X,
+            "command = \"echo f={x}\"",
+            "max_trials = 3",
+            "[early_stopping]\nstrategy = \"percentile\"",
+        ),
+    );
+    let out = flat.run_ok(&["run", "experiment.toml"]);
+    assert_eq!(text(&out).matches("ended without a point of a learning curve of `f`").count(), 1, "{}", text(&out));
+}
