@@ -269,3 +269,21 @@ fn protect_best_keeps_the_top_trials_running_and_no_curve_is_said_once() {
     let out = flat.run_ok(&["run", "experiment.toml"]);
     assert_eq!(text(&out).matches("ended without a point of a learning curve of `f`").count(), 1, "{}", text(&out));
 }
+
+#[test]
+fn patience_spares_a_trial_that_was_not_worse_over_its_whole_window() {
+    // Every curve starts at 0 (a tie, never worse), then behaves as before: a window that
+    // reaches back to step 1 always holds a point where the trial is not worse.
+    let early = TRIAL.replace("(x - 0.3) ** 2 + 1.0 / step", "0.0 if step == 1 else (x - 0.3) ** 2 + 1.0 / step");
+    let rule = |patience: u32| {
+        format!("strategy = \"percentile\"\nmin_progression = 5\nmin_curves = 4\npatience = {patience}")
+    };
+    let patient = stopping_exp("es_patient", &rule(30));
+    patient.file("trial.py", &early);
+    patient.run_ok(&["run", "experiment.toml"]);
+    assert!(patient.trials().iter().all(|t| status(t) == "COMPLETED"), "{:?}", patient.trials());
+    let eager = stopping_exp("es_eager", &rule(0));
+    eager.file("trial.py", &early);
+    eager.run_ok(&["run", "experiment.toml"]);
+    assert!(eager.trials().iter().any(|t| status(t) == "EARLY_STOPPED"));
+}
