@@ -348,6 +348,7 @@ pub fn trials_json(s: &Snapshot) -> serde_json::Value {
                     "metrics": metrics_json(s, t),
                     "feasible": t.feasible,
                     "reason": t.reason,
+                    "stop_metadata": t.stop_metadata,
                     "lost": t.lost,
                     "attempt": t.attempt,
                     "worker": t.session,

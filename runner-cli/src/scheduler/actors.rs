@@ -218,17 +218,12 @@ fn early_stop(
     index: u64,
     progression: f64,
     values: &[Reported],
-    stored: &[(u64, f64, f64)],
+    stored: &crate::stopping::Curves,
 ) -> Result<Told, crate::store::StoreError> {
     let Some(es) = &spec.early_stopping else { return Ok(Told::Point) };
     let Some(mine) = values.iter().find(|r| r.metric == es.metric) else { return Ok(Told::Point) };
-    let mut by_trial: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = Default::default();
-    for (t, p, v) in stored {
-        by_trial.entry(*t).or_default().push((*p, *v));
-    }
-    by_trial.entry(index).or_default().push((progression, mine.mean));
-    let curves: Vec<crate::stopping::Curve> =
-        by_trial.into_iter().map(|(t, pts)| crate::stopping::Curve::new(t, pts)).collect();
+    let mut curves = stored.clone();
+    curves.push(index, progression, mine.mean);
     let Some(d) = crate::stopping::Checker::of(es).decide(&curves, &[index]).pop() else { return Ok(Told::Point) };
     let last = Observation {
         trial: index,
@@ -239,7 +234,14 @@ fn early_stop(
         is_final: true,
     };
     tx.observation(&last)?;
-    let data = TransitionData { reason: Some(&d.reason), ..Default::default() };
+    let decision = super::state::Stopped {
+        reason: d.reason.clone(),
+        progression: d.progression,
+        decided_at: tx.time().to_string(),
+        trigger: (index, progression),
+    };
+    let meta = decision.metadata(None);
+    let data = TransitionData { reason: Some(&d.reason), stop_metadata: Some(&meta), ..Default::default() };
     tx.transition(index, TrialStatus::Running, TrialStatus::EarlyStopped, &data)?;
     Ok(Told::Stop(d.reason))
 }
@@ -259,15 +261,12 @@ pub fn tell(spec: &ExperimentSpec, store: &mut dyn Ledger, index: u64, what: &Te
         completion(spec, r)?;
     }
     // The curves the rule compares, as stored before this point.
-    let curves: Vec<(u64, f64, f64)> = match (&spec.early_stopping, what) {
-        (Some(es), Tell::Point { .. }) => store
-            .observations()
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|o| !o.is_final && o.metric == es.metric && o.mean.is_finite())
-            .filter_map(|o| Some((o.trial, o.progression?, o.mean)))
-            .collect(),
-        _ => Vec::new(),
+    let curves = match (&spec.early_stopping, what) {
+        (Some(es), Tell::Point { .. }) => {
+            let stopped_at = crate::stopping::stopped_at(&store.trials().map_err(store_err)?);
+            crate::stopping::stored_curves(&es.metric, &store.observations().map_err(store_err)?, &stopped_at)
+        }
+        _ => Default::default(),
     };
     let mut refusal = None;
     let told = store

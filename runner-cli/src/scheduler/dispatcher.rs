@@ -226,11 +226,13 @@ impl<'a> State<'a> {
             .sum();
         let nonlost = trials.iter().filter(|t| !t.lost).count() as u64;
         let reruns = pending_reruns(spec, &trials);
+        let stopped_at = crate::stopping::stopped_at(&trials);
         let mut generator = Generator::new(spec, seed, state);
         let learns = generator.learns();
         for t in trials.iter().filter(|_| learns) {
             let Some(arm) = Arm::from_json(&spec.space, &t.parameters) else { continue };
-            if t.status == TrialStatus::Completed {
+            // An early-stopped trial teaches the model its last values, as in the run.
+            if matches!(t.status, TrialStatus::Completed | TrialStatus::EarlyStopped) {
                 let values =
                     finals.get(&t.index).map(|m| m.iter().map(|(k, o)| (k.clone(), (o.mean, o.sem))).collect());
                 generator.observe(t.index, &arm, values.unwrap_or_default());
@@ -297,11 +299,7 @@ impl<'a> State<'a> {
         }
         // The curves the rule compares: every trial's, as the store holds them.
         if let Some(es) = &spec.early_stopping {
-            for o in store.observations()?.into_iter().filter(|o| !o.is_final && o.metric == es.metric) {
-                if let (Some(at), true) = (o.progression, o.mean.is_finite()) {
-                    st.curves.entry(o.trial).or_default().push((at, o.mean));
-                }
-            }
+            st.curves = crate::stopping::stored_curves(&es.metric, &store.observations()?, &stopped_at);
         }
         // A budget spent already (by earlier runs or other workers) deploys nothing more.
         if let Some(s) = super::stop::cost(&spec.orchestration, st.cost) {

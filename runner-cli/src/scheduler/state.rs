@@ -33,6 +33,36 @@ pub(super) struct Rerun {
 }
 
 /// A trial just created: its index, its arm (as the store holds it) and how it came.
+/// The early-stopping rule's decision on a trial that has not ended yet.
+#[derive(Debug, Clone)]
+pub(super) struct Stopped {
+    pub reason: String,
+    /// The trial's latest progression when the rule decided.
+    pub progression: f64,
+    /// When, and on which point (trial, progression) that had just arrived.
+    pub decided_at: String,
+    pub trigger: (u64, f64),
+}
+
+impl Stopped {
+    /// What the trial's `stop_metadata` keeps: the decision, beside what the runner said
+    /// of the stop (under `runner` unless it is an object already).
+    pub fn metadata(&self, runner: Option<&serde_json::Value>) -> serde_json::Value {
+        let decision = serde_json::json!({
+            "progression": self.progression,
+            "decided_at": self.decided_at,
+            "trigger": { "trial": self.trigger.0, "progression": self.trigger.1 },
+        });
+        let mut meta = match runner {
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            Some(v) => serde_json::Map::from_iter([("runner".to_string(), v.clone())]),
+            None => serde_json::Map::new(),
+        };
+        meta.insert("early_stopping".into(), decision);
+        serde_json::Value::Object(meta)
+    }
+}
+
 pub(super) struct NewArm {
     pub index: u64,
     pub arm: Arm,
@@ -104,10 +134,10 @@ pub(super) struct State<'a> {
     /// The runner's wake-up for its driver loop, given to every trial's control channel.
     pub(super) waker: Option<Sender<()>>,
     /// `[early_stopping]`: the rule, the curves of its metric (every trial's), and the
-    /// trials it stopped that have not ended yet, with its reason.
+    /// trials it stopped that have not ended yet, with its decision.
     pub(super) early: Option<crate::stopping::Checker>,
-    pub(super) curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>>,
-    pub(super) stopping: HashMap<u64, String>,
+    pub(super) curves: crate::stopping::Curves,
+    pub(super) stopping: HashMap<u64, Stopped>,
     /// The objective of each completed, feasible trial, in the order they completed.
     pub(super) completed: Vec<f64>,
     /// This session's failed trials (not lost) and their reasons, for the failure-rate stop.
@@ -335,7 +365,7 @@ impl<'a> State<'a> {
                     for p in points.iter().filter(|p| p.mean.is_finite()) {
                         tx.observation(&observation(index, p, false))?;
                     }
-                    self.add_points(index, &points);
+                    self.add_points(tx, index, &points);
                 }
                 RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
                 RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),
@@ -351,14 +381,17 @@ impl<'a> State<'a> {
         &mut self,
         tx: &mut dyn Tx,
         index: u64,
-        reason: String,
+        decision: Stopped,
         result: crate::runners::TrialResult,
     ) -> Result<(), store::StoreError> {
         let spec = self.spec;
+        let reason = decision.reason.clone();
+        let meta = decision.metadata(result.stop_metadata.as_ref());
         // Its curve and final values are stored (by `finish`). Its last point of the compared
         // curve is its final value of that metric when the runner read none.
         let mut finals = result.finals.clone();
-        if let (Some(es), Some(last)) = (&spec.early_stopping, self.curves.get(&index).and_then(|c| c.last())) {
+        let last = self.curves.get(index).and_then(|c| c.points.last().copied());
+        if let (Some(es), Some(last)) = (&spec.early_stopping, last) {
             if !finals.iter().any(|p| p.metric == es.metric) {
                 let p = crate::runners::MetricPoint {
                     metric: es.metric.clone(),
@@ -370,11 +403,7 @@ impl<'a> State<'a> {
                 finals.push(p);
             }
         }
-        let data = TransitionData {
-            reason: Some(&reason),
-            stop_metadata: result.stop_metadata.as_ref(),
-            ..Default::default()
-        };
+        let data = TransitionData { reason: Some(&reason), stop_metadata: Some(&meta), ..Default::default() };
         let t = &mut self.trials[index as usize];
         tx.transition(index, t.status, TrialStatus::EarlyStopped, &data)?;
         t.status = TrialStatus::EarlyStopped;
@@ -402,35 +431,40 @@ impl<'a> State<'a> {
 
     /// Points of the early-stopping metric's curve, one at a time: the rule is asked at
     /// each, so that what it decides does not depend on how many points one read brought.
-    fn add_points(&mut self, index: u64, points: &[crate::runners::MetricPoint]) {
+    fn add_points(&mut self, tx: &dyn Tx, index: u64, points: &[crate::runners::MetricPoint]) {
         let Some(es) = &self.spec.early_stopping else { return };
         for p in points.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
             // Points a stopped trial reports after the rule's decision do not count.
             if let (Some(at), false) = (p.progression, self.stopping.contains_key(&index)) {
-                self.curves.entry(index).or_default().push((at, p.mean));
-                self.early_stop(None);
+                self.curves.push(index, at, p.mean);
+                self.early_stop(tx, (index, at), None);
             }
         }
     }
 
-    /// Ask the rule about every running trial (but `ending`, whose end is being recorded).
-    fn early_stop(&mut self, ending: Option<u64>) {
+    /// Ask the rule about every running trial (but `ending`, whose end is being recorded),
+    /// on the point `trigger` (trial, progression) that just arrived.
+    fn early_stop(&mut self, tx: &dyn Tx, trigger: (u64, f64), ending: Option<u64>) {
         let Some(checker) = self.early.as_mut() else { return };
         let mut running: Vec<u64> = self
             .running
             .keys()
             .copied()
-            .filter(|i| !self.stopping.contains_key(i) && self.curves.contains_key(i) && Some(*i) != ending)
+            .filter(|i| !self.stopping.contains_key(i) && self.curves.contains(*i) && Some(*i) != ending)
             .collect();
         running.sort_unstable();
         if running.is_empty() {
             return;
         }
-        let curves: Vec<crate::stopping::Curve> =
-            self.curves.iter().map(|(t, pts)| crate::stopping::Curve::new(*t, pts.clone())).collect();
-        for d in checker.decide(&curves, &running) {
+        for d in checker.decide(&self.curves, &running) {
             tracing::debug!(trial = d.trial, progression = d.progression, "early stopping: {}", d.reason);
-            self.stopping.insert(d.trial, d.reason.clone());
+            let stopped = Stopped {
+                reason: d.reason.clone(),
+                progression: d.progression,
+                decided_at: tx.time().to_string(),
+                trigger,
+            };
+            self.stopping.insert(d.trial, stopped);
             self.effects.push(Effect::Stop { index: d.trial, reason: d.reason });
         }
     }
@@ -454,17 +488,17 @@ impl<'a> State<'a> {
         if let (Some(es), false) = (&spec.early_stopping, self.stopping.contains_key(&index)) {
             for p in result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
                 if let Some(at) = p.progression {
-                    self.curves.entry(index).or_default().push((at, p.mean));
-                    self.early_stop(Some(index));
+                    self.curves.push(index, at, p.mean);
+                    self.early_stop(tx, (index, at), Some(index));
                 }
             }
         }
         let early = match (&result.outcome, self.stopping.remove(&index)) {
-            (Outcome::Failed { .. }, Some(reason)) => Some(reason),
+            (Outcome::Failed { .. }, Some(decision)) => Some(decision),
             _ => None,
         };
-        if let Some(reason) = early {
-            return self.early_stopped(tx, index, reason, result);
+        if let Some(decision) = early {
+            return self.early_stopped(tx, index, decision, result);
         }
         let (to, reason, lost, feas) = match &result.outcome {
             Outcome::Completed => {

@@ -46,6 +46,23 @@ impl Curve {
         Curve { trial, points: out }
     }
 
+    /// Add a point, kept in order (most often at the end): the last value reported at a
+    /// progression replaces an earlier one.
+    pub fn push(&mut self, p: f64, v: f64) {
+        if !(p.is_finite() && v.is_finite()) {
+            return;
+        }
+        let k = match self.points.last() {
+            Some(last) if last.0 < p => self.points.len(),
+            None => 0,
+            _ => self.points.partition_point(|q| q.0 < p),
+        };
+        match self.points.get_mut(k) {
+            Some(q) if q.0 == p => q.1 = v,
+            _ => self.points.insert(k, (p, v)),
+        }
+    }
+
     /// The latest progression.
     pub fn last(&self) -> Option<f64> {
         self.points.last().map(|p| p.0)
@@ -66,6 +83,84 @@ impl Curve {
         let lo = pts[k - 1];
         Some(lo.1 + (hi.1 - lo.1) * (p - lo.0) / (hi.0 - lo.0))
     }
+}
+
+/// Every trial's curve of the rule's metric, by trial, each kept sorted as points arrive
+/// (a new point costs a push, not a rebuild of every curve).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curves {
+    by_trial: BTreeMap<u64, Curve>,
+}
+
+impl Curves {
+    pub fn push(&mut self, trial: u64, p: f64, v: f64) {
+        self.by_trial.entry(trial).or_insert_with(|| Curve { trial, points: Vec::new() }).push(p, v);
+    }
+
+    pub fn get(&self, trial: u64) -> Option<&Curve> {
+        self.by_trial.get(&trial)
+    }
+
+    pub fn contains(&self, trial: u64) -> bool {
+        self.by_trial.contains_key(&trial)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_trial.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_trial.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Curve> {
+        self.by_trial.values()
+    }
+
+    pub fn trials(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_trial.keys().copied()
+    }
+}
+
+impl FromIterator<Curve> for Curves {
+    fn from_iter<I: IntoIterator<Item = Curve>>(iter: I) -> Curves {
+        Curves { by_trial: iter.into_iter().map(|c| (c.trial, c)).collect() }
+    }
+}
+
+impl From<&[Curve]> for Curves {
+    fn from(curves: &[Curve]) -> Curves {
+        curves.iter().cloned().collect()
+    }
+}
+
+/// Where the rule stopped each early-stopped trial: the progression its `stop_metadata`
+/// keeps (`early_stopping.progression`).
+pub fn stopped_at(trials: &[crate::domain::Trial]) -> std::collections::HashMap<u64, f64> {
+    trials
+        .iter()
+        .filter(|t| t.status == crate::domain::TrialStatus::EarlyStopped)
+        .filter_map(|t| {
+            let p = t.stop_metadata.as_ref()?.get("early_stopping")?.get("progression")?.as_f64()?;
+            Some((t.index, p))
+        })
+        .collect()
+}
+
+/// The curves of `metric` in stored `observations`, without the points an early-stopped
+/// trial reported after the rule's decision (they did not count in the run either).
+pub fn stored_curves(
+    metric: &str,
+    observations: &[crate::domain::Observation],
+    stopped_at: &std::collections::HashMap<u64, f64>,
+) -> Curves {
+    let mut curves = Curves::default();
+    for o in observations.iter().filter(|o| !o.is_final && o.metric == metric) {
+        if let Some(at) = o.progression.filter(|at| stopped_at.get(&o.trial).is_none_or(|p| at <= p)) {
+            curves.push(o.trial, at, o.mean);
+        }
+    }
+    curves
 }
 
 pub use crate::domain::{StopOptions as Options, StopRule as Rule};
@@ -127,12 +222,11 @@ impl Checker {
     /// Ask the rule about the running trials `candidates`, given every curve (running trials
     /// and ended ones). A trial is checked only when its latest point makes it due (a new
     /// interval step or rung); call this at each new point.
-    pub fn decide(&mut self, curves: &[Curve], candidates: &[u64]) -> Vec<Decision> {
+    pub fn decide(&mut self, curves: &Curves, candidates: &[u64]) -> Vec<Decision> {
         let o = self.options;
-        let by_trial: BTreeMap<u64, &Curve> = curves.iter().map(|c| (c.trial, c)).collect();
         let mut out = Vec::new();
         for &t in candidates {
-            let Some(curve) = by_trial.get(&t) else { continue };
+            let Some(curve) = curves.get(t) else { continue };
             let Some(p) = curve.last() else { continue };
             if o.min_progression.is_some_and(|m| p < m) || o.max_progression.is_some_and(|m| p > m) {
                 continue;
@@ -169,7 +263,7 @@ impl Checker {
     }
 
     /// The values of every curve at `q` (those that have one), this trial's first.
-    fn values_at(curves: &[Curve], curve: &Curve, q: f64) -> Option<(f64, Vec<f64>)> {
+    fn values_at(curves: &Curves, curve: &Curve, q: f64) -> Option<(f64, Vec<f64>)> {
         let mine = curve.at(q)?;
         Some((mine, curves.iter().filter_map(|c| c.at(q)).collect()))
     }
@@ -187,7 +281,7 @@ impl Checker {
         better < n
     }
 
-    fn check(&self, curves: &[Curve], curve: &Curve, p: f64, step: i64) -> Option<Decision> {
+    fn check(&self, curves: &Curves, curve: &Curve, p: f64, step: i64) -> Option<Decision> {
         let o = self.options;
         let min_prog = o.min_progression.unwrap_or(f64::NEG_INFINITY);
         let stop = |reason: String| Some(Decision { trial: curve.trial, progression: p, reason });

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Checker, Curve, Decision};
+use super::{Checker, Curves, Decision};
 use crate::domain::{EarlyStopping, Observation};
 
 /// What the rule would have done.
@@ -27,7 +27,7 @@ pub struct Replay {
 /// each ended trial's end was stored.
 pub fn replay(es: &EarlyStopping, log: &[(Observation, String)], ended_at: &BTreeMap<u64, String>) -> Replay {
     let mut checker = Checker::of(es);
-    let mut curves: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut curves = Curves::default();
     let mut ended: BTreeSet<u64> = BTreeSet::new();
     let mut stopped: BTreeMap<u64, Decision> = BTreeMap::new();
     let (mut points, mut saved) = (0, 0);
@@ -44,16 +44,15 @@ pub fn replay(es: &EarlyStopping, log: &[(Observation, String)], ended_at: &BTre
             saved += 1;
             continue;
         }
-        curves.entry(o.trial).or_default().push((at, o.mean));
+        curves.push(o.trial, at, o.mean);
         let ends_before = |t: &u64| ended.contains(t) || ended_at.get(t).is_some_and(|e| e.as_str() < time.as_str());
         let ends_now = |t: &u64| ended_at.get(t).is_some_and(|e| e == time);
         let candidates: Vec<u64> =
-            curves.keys().copied().filter(|t| !stopped.contains_key(t) && !ends_before(t) && !ends_now(t)).collect();
+            curves.trials().filter(|t| !stopped.contains_key(t) && !ends_before(t) && !ends_now(t)).collect();
         if candidates.is_empty() {
             continue;
         }
-        let all: Vec<Curve> = curves.iter().map(|(t, p)| Curve::new(*t, p.clone())).collect();
-        for d in checker.decide(&all, &candidates) {
+        for d in checker.decide(&curves, &candidates) {
             stopped.insert(d.trial, d);
         }
     }

@@ -82,6 +82,13 @@ fn percentile_stops_the_bad_curves_and_keeps_the_best() {
     for t in &stopped {
         assert!(t["reason"].as_str().unwrap().starts_with("percentile: its value"), "{t}");
         assert!(distance(t) > distance(best));
+        // The decision is kept: at which progression, when, and on which report.
+        let d = &t["stop_metadata"]["early_stopping"];
+        let p = d["progression"].as_f64().unwrap_or_else(|| panic!("{t}"));
+        assert!(p >= 5.0, "{t}");
+        assert!(t["reason"].as_str().unwrap().contains(&format!("at progression {p} ")), "{t}");
+        assert!(d["trigger"]["trial"].as_u64().is_some() && d["trigger"]["progression"].as_f64().is_some(), "{t}");
+        assert!(d["decided_at"].as_str().is_some_and(|s| !s.is_empty()), "{t}");
     }
     // A stopped trial's process group is gone.
     for t in &stopped {
