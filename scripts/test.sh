@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. The server-store tests need a PostgreSQL server and the Slurm tests
 # a Slurm cluster: this starts a throw-away one of each (scripts/pg-server.sh,
-# scripts/slurm-local.sh) in temp dirs on loopback, and stops them after.
+# scripts/slurm-local.sh) in temp dirs on loopback, and stops them after. The report tests
+# need a headless Chromium (scripts/chromium.sh installs Debian's if it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d "${TMPDIR:-/tmp}/optx-pg.XXXXXX")
@@ -17,5 +18,7 @@ export OPTX_TEST_PG_URL OPTX_TEST_PG_DIR="$dir"
 conf=$(bash scripts/slurm-local.sh up "$slurm" | sed -n 's/^export SLURM_CONF=//p')
 [ -n "$conf" ] || { echo "test.sh: the local Slurm did not start" >&2; exit 1; }
 export SLURM_CONF="$conf"
+OPTX_TEST_CHROMIUM=$(bash scripts/chromium.sh)
+export OPTX_TEST_CHROMIUM
 cargo build --workspace
 cargo test --workspace "$@"

@@ -56,7 +56,13 @@ fn main() {
         parameters: (1..=dims)
             .map(|i| Parameter {
                 name: format!("x{i}"),
-                domain: Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None },
+                domain: Domain::Float {
+                    lo: 0.0,
+                    hi: 1.0,
+                    log: false,
+                    step: None,
+                    digits: optx::domain::DEFAULT_DIGITS,
+                },
             })
             .collect(),
         constraints: vec![],

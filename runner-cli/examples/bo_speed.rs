@@ -29,7 +29,13 @@ fn main() {
         parameters: (1..=6)
             .map(|i| Parameter {
                 name: format!("x{i}"),
-                domain: Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None },
+                domain: Domain::Float {
+                    lo: 0.0,
+                    hi: 1.0,
+                    log: false,
+                    step: None,
+                    digits: optx::domain::DEFAULT_DIGITS,
+                },
             })
             .collect(),
         constraints: vec![],

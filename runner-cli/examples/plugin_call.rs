@@ -32,7 +32,13 @@ fn per_call(rounds: usize, n: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let lib = std::env::args().nth(1).expect("usage: plugin_call path/to/liboptx_hartmann6.so");
-    let r = PluginRef { library: lib.into(), name: "hartmann6".into(), config: json!({}), origin: "bench".into() };
+    let r = PluginRef {
+        library: lib.into(),
+        by_name: None,
+        name: "hartmann6".into(),
+        config: json!({}),
+        origin: "bench".into(),
+    };
     let plugin = optx::runners::plugin::load(&r).unwrap_or_else(|e| panic!("{e}"));
     let runner = plugin.open_runner("hartmann6", &json!({"delay_seconds": 0}), "bench").expect("open runner");
     let meta = json!({"trial_dir": "/nonexistent", "started": 0.0, "delay": 0.0});

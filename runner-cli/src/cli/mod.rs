@@ -4,19 +4,28 @@
 //! Exit codes: 0 done, 1 runtime failure (e.g. failure rate exceeded), 2 bad input
 //! (config, arguments, a store in use), 130 interrupted (state saved, resumable).
 
+mod events;
+mod init;
+mod out;
 mod replay;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use out::{out, outln};
 
 use crate::config;
 use crate::domain::{ExperimentSpec, StoreLocation};
 use crate::generate::Generator;
 use crate::report::{self, Snapshot};
-use crate::scheduler::{self, EventSink, Launch, RunEnd, RunError, RunEvent};
+use crate::scheduler::{self, Launch, RunEnd, RunError};
 use crate::store::{self, Ledger};
+
+/// The starter file of `optx init` for `command` (an example command when it has none).
+pub fn starter_file(command: &str) -> String {
+    init::starter(command).unwrap_or_else(|e| e)
+}
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_RUNTIME: i32 = 1;
@@ -93,7 +102,12 @@ enum Command {
         ignore_global_stopping: bool,
     },
     /// Counts by status, running trials, best so far
-    Status { target: PathBuf },
+    Status {
+        target: PathBuf,
+        /// Print it as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// The best feasible parameters
     Best {
         target: PathBuf,
@@ -105,6 +119,9 @@ enum Command {
         target: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// The same as --format json
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
     /// Check an experiment file and print the resolved search space
     Validate { file: PathBuf },
@@ -167,6 +184,33 @@ enum Command {
         /// The new file to write
         dest: PathBuf,
     },
+    /// One self-contained HTML file with the experiment's plots and trials (no network)
+    Report {
+        /// The store (or the experiment file that names it)
+        target: PathBuf,
+        /// The file to write
+        #[arg(long, short, value_name = "FILE", default_value = "report.html")]
+        output: PathBuf,
+    },
+    /// Write a commented starter file for a script: a parameter per placeholder of its
+    /// command, a runner, an objective to fill in
+    Init {
+        /// The script's command, with a placeholder per parameter, e.g.
+        /// "python3 train.py --lr={lr}"
+        #[arg(long, value_name = "COMMAND")]
+        command: Option<String>,
+        /// The file to write (never overwritten; - prints it)
+        #[arg(long, short, value_name = "FILE", default_value = "experiment.toml")]
+        output: PathBuf,
+    },
+    /// The JSON Schema (draft 2020-12) of the experiment file, for editor completion and
+    /// validation
+    Schema,
+    /// Shell completions for optx (source the output in the shell's startup file)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -182,11 +226,25 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
     code
 }
 
+/// The width of the terminal stdout is, if it is one (tables fit it; a pipe gets them whole).
+fn terminal_width() -> Option<u16> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return None;
+    }
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<u16>().ok());
+    columns.or_else(|| comfy_table::Table::new().width()).filter(|w| *w >= 40)
+}
+
+/// Colours on stderr: only on a terminal, and never with NO_COLOR set (no-color.org).
+fn colours() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     // Colours only on a terminal: a log file or a pipe gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = colours();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -227,35 +285,44 @@ pub fn main() -> i32 {
         Command::Resume { target, overrides, store, allow_changes, ignore_global_stopping } => {
             cmd_resume(&target, overrides, store, (allow_changes, ignore_global_stopping), &line)
         }
-        Command::Status { target } => with_store(&target, |snap, path| {
-            print!("{}", report::status(snap, &path.to_string()));
+        Command::Status { target, json } => with_store(&target, |snap, path| {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::status_json(snap, &path.to_string())).unwrap_or_default()
+                );
+            } else {
+                out!("{}", report::status(snap, &path.to_string()));
+            }
             EXIT_OK
         }),
         Command::Best { target, json } => with_store(&target, |snap, _| {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report::best_json(snap)).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&report::best_json(snap)).unwrap_or_default());
             } else {
-                print!("{}", report::best_text(snap));
+                out!("{}", report::best_text(snap));
             }
             EXIT_OK
         }),
-        Command::Trials { target, format } => with_store(&target, |snap, _| match format {
-            Format::Json => {
-                println!("{}", serde_json::to_string_pretty(&report::trials_json(snap)).unwrap_or_default());
-                EXIT_OK
-            }
-            Format::Csv => match report::trials_csv(snap) {
-                Ok(s) => {
-                    print!("{s}");
+        Command::Trials { target, format, json } => {
+            with_store(&target, |snap, _| match if json { Format::Json } else { format } {
+                Format::Json => {
+                    outln!("{}", serde_json::to_string_pretty(&report::trials_json(snap)).unwrap_or_default());
                     EXIT_OK
                 }
-                Err(e) => fail(EXIT_RUNTIME, e),
-            },
-            Format::Table => {
-                print!("{}", report::trials_table(snap));
-                EXIT_OK
-            }
-        }),
+                Format::Csv => match report::trials_csv(snap) {
+                    Ok(s) => {
+                        out!("{s}");
+                        EXIT_OK
+                    }
+                    Err(e) => fail(EXIT_RUNTIME, e),
+                },
+                Format::Table => {
+                    out!("{}", report::trials_table(snap, terminal_width()));
+                    EXIT_OK
+                }
+            })
+        }
         Command::Validate { file } => cmd_validate(&file),
         Command::Backup { target, dest } => cmd_backup(&target, &dest),
         Command::Replay { target, with } => replay::cmd_replay(&target, with.as_deref()),
@@ -265,6 +332,18 @@ pub fn main() -> i32 {
         }
         Command::Attach { target, params, tell } => cmd_attach(&target, &params, &tell, &line),
         Command::Clean { target, dry_run } => cmd_clean(&target, dry_run, &line),
+        Command::Report { target, output } => cmd_report(&target, &output),
+        Command::Init { command, output } => init::cmd_init(command.as_deref(), &output),
+        Command::Schema => {
+            outln!("{}", serde_json::to_string_pretty(&config::schema::schema()).unwrap_or_default());
+            EXIT_OK
+        }
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "optx", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+            EXIT_OK
+        }
     }
 }
 
@@ -451,13 +530,61 @@ fn with_store(target: &Path, f: impl FnOnce(&Snapshot, &StoreLocation) -> i32) -
         Ok(x) => x,
         Err(c) => return c,
     };
+    // The final values and the newest point of each running trial: never every point of
+    // every curve (a store may hold millions).
+    let (trials, finals, workers) = match (store.trials(), store.final_observations(), store.workers()) {
+        (Ok(t), Ok(o), Ok(w)) => (t, o, w),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(EXIT_RUNTIME, e),
+    };
+    let open: Vec<u64> = trials.iter().filter(|t| !t.status.is_terminal()).map(|t| t.index).collect();
+    let latest = match store.latest_points(&open) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_RUNTIME, e),
+    };
+    let mut snap = Snapshot::new(&spec, &trials, &finals);
+    snap.latest = latest;
+    snap.workers = workers.iter().map(|w| worker_view(w, &trials)).collect();
+    f(&snap, &path)
+}
+
+fn cmd_report(target: &Path, output: &Path) -> i32 {
+    let (store, spec, path) = match open_target(target) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
     let (trials, obs, workers) = match (store.trials(), store.observations(), store.workers()) {
         (Ok(t), Ok(o), Ok(w)) => (t, o, w),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(EXIT_RUNTIME, e),
     };
+    // The curves to draw: the early-stopping metric's, else the first objective's metric.
+    let metric = spec
+        .early_stopping
+        .as_ref()
+        .map(|e| e.metric.clone())
+        .or_else(|| spec.goal.objectives.first().and_then(|o| o.terms.first()).map(|t| t.0.clone()))
+        .unwrap_or_default();
+    let mut curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = Default::default();
+    for o in obs.iter().filter(|o| !o.is_final && o.metric == metric && o.mean.is_finite()) {
+        if let Some(p) = o.progression {
+            curves.entry(o.trial).or_default().push((p, o.mean));
+        }
+    }
     let mut snap = Snapshot::new(&spec, &trials, &obs);
     snap.workers = workers.iter().map(|w| worker_view(w, &trials)).collect();
-    f(&snap, &path)
+    let extra = report::html::Extra {
+        curves: &curves,
+        curve_metric: metric,
+        generated: format!("written {} by optx {} from {path}", store::now(), env!("CARGO_PKG_VERSION")),
+    };
+    let page = report::html::report(&snap, &extra);
+    // Written beside, then renamed: a report is whole or not there.
+    let tmp = output.with_extension("html.partial");
+    if let Err(e) = std::fs::write(&tmp, page.as_bytes()).and_then(|_| std::fs::rename(&tmp, output)) {
+        let _ = std::fs::remove_file(&tmp);
+        return fail(EXIT_RUNTIME, format!("writing {}: {e}", output.display()));
+    }
+    eprintln!("optx: wrote {} ({} trials, {} kB)", output.display(), trials.len(), page.len() / 1024);
+    EXIT_OK
 }
 
 /// A worker as the reports show it: its state decided here (liveness needs the processes).
@@ -587,111 +714,12 @@ fn cmd_resume(target: &Path, o: Overrides, store: Option<PathBuf>, flags: (bool,
     )
 }
 
-/// Prints run events as lines for people, or as JSON objects.
-struct Printer {
-    quiet: bool,
-    json: bool,
-    out: std::io::Stdout,
-}
-
-impl EventSink for Printer {
-    fn event(&mut self, e: &RunEvent) {
-        if self.quiet {
-            if let RunEvent::Notice(n) = e {
-                eprintln!("optx: {n}");
-            }
-            return;
-        }
-        let mut out = self.out.lock();
-        if self.json {
-            let v = match e {
-                RunEvent::Started { name, store, max_trials, parallelism, method, existing } => serde_json::json!({
-                    "event": "started", "name": name, "store": store.to_string(), "max_trials": max_trials,
-                    "parallelism": parallelism, "generation": method, "existing": existing}),
-                RunEvent::Reattached { index, pid } => {
-                    serde_json::json!({"event": "reattached", "trial": index, "pid": pid})
-                }
-                RunEvent::Deployed { index, params, generation } => {
-                    serde_json::json!({"event": "deployed", "trial": index, "parameters": params, "generation": generation})
-                }
-                RunEvent::Completed { index, values, feasible, best, note } => {
-                    let objectives: serde_json::Map<String, serde_json::Value> =
-                        values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-                    let (metric, value) = values.first().cloned().unwrap_or_default();
-                    serde_json::json!({
-                    "event": "completed", "trial": index, "metric": metric, "value": value,
-                    "objectives": objectives, "feasible": feasible, "best": best, "note": note})
-                }
-                RunEvent::Failed { index, reason, lost, will_retry } => {
-                    serde_json::json!({"event": "failed", "trial": index, "reason": reason, "lost": lost, "retry": will_retry})
-                }
-                RunEvent::EarlyStopped { index, reason } => {
-                    serde_json::json!({"event": "early_stopped", "trial": index, "reason": reason})
-                }
-                RunEvent::Notice(n) => serde_json::json!({"event": "notice", "message": n}),
-            };
-            let _ = writeln!(out, "{v}");
-            return;
-        }
-        let _ = match e {
-            RunEvent::Started { name, store, max_trials, parallelism, method, existing } => {
-                let resumed = if *existing > 0 { format!(", {existing} already there") } else { String::new() };
-                writeln!(out, "optx: `{name}`: {max_trials} trials{resumed}, parallelism {parallelism}; store {store}")
-                    .and_then(|_| writeln!(out, "optx: generation: {method}"))
-            }
-            RunEvent::Reattached { index, pid } => match pid {
-                Some(p) => writeln!(out, "[{index:>4}] re-attached to pid {p}"),
-                None => writeln!(out, "[{index:>4}] re-attached"),
-            },
-            RunEvent::Deployed { index, params, generation } => {
-                writeln!(out, "[{index:>4}] deployed   {}  ({generation})", report::params_inline(params))
-            }
-            RunEvent::Completed { index, values, feasible, best, note } => {
-                let v = values
-                    .iter()
-                    .map(|(m, v)| format!("{m} = {}", v.map(report::num).unwrap_or_else(|| "?".into())))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let tag = if *best && values.len() > 1 {
-                    "  * on the Pareto front"
-                } else if *best {
-                    "  * best so far"
-                } else if !feasible {
-                    "  (infeasible)"
-                } else {
-                    ""
-                };
-                let note = note.as_ref().map(|n| format!("  [{n}]")).unwrap_or_default();
-                writeln!(out, "[{index:>4}] completed  {v}{tag}{note}")
-            }
-            RunEvent::Failed { index, reason, lost, will_retry } => {
-                let mut lines = reason.lines();
-                let first = lines.next().unwrap_or("");
-                let what = if *lost { "lost      " } else { "failed    " };
-                let then = if *lost {
-                    "  (not counted; its arm runs again)"
-                } else if *will_retry {
-                    "  (will retry)"
-                } else {
-                    ""
-                };
-                let mut r = writeln!(out, "[{index:>4}] {what} {first}{then}");
-                for l in lines {
-                    r = r.and_then(|_| writeln!(out, "         | {l}"));
-                }
-                r
-            }
-            RunEvent::EarlyStopped { index, reason } => writeln!(out, "[{index:>4}] stopped    {reason}"),
-            RunEvent::Notice(n) => writeln!(out, "optx: {n}"),
-        };
-    }
-}
-
 fn start(l: Launch, o: &Overrides) -> i32 {
     let store_path = l.spec.store.clone();
     let spec = l.spec.clone();
-    let mut printer = Printer { quiet: o.quiet, json: o.events_json, out: std::io::stdout() };
+    let mut printer = events::Printer::new(o.quiet, o.events_json);
     let end = scheduler::launch(l, &mut printer);
+    printer.finish();
     let code = match &end {
         Ok(RunEnd::Done | RunEnd::Detached(_) | RunEnd::Deadline(_)) => EXIT_OK,
         Ok(RunEnd::FailureRate | RunEnd::TooManyLost) => EXIT_RUNTIME,
@@ -709,6 +737,27 @@ fn start(l: Launch, o: &Overrides) -> i32 {
             }
             Ok(report::Summary { counts, feasible: store.feasible_count()?, best: store.best(&spec.goal)? })
         })();
+        if let (Ok(summary), true) = (&summary, o.events_json) {
+            // The last event: how the run ended and what it found, for scripts.
+            let end = match &end {
+                Ok(RunEnd::Interrupted) => "interrupted",
+                Ok(RunEnd::FailureRate) => "failure_rate",
+                Ok(RunEnd::TooManyLost) => "too_many_lost",
+                Ok(RunEnd::Deadline(_)) => "timeout_hours",
+                Ok(RunEnd::Detached(_)) => "detached",
+                _ => "done",
+            };
+            let best: Vec<serde_json::Value> = summary
+                .best
+                .iter()
+                .map(|(i, v, p)| serde_json::json!({"trial": i, "objectives": v, "parameters": p}))
+                .collect();
+            outln!(
+                "{}",
+                serde_json::json!({"event": "summary", "end": end, "exit_code": code, "trials": summary.counts,
+                    "feasible": summary.feasible, "best": best, "store": store_path.to_string()})
+            );
+        }
         if let (Ok(summary), false) = (summary, o.events_json) {
             let verb = match end {
                 Ok(RunEnd::Interrupted) => format!("interrupted (resume with `optx resume {store_path}`)"),
@@ -722,8 +771,8 @@ fn start(l: Launch, o: &Overrides) -> i32 {
                 ),
                 _ => "done".into(),
             };
-            println!("optx: {verb}: {}", report::summary_line(&spec, &summary));
-            println!("optx: {}", report::best_line(&spec, &summary));
+            outln!("optx: {verb}: {}", report::summary_line(&spec, &summary));
+            outln!("optx: {}", report::best_line(&spec, &summary));
         }
     }
     code
@@ -789,9 +838,9 @@ fn reported(items: &[String]) -> Result<Vec<scheduler::Reported>, i32> {
 
 fn print_asked(a: &scheduler::Asked, json: bool) {
     if json {
-        println!("{}", serde_json::json!({"index": a.index, "parameters": a.parameters, "generation": a.generation}));
+        outln!("{}", serde_json::json!({"index": a.index, "parameters": a.parameters, "generation": a.generation}));
     } else {
-        println!("{}\t{}", a.index, report::params_inline(&a.parameters));
+        outln!("{}\t{}", a.index, report::params_inline(&a.parameters));
     }
 }
 
@@ -847,25 +896,25 @@ fn cmd_tell(
     let _ = store.leave(session, Some(if told.is_ok() { 0 } else { 2 }));
     match told {
         Ok(scheduler::Told::Point) => {
-            println!("continue");
+            outln!("continue");
             EXIT_OK
         }
         Ok(scheduler::Told::Stop(reason)) => {
-            println!("stop");
+            outln!("stop");
             eprintln!("optx: trial {trial}: {reason}");
             EXIT_OK
         }
         Ok(scheduler::Told::Completed { feasible }) => {
             let note = if feasible { "" } else { " (infeasible)" };
-            println!("optx: trial {trial} completed{note}");
+            outln!("optx: trial {trial} completed{note}");
             EXIT_OK
         }
         Ok(scheduler::Told::Failed) => {
-            println!("optx: trial {trial} failed");
+            outln!("optx: trial {trial} failed");
             EXIT_OK
         }
         Ok(scheduler::Told::Abandoned) => {
-            println!("optx: trial {trial} abandoned");
+            outln!("optx: trial {trial} abandoned");
             EXIT_OK
         }
         Err(e) => run_error(e),
@@ -889,7 +938,7 @@ fn cmd_attach(target: &Path, params: &[String], results: &[String], line: &str) 
     match done {
         Ok((a, told)) => {
             let how = if told.is_some() { "attached and completed" } else { "attached, running: tell its results" };
-            println!("optx: trial {} {how}: {}", a.index, report::params_inline(&a.parameters));
+            outln!("optx: trial {} {how}: {}", a.index, report::params_inline(&a.parameters));
             EXIT_OK
         }
         Err(e) => run_error(e),
@@ -922,7 +971,7 @@ fn cmd_clean(target: &Path, dry_run: bool, line: &str) -> i32 {
     match done {
         Ok(lines) => {
             for l in lines {
-                println!("optx: {l}");
+                outln!("optx: {l}");
             }
             EXIT_OK
         }
@@ -952,7 +1001,7 @@ fn cmd_backup(target: &Path, dest: &Path) -> i32 {
     }
     match store::open_read(&dest).and_then(|b| b.trial_counts()) {
         Ok((n, _)) => {
-            println!("optx: copied {path} ({n} trials) to {dest}");
+            outln!("optx: copied {path} ({n} trials) to {dest}");
             EXIT_OK
         }
         Err(e) => fail(EXIT_RUNTIME, format!("the copy {dest} cannot be read back: {e}")),
@@ -974,6 +1023,12 @@ fn cmd_validate(file: &Path) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if let RunnerSpec::Command(c) = &spec.runner {
+        if let Err(e) = crate::runners::program::check_program(c, &spec.base_dir) {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    }
     let mut out = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(out, "{}: ok", file.display());
@@ -987,10 +1042,13 @@ fn cmd_validate(file: &Path) -> i32 {
     let w = spec.space.parameters.iter().map(|p| p.name.len()).max().unwrap_or(0);
     for p in &spec.space.parameters {
         let d = match &p.domain {
-            Domain::Float { lo, hi, log, step } => format!(
+            Domain::Float { lo, hi, log, step, digits } => format!(
                 "float [{lo}, {hi}]{}{}",
                 if *log { " log" } else { "" },
-                step.map(|s| format!(" step {s}")).unwrap_or_default()
+                match step {
+                    Some(s) => format!(" step {s}"),
+                    None => format!(" ({digits} significant digits)"),
+                }
             ),
             Domain::Int { lo, hi, log, step } => format!(
                 "int [{lo}, {hi}]{}{}",
@@ -1054,6 +1112,6 @@ fn cmd_validate(file: &Path) -> i32 {
         let _ = writeln!(out, "space:       {n} distinct arms");
     }
     let _ = writeln!(out, "store:       {}", spec.store);
-    print!("{out}");
+    out!("{out}");
     EXIT_OK
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::out::outln;
 use super::{fail, load, open_target, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::domain::TrialStatus;
 use crate::stopping::replay::replay;
@@ -32,48 +33,79 @@ pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> i32 {
         .filter_map(|t| Some((t.index, t.completed_at.clone().filter(|_| t.status.is_terminal())?)))
         .collect();
     let r = replay(&es, &log, &ended_at);
-    println!(
+    outln!(
         "optx: replaying {} learning curve(s) of `{}` ({} points) under {:?}",
-        r.curves, es.metric, r.points, es.rule
+        r.curves,
+        es.metric,
+        r.points,
+        es.rule
     );
     let mut same = true;
     for t in trials.iter().filter(|t| t.status == TrialStatus::EarlyStopped || r.stopped.contains_key(&t.index)) {
         let run = (t.status == TrialStatus::EarlyStopped).then(|| t.reason.clone().unwrap_or_default());
         match (r.stopped.get(&t.index), run) {
             (Some(d), Some(reason)) if reason == d.reason => {
-                println!("trial {}: stopped at progression {}: {} (as the run did)", t.index, d.progression, d.reason)
+                outln!("trial {}: stopped at progression {}: {} (as the run did)", t.index, d.progression, d.reason)
             }
             (Some(d), Some(_)) => {
                 same = false;
-                println!(
+                outln!(
                     "trial {}: stopped at progression {}: {} (the run stopped it otherwise)",
-                    t.index, d.progression, d.reason
+                    t.index,
+                    d.progression,
+                    d.reason
                 )
             }
             (Some(d), None) => {
                 same = spec.early_stopping.is_none() && same;
-                println!(
+                outln!(
                     "trial {}: stopped at progression {}: {} (the run let it go on: {})",
-                    t.index, d.progression, d.reason, t.status
+                    t.index,
+                    d.progression,
+                    d.reason,
+                    t.status
                 )
             }
             (None, Some(reason)) => {
                 same = false;
-                println!("trial {}: not stopped (the run stopped it: {reason})", t.index)
+                outln!("trial {}: not stopped (the run stopped it: {reason})", t.index)
             }
             (None, None) => {}
         }
     }
     let share = if r.points > 0 { 100.0 * r.saved as f64 / r.points as f64 } else { 0.0 };
-    println!(
+    outln!(
         "optx: it stops {} of {} trial(s) with curves; progressions saved: {} of {} ({share:.1}%)",
         r.stopped.len(),
         r.curves,
         r.saved,
         r.points
     );
+    // What a user tuning a rule must know first: whether it stops the run's winners.
+    let finals = match store.final_observations() {
+        Ok(f) => crate::domain::final_values(&f),
+        Err(e) => return fail(EXIT_RUNTIME, e),
+    };
+    let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
+    let best: Vec<u64> = best.iter().map(|p| p.0).collect();
+    let lost: Vec<u64> = best.iter().copied().filter(|i| r.stopped.contains_key(i)).collect();
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    match (best.len(), lost.len()) {
+        (0, _) => {}
+        (1, 0) => outln!("optx: it lets the best completed trial ({}) run to its end", best[0]),
+        (_, 0) => outln!("optx: it lets the best completed trials ({}) run to their end", list(&best)),
+        (1, _) => outln!(
+            "optx: warning: it stops trial {}, the best completed trial of the run: loosen the rule (a higher min_progression, patience, protect_best)",
+            best[0]
+        ),
+        (_, _) => outln!(
+            "optx: warning: it stops trial(s) {} of the best completed trials ({}): loosen the rule (a higher min_progression, patience, protect_best)",
+            list(&lost),
+            list(&best)
+        ),
+    }
     if with.is_none() && spec.early_stopping.is_some() {
-        println!(
+        outln!(
             "optx: {}",
             if same {
                 "the run's own decisions are reproduced exactly"

@@ -6,6 +6,7 @@
 
 mod expr;
 mod jobs;
+pub mod schema;
 mod stopping;
 pub use jobs::DEFAULT_STATUS_WORDS;
 mod walk;
@@ -25,6 +26,19 @@ use walk::{
 
 /// Placeholders that every command can use besides the parameters.
 pub const RESERVED_PLACEHOLDERS: [&str; 5] = ["trial", "trial_dir", "experiment", "params_file", "slot"];
+
+/// The placeholders `{name}` of a command (not the reserved ones), in order, once each.
+pub fn placeholders_of(command: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for seg in expr::template(command)?.segments {
+        if let Segment::Placeholder(p) = seg {
+            if !RESERVED_PLACEHOLDERS.contains(&p.as_str()) && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// One error in the experiment file.
 #[derive(Debug, Clone, PartialEq)]
@@ -324,9 +338,13 @@ fn read_domain(ctx: &mut Ctx, p: &Table) -> Option<Domain> {
     let ty = p.require(ctx, "type")?;
     let ty_s = as_str(ctx, ty, &p.path("type"))?;
     match ty_s {
-        "float" | "int" => {
+        "float" => {
+            p.check_keys(ctx, &["type", "bounds", "scaling", "step", "digits"], &LATER_PARAMETER_KEYS);
+            read_range(ctx, p, false)
+        }
+        "int" => {
             p.check_keys(ctx, &["type", "bounds", "scaling", "step"], &LATER_PARAMETER_KEYS);
-            read_range(ctx, p, ty_s == "int")
+            read_range(ctx, p, true)
         }
         "choice" => {
             p.check_keys(ctx, &["type", "values", "ordered"], &LATER_PARAMETER_KEYS);
@@ -494,11 +512,13 @@ fn read_range(ctx: &mut Ctx, p: &Table, int: bool) -> Option<Domain> {
             return None;
         }
     }
-    Some(if int {
-        Domain::Int { lo: lo as i64, hi: hi as i64, log, step: step.map(|s| s as i64) }
-    } else {
-        Domain::Float { lo, hi, log, step }
-    })
+    if int {
+        return Some(Domain::Int { lo: lo as i64, hi: hi as i64, log, step: step.map(|s| s as i64) });
+    }
+    let digits = p
+        .i64_where(ctx, "digits", "an integer from 1 to 17", |d| (1..=17).contains(&d))
+        .map_or(crate::domain::DEFAULT_DIGITS, |d| d as u32);
+    Some(Domain::Float { lo, hi, log, step, digits })
 }
 
 /// Report a string with a NUL byte, which no program can receive.
@@ -850,6 +870,8 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
         _ => KeepTrialDirs::All,
     };
     let progression = t.str(ctx, "progression").unwrap_or("step").to_string();
+    let (line, col) = ctx.line_col(command_v.span().start);
+    let origin = format!("{}:{line}:{col}: `runner.command`", ctx.file);
     Some(RunnerSpec::Command(CommandSpec {
         argv: argv?,
         shell,
@@ -860,6 +882,7 @@ fn read_runner(ctx: &mut Ctx, t: &Table, space: &SearchSpace, base: &Path) -> Op
         stop_grace,
         keep_trial_dirs,
         progression,
+        origin,
     }))
 }
 
@@ -1017,6 +1040,7 @@ fn read_plugin_ref(ctx: &mut Ctx, t: &Table, path: &str, base: &Path) -> Option<
     let (line, col) = ctx.line_col(library_v.span().start);
     Some(PluginRef {
         library: base.join(library),
+        by_name: (!library.contains('/')).then(|| library.to_string()),
         name: name.to_string(),
         config,
         origin: format!("{}:{line}:{col}: `{path}.library`", ctx.file),
@@ -1054,27 +1078,25 @@ fn read_plugin_runner(ctx: &mut Ctx, t: &Table, base: &Path) -> Option<RunnerSpe
     Some(RunnerSpec::Plugin(PluginSpec { plugin: plugin?, call_timeout, keep_trial_dirs }))
 }
 
+const ORCHESTRATION_KEYS: [&str; 14] = [
+    "max_trials",
+    "parallelism",
+    "tolerated_trial_failure_rate",
+    "min_failed_trials_for_failure_rate_check",
+    "initial_seconds_between_polls",
+    "seconds_between_polls_backoff_factor",
+    "max_seconds_between_polls",
+    "ttl_seconds_for_trials",
+    "timeout_hours",
+    "retries_per_failed_arm",
+    "max_pending_trials",
+    "max_cost",
+    "run_trials_in_batches",
+    "worker_lease_seconds",
+];
+
 fn read_orchestration(ctx: &mut Ctx, t: &Table, runner_is_command: bool) -> Option<Orchestration> {
-    t.check_keys(
-        ctx,
-        &[
-            "max_trials",
-            "parallelism",
-            "tolerated_trial_failure_rate",
-            "min_failed_trials_for_failure_rate_check",
-            "initial_seconds_between_polls",
-            "seconds_between_polls_backoff_factor",
-            "max_seconds_between_polls",
-            "ttl_seconds_for_trials",
-            "timeout_hours",
-            "retries_per_failed_arm",
-            "max_pending_trials",
-            "max_cost",
-            "run_trials_in_batches",
-            "worker_lease_seconds",
-        ],
-        &[],
-    );
+    t.check_keys(ctx, &ORCHESTRATION_KEYS, &[]);
     let d = Orchestration::default();
     let max_trials =
         t.require(ctx, "max_trials").and_then(|_| t.i64_where(ctx, "max_trials", "a positive integer", |x| x >= 1));

@@ -7,7 +7,7 @@ use crate::domain::{
     Direction, EarlyStopping, GlobalStopping, Goal, MetricRule, OutcomeConstraint, Relation, StopOptions, StopRule,
 };
 
-const KEYS: [&str; 13] = [
+pub(super) const KEYS: [&str; 13] = [
     "strategy",
     "metric",
     "percentile_threshold",

@@ -15,7 +15,7 @@ mod value;
 pub use location::{is_server_url, redact_url, StoreLocation};
 pub use outcome::{Direction, Goal, Objective, OutcomeConstraint, Point, Relation};
 pub use shell::{shell_quote, shell_quoting, ShellQuote};
-pub use space::{Arm, Domain, LinearConstraint, Parameter, SearchSpace};
+pub use space::{round_digits, Arm, Domain, LinearConstraint, Parameter, SearchSpace, DEFAULT_DIGITS};
 pub use spec::{
     param_env_var, CommandSpec, Durability, EarlyStopping, ExperimentSpec, ExternalSpec, GenerationMethod,
     GenerationSpec, GlobalStopping, JobSystem, JobWord, KeepTrialDirs, MetricRule, Orchestration, PluginRef,

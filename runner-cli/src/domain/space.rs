@@ -3,11 +3,25 @@
 
 use super::Value;
 
+/// Proposed floats keep this many significant digits unless a parameter's `digits` says
+/// otherwise (CONFIG.md): the value stored, shown and passed is one and the same.
+pub const DEFAULT_DIGITS: u32 = 6;
+
+/// `x` rounded to `digits` significant digits: the double nearest to that decimal, so it
+/// prints as that decimal (`0.000316228`, never `0.00031622776601683794`).
+pub fn round_digits(x: f64, digits: u32) -> f64 {
+    if !x.is_finite() || x == 0.0 || !(1..17).contains(&digits) {
+        return x;
+    }
+    format!("{:.*e}", (digits - 1) as usize, x).parse().unwrap_or(x)
+}
+
 /// What values a parameter takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Domain {
-    /// A real in `[lo, hi]`; `log` samples in log space; `step` makes it `lo + k*step`.
-    Float { lo: f64, hi: f64, log: bool, step: Option<f64> },
+    /// A real in `[lo, hi]`; `log` samples in log space; `step` makes it `lo + k*step`;
+    /// without a step, proposed values keep `digits` significant digits.
+    Float { lo: f64, hi: f64, log: bool, step: Option<f64>, digits: u32 },
     /// An integer in `[lo, hi]` inclusive.
     Int { lo: i64, hi: i64, log: bool, step: Option<i64> },
     /// One of `values`; `ordered` choices are searched by their index.
@@ -33,15 +47,15 @@ impl Parameter {
     pub fn from_unit(&self, u: f64) -> Value {
         let u = u.clamp(0.0, 1.0);
         match &self.domain {
-            Domain::Float { lo, hi, log, step } => {
+            Domain::Float { lo, hi, log, step, digits } => {
                 if let Some(step) = step {
                     let k_max = ((hi - lo) / step).round();
                     let k = (u * (k_max + 1.0)).floor().min(k_max);
                     Value::Float(round_to_step(lo + k * step, *step).clamp(*lo, *hi))
                 } else if *log {
-                    Value::Float((lo.ln() + u * (hi.ln() - lo.ln())).exp().clamp(*lo, *hi))
+                    Value::Float(round_digits((lo.ln() + u * (hi.ln() - lo.ln())).exp(), *digits).clamp(*lo, *hi))
                 } else {
-                    Value::Float((lo + u * (hi - lo)).clamp(*lo, *hi))
+                    Value::Float(round_digits(lo + u * (hi - lo), *digits).clamp(*lo, *hi))
                 }
             }
             Domain::Int { lo, hi, log, step } => {
@@ -71,7 +85,7 @@ impl Parameter {
     pub fn to_unit(&self, v: &Value) -> Option<f64> {
         let cell = |k: f64, cells: f64| ((k + 0.5) / cells).clamp(0.0, 1.0);
         match &self.domain {
-            Domain::Float { lo, hi, log, step } => {
+            Domain::Float { lo, hi, log, step, .. } => {
                 let x = v.as_f64()?;
                 if let Some(step) = step {
                     let k_max = ((hi - lo) / step).round();
@@ -109,10 +123,12 @@ impl Parameter {
         match &self.domain {
             Domain::Choice { values, ordered: false } => values[0].clone(),
             Domain::Choice { values, ordered: true } => values[(values.len() - 1) / 2].clone(),
-            Domain::Float { lo, hi, log: true, step: None } => Value::Float((lo * hi).sqrt()),
-            Domain::Float { lo, hi, step, .. } => match step {
+            Domain::Float { lo, hi, log: true, step: None, digits } => {
+                Value::Float(round_digits((lo * hi).sqrt(), *digits).clamp(*lo, *hi))
+            }
+            Domain::Float { lo, hi, step, digits, .. } => match step {
                 Some(s) => Value::Float(round_to_step(lo + ((hi - lo) / 2.0 / s).round() * s, *s)),
-                None => Value::Float((lo + hi) / 2.0),
+                None => Value::Float(round_digits((lo + hi) / 2.0, *digits).clamp(*lo, *hi)),
             },
             Domain::Int { lo, hi, log, step } => {
                 let s = step.unwrap_or(1);
@@ -323,7 +339,9 @@ impl SearchSpace {
                         .map(|i| {
                             let u = if n == 1 { 0.5 } else { i as f64 / (n - 1) as f64 };
                             match &p.domain {
-                                Domain::Float { lo, hi, log: false, .. } => Value::Float(lo + u * (hi - lo)),
+                                Domain::Float { lo, hi, log: false, step: None, digits } => {
+                                    Value::Float(round_digits(lo + u * (hi - lo), *digits).clamp(*lo, *hi))
+                                }
                                 _ => p.from_unit(u),
                             }
                         })
@@ -449,7 +467,7 @@ mod tests {
 
     #[test]
     fn steps_give_round_values_and_cover_the_range_evenly() {
-        let d = p("d", Domain::Float { lo: 0.0, hi: 0.5, log: false, step: Some(0.05) });
+        let d = p("d", Domain::Float { lo: 0.0, hi: 0.5, log: false, step: Some(0.05), digits: DEFAULT_DIGITS });
         assert_eq!(d.from_unit(0.30), Value::Float(0.15));
         assert_eq!(d.from_unit(1.0), Value::Float(0.5));
         assert_eq!(d.from_unit(0.0), Value::Float(0.0));
@@ -458,9 +476,10 @@ mod tests {
 
     #[test]
     fn tiny_steps_keep_the_center_and_the_values_where_they_are() {
-        let fine = p("f", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: Some(1e-12) });
+        let fine = p("f", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: Some(1e-12), digits: DEFAULT_DIGITS });
         assert_eq!(fine.center(), Value::Float(0.5));
-        let tiny = p("t", Domain::Float { lo: 0.0, hi: 1e-290, log: false, step: Some(1e-300) });
+        let tiny =
+            p("t", Domain::Float { lo: 0.0, hi: 1e-290, log: false, step: Some(1e-300), digits: DEFAULT_DIGITS });
         let c = tiny.center().as_f64().unwrap();
         assert!((c - 5e-291).abs() < 1e-299, "{c}");
         assert_eq!(round_to_step(0.3333, 1.0 / 3.0), 0.3333, "no decimal form: left alone");
@@ -480,8 +499,30 @@ mod tests {
     }
 
     #[test]
+    fn proposed_floats_keep_their_significant_digits_and_their_bounds() {
+        assert_eq!(round_digits(0.00031622776601683794, 6), 0.000316228);
+        assert_eq!(round_digits(-0.4211668799999999, 6), -0.421167);
+        assert_eq!(round_digits(123456789.0, 3), 123000000.0);
+        assert_eq!(round_digits(0.1 + 0.2, 6).to_string(), "0.3");
+        assert_eq!(round_digits(1e-300 / 3.0, 2), 3.3e-301);
+        assert_eq!(round_digits(0.0, 6), 0.0);
+        let lr = p("lr", Domain::Float { lo: 1e-5, hi: 1e-1, log: true, step: None, digits: 6 });
+        for k in 0..=1000 {
+            let Value::Float(x) = lr.from_unit(k as f64 / 1000.0) else { panic!() };
+            assert!((1e-5..=1e-1).contains(&x), "{x}");
+            assert!(x.to_string().trim_start_matches("0.").trim_start_matches('0').len() <= 7, "{x}");
+        }
+        // Rounding never leaves the range: a bound with more digits is the bound itself.
+        let b = p("b", Domain::Float { lo: 0.1234567891, hi: 0.9876543219, log: false, step: None, digits: 3 });
+        assert_eq!(b.from_unit(0.0), Value::Float(0.1234567891));
+        assert_eq!(b.from_unit(1.0), Value::Float(0.9876543219));
+        assert_eq!(b.from_unit(0.5), Value::Float(0.556));
+        assert_eq!(b.center(), Value::Float(0.556));
+    }
+
+    #[test]
     fn log_floats_stay_in_bounds_and_center_is_geometric() {
-        let d = p("lr", Domain::Float { lo: 1e-5, hi: 1e-1, log: true, step: None });
+        let d = p("lr", Domain::Float { lo: 1e-5, hi: 1e-1, log: true, step: None, digits: DEFAULT_DIGITS });
         assert_eq!(d.from_unit(0.0), Value::Float(1e-5));
         assert!(matches!(d.from_unit(1.0), Value::Float(x) if (x - 0.1).abs() < 1e-12));
         assert!(matches!(d.center(), Value::Float(x) if (x - 1e-3).abs() < 1e-12));
@@ -490,9 +531,9 @@ mod tests {
     #[test]
     fn to_unit_inverts_from_unit_for_every_kind() {
         let params = [
-            p("f", Domain::Float { lo: -2.0, hi: 3.0, log: false, step: None }),
-            p("l", Domain::Float { lo: 1e-4, hi: 1.0, log: true, step: None }),
-            p("s", Domain::Float { lo: 0.0, hi: 0.5, log: false, step: Some(0.05) }),
+            p("f", Domain::Float { lo: -2.0, hi: 3.0, log: false, step: None, digits: DEFAULT_DIGITS }),
+            p("l", Domain::Float { lo: 1e-4, hi: 1.0, log: true, step: None, digits: DEFAULT_DIGITS }),
+            p("s", Domain::Float { lo: 0.0, hi: 0.5, log: false, step: Some(0.05), digits: DEFAULT_DIGITS }),
             p("i", Domain::Int { lo: 1, hi: 9, log: false, step: None }),
             p("j", Domain::Int { lo: 1, hi: 1000, log: true, step: None }),
             p("k", Domain::Int { lo: 0, hi: 20, log: false, step: Some(4) }),
@@ -518,8 +559,8 @@ mod tests {
     fn fourier_motzkin_finds_infeasible_sets() {
         let mut s = SearchSpace {
             parameters: vec![
-                p("a", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None }),
-                p("b", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None }),
+                p("a", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None, digits: DEFAULT_DIGITS }),
+                p("b", Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None, digits: DEFAULT_DIGITS }),
             ],
             constraints: vec![LinearConstraint {
                 terms: vec![("a".into(), 1.0), ("b".into(), 1.0)],

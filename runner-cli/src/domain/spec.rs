@@ -65,6 +65,8 @@ pub struct CommandSpec {
     pub keep_trial_dirs: KeepTrialDirs,
     /// The key that marks a report as a point of a learning curve.
     pub progression: String,
+    /// `file:line:col: `runner.command``, for errors found after parsing.
+    pub origin: String,
 }
 
 /// A runner or metric in a plugin library: `library` + `name` + `config`.
@@ -72,6 +74,10 @@ pub struct CommandSpec {
 pub struct PluginRef {
     /// Resolved against the experiment file's directory.
     pub library: PathBuf,
+    /// A library named without a directory (`liboptx_foo.so`, or `optx_foo`): when it is not
+    /// in the experiment's directory, it is looked for along `OPTX_PLUGIN_PATH` and beside
+    /// the optx binary.
+    pub by_name: Option<String>,
     pub name: String,
     /// The `config` table, handed to the plugin as JSON.
     pub config: serde_json::Value,

@@ -303,7 +303,10 @@ mod tests {
     use std::time::Duration;
 
     fn float(name: &str, lo: f64, hi: f64) -> Parameter {
-        Parameter { name: name.into(), domain: Domain::Float { lo, hi, log: false, step: None } }
+        Parameter {
+            name: name.into(),
+            domain: Domain::Float { lo, hi, log: false, step: None, digits: crate::domain::DEFAULT_DIGITS },
+        }
     }
 
     fn spec(
@@ -330,6 +333,7 @@ mod tests {
                 stop_grace: Duration::from_secs(1),
                 keep_trial_dirs: KeepTrialDirs::All,
                 progression: "step".into(),
+                origin: String::new(),
             }),
             orchestration: Orchestration { max_trials: 5, ..Default::default() },
             generation: GenerationSpec { method, initial_trials: None, initial_points: vec![], grid_resolution: 5 },

@@ -1,6 +1,9 @@
 //! L1: what people and scripts read: status, the best point, the trials as a table, CSV
 //! or JSON. Pure formatting over domain records; the CLI fetches them.
 
+pub mod html;
+pub mod plots;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -13,6 +16,8 @@ pub struct Snapshot<'a> {
     pub spec: &'a ExperimentSpec,
     pub trials: &'a [Trial],
     pub finals: HashMap<u64, BTreeMap<String, Observation>>,
+    /// The newest point of a learning curve of each running trial (that has one).
+    pub latest: HashMap<u64, Observation>,
     /// The optx processes that worked on the experiment (newest last).
     pub workers: Vec<WorkerView>,
 }
@@ -33,7 +38,7 @@ pub struct WorkerView {
 
 impl<'a> Snapshot<'a> {
     pub fn new(spec: &'a ExperimentSpec, trials: &'a [Trial], observations: &[Observation]) -> Self {
-        Snapshot { spec, trials, finals: final_values(observations), workers: Vec::new() }
+        Snapshot { spec, trials, finals: final_values(observations), latest: HashMap::new(), workers: Vec::new() }
     }
 
     /// The best trial, or the Pareto front.
@@ -177,6 +182,17 @@ pub fn best_line(spec: &ExperimentSpec, s: &Summary) -> String {
     }
 }
 
+/// What a running trial is at: its newest point of a learning curve, if any.
+fn progress_of(s: &Snapshot, t: &Trial) -> Option<String> {
+    let o = s.latest.get(&t.index)?;
+    Some(format!("progression {}: {} {}", num(o.progression?), o.metric, num(o.mean)))
+}
+
+/// Whether a live worker follows the experiment (else its running trials go on alone).
+fn owned(s: &Snapshot) -> bool {
+    s.workers.iter().any(|w| w.state == "live")
+}
+
 pub fn status(s: &Snapshot, store: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "experiment: {}  ({})", s.spec.name, s.spec.goal.describe());
@@ -186,11 +202,20 @@ pub fn status(s: &Snapshot, store: &str) -> String {
     let running: Vec<&Trial> = s.trials.iter().filter(|t| !t.status.is_terminal()).collect();
     if !running.is_empty() {
         let _ = writeln!(out, "running:");
-        for t in running {
+        for t in &running {
             let pid =
                 t.run_metadata.as_ref().and_then(|m| m.get("pid")).map(|p| format!(" pid {p}")).unwrap_or_default();
             let since = t.started_at.as_deref().unwrap_or(&t.created_at);
-            let _ = writeln!(out, "  [{}] {}{pid} since {since}: {}", t.index, t.status, params_inline(&t.parameters));
+            let at = progress_of(s, t).map(|p| format!(" {p};")).unwrap_or_default();
+            let _ =
+                writeln!(out, "  [{}] {}{pid} since {since}:{at} {}", t.index, t.status, params_inline(&t.parameters));
+        }
+        if !owned(s) && !s.workers.is_empty() {
+            let _ = writeln!(
+                out,
+                "nobody runs this experiment now: its {} open trial(s) go on without optx, and `optx resume {store}` re-attaches to them",
+                running.len()
+            );
         }
     }
     let _ = writeln!(out, "{}", best_line(s.spec, &summary));
@@ -215,6 +240,52 @@ pub fn status(s: &Snapshot, store: &str) -> String {
         }
     }
     out
+}
+
+/// `optx status --json`: the same as the text, as one object.
+pub fn status_json(s: &Snapshot, store: &str) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    for t in s.trials {
+        let k = if t.lost { "LOST".to_string() } else { t.status.as_str().to_string() };
+        let n = counts.get(&k).and_then(|v| v.as_u64()).unwrap_or(0);
+        counts.insert(k, serde_json::json!(n + 1));
+    }
+    let running: Vec<serde_json::Value> = s
+        .trials
+        .iter()
+        .filter(|t| !t.status.is_terminal())
+        .map(|t| {
+            let latest = s.latest.get(&t.index).map(
+                |o| serde_json::json!({"progression": o.progression, "metric": o.metric, "value": finite(o.mean)}),
+            );
+            serde_json::json!({
+                "index": t.index,
+                "status": t.status.as_str(),
+                "pid": t.run_metadata.as_ref().and_then(|m| m.get("pid")).cloned(),
+                "since": t.started_at.as_deref().unwrap_or(&t.created_at),
+                "parameters": t.parameters,
+                "latest": latest,
+            })
+        })
+        .collect();
+    let workers: Vec<serde_json::Value> = s
+        .workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({"id": w.id, "host": w.host, "pid": w.pid, "started": w.started,
+                "renewed": w.renewed, "held": w.held, "state": w.state})
+        })
+        .collect();
+    serde_json::json!({
+        "experiment": s.spec.name,
+        "store": store,
+        "trials": s.trials.len(),
+        "by_status": counts,
+        "running": running,
+        "owned": owned(s),
+        "best": best_json(s),
+        "workers": workers,
+    })
 }
 
 fn objectives_json(goal: &Goal, values: &[f64]) -> serde_json::Value {
@@ -403,11 +474,16 @@ pub fn trials_csv(s: &Snapshot) -> Result<String, csv::Error> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-pub fn trials_table(s: &Snapshot) -> String {
+/// Every trial as a table: `width` columns at most (cells wrap), or as wide as it takes.
+pub fn trials_table(s: &Snapshot, width: Option<u16>) -> String {
     let params = param_names(s);
     let metrics = s.metric_names();
     let mut t = Table::new();
-    t.load_style(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Disabled);
+    t.load_style(UTF8_BORDERS_ONLY);
+    match width {
+        Some(w) => t.set_content_arrangement(ContentArrangement::Dynamic).set_width(w),
+        None => t.set_content_arrangement(ContentArrangement::Disabled),
+    };
     let mut header: Vec<String> = vec!["#".into(), "status".into(), "gen".into()];
     header.extend(params.iter().cloned());
     header

@@ -376,7 +376,11 @@ impl CommandRunner {
                     "result.json, JSON lines and name=value pairs on stdout{}",
                     if self.metrics.values().any(|r| !matches!(r, MetricRule::Default)) { ", and the [metrics] rules" } else { "" }
                 );
-                let (outcome, problem) = verdict(&self.required, &finals, &problems, &looked, &stderr_tail());
+                // What it printed instead, and how to read it, before stderr's last lines.
+                let after = |missing: &[&String]| {
+                    format!("{}{}", super::hint::missing_metrics(&dir.join(exec::STDOUT_FILE), missing), stderr_tail())
+                };
+                let (outcome, problem) = verdict(&self.required, &finals, &problems, &looked, &after);
                 let note = match (gone, problem) {
                     (Some(n), Some(p)) if outcome == Outcome::Completed => Some(format!("{n}; {p}")),
                     (n, p) if outcome == Outcome::Completed => n.or(p),

@@ -11,8 +11,10 @@
 mod command;
 pub mod driver;
 pub mod external;
+mod hint;
 pub mod output;
 pub mod plugin;
+pub mod program;
 mod tail;
 pub(crate) mod verdict;
 

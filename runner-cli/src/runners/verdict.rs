@@ -13,14 +13,14 @@ pub fn fetch_failed(metric: &str, detail: &str) -> String {
 
 /// The outcome of a trial that ended well, from the final values read (`finals`) and the
 /// problems met reading them. `looked` says where the metrics were looked for, `after`
-/// comes at the end of a reason (the last lines of stderr, say). A problem beside a
-/// completion becomes its note.
+/// comes at the end of the reason of missing metrics (what the trial printed, say), given
+/// the missing ones. A problem beside a completion becomes its note.
 pub fn verdict(
     required: &[String],
     finals: &BTreeMap<String, MetricPoint>,
     problems: &[String],
     looked: &str,
-    after: &str,
+    after: &dyn Fn(&[&String]) -> String,
 ) -> (Outcome, Option<String>) {
     let missing: Vec<&String> = required.iter().filter(|m| !finals.contains_key(*m)).collect();
     let nonfinite = required
@@ -38,7 +38,7 @@ pub fn verdict(
         failed(p.clone())
     } else if !missing.is_empty() {
         let names = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
-        failed(format!("metric {names} was not reported (looked in {looked}){after}"))
+        failed(format!("metric {names} was not reported (looked in {looked}){}", after(&missing)))
     } else if let Some(nf) = nonfinite {
         failed(nf)
     } else {
@@ -58,12 +58,12 @@ mod tests {
     fn completes_only_with_every_required_metric_finite() {
         let required = vec!["loss".to_string(), "mem".to_string()];
         let all: BTreeMap<_, _> = [point("loss", 0.3), point("mem", 2.0)].into();
-        assert_eq!(verdict(&required, &all, &[], "x", ""), (Outcome::Completed, None));
-        let note = verdict(&required, &all, &["metric `extra`: fetch failed".into()], "x", "");
+        assert_eq!(verdict(&required, &all, &[], "x", &|_| String::new()), (Outcome::Completed, None));
+        let note = verdict(&required, &all, &["metric `extra`: fetch failed".into()], "x", &|_| String::new());
         assert_eq!(note, (Outcome::Completed, Some("metric `extra`: fetch failed".into())));
 
         let some: BTreeMap<_, _> = [point("loss", 0.3)].into();
-        let (o, _) = verdict(&required, &some, &[], "result.json", "; stderr ends with: boom");
+        let (o, _) = verdict(&required, &some, &[], "result.json", &|_| "; stderr ends with: boom".into());
         assert_eq!(
             o,
             Outcome::Failed {
@@ -72,14 +72,15 @@ mod tests {
             }
         );
         // A problem met reading a missing metric is the better reason.
-        let (o, _) = verdict(&required, &some, &["cannot read mem.json".into()], "x", "");
+        let (o, _) = verdict(&required, &some, &["cannot read mem.json".into()], "x", &|_| String::new());
         assert_eq!(o, Outcome::Failed { reason: "cannot read mem.json".into(), lost: false });
 
         // A required metric whose fetch failed for good: abandoned.
-        let (o, _) = verdict(&required, &some, &[fetch_failed("mem", " 5 times, last: timeout")], "x", "");
+        let (o, _) =
+            verdict(&required, &some, &[fetch_failed("mem", " 5 times, last: timeout")], "x", &|_| String::new());
         assert_eq!(o, Outcome::Abandoned { reason: "metric `mem`: fetch failed 5 times, last: timeout".into() });
         let nan: BTreeMap<_, _> = [point("loss", f64::NAN), point("mem", 1.0)].into();
-        let (o, _) = verdict(&required, &nan, &[], "x", "");
+        let (o, _) = verdict(&required, &nan, &[], "x", &|_| String::new());
         assert_eq!(o, Outcome::Failed { reason: "metric `loss` is not finite (NaN)".into(), lost: false });
     }
 }

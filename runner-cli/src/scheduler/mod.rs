@@ -73,6 +73,13 @@ pub enum RunEvent {
         reason: String,
     },
     Notice(String),
+    /// A running trial's newest point of a learning curve (for a progress line).
+    Progress {
+        index: u64,
+        progression: f64,
+        metric: String,
+        value: f64,
+    },
 }
 
 pub trait EventSink {

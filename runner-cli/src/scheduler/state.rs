@@ -366,6 +366,12 @@ impl<'a> State<'a> {
                         tx.observation(&observation(index, p, false))?;
                     }
                     self.add_points(tx, index, &points);
+                    let last = points.iter().rev().find(|p| p.mean.is_finite() && p.progression.is_some());
+                    if let Some(p) = last {
+                        let progression = p.progression.unwrap_or_default();
+                        let (metric, value) = (p.metric.clone(), p.mean);
+                        self.print(RunEvent::Progress { index, progression, metric, value });
+                    }
                 }
                 RunnerEvent::Finished { index, result } => self.finish(tx, index, result)?,
                 RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),

@@ -86,6 +86,10 @@ pub(super) fn failure_groups(failures: &[(u64, String)], max: usize) -> String {
         }
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
+    // Each group's trials in index order, however they happened to end.
+    for g in &mut groups {
+        g.1.sort_unstable();
+    }
     let mut out = String::new();
     for (first, trials, rest) in groups.iter().take(max) {
         let list: Vec<String> = trials.iter().take(8).map(|t| t.to_string()).collect();

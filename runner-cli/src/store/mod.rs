@@ -406,6 +406,8 @@ pub trait Ledger {
     fn trial_counts(&self) -> Result<(u64, u64)>;
     /// The number of points of learning curves stored for each of `trials`.
     fn curve_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, usize>>;
+    /// The newest point of a learning curve stored for each of `trials` (that has one).
+    fn latest_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, Observation>>;
     /// Every observation, in trial and arrival order.
     fn observations(&self) -> Result<Vec<Observation>>;
     /// The final observations only.

@@ -721,6 +721,20 @@ impl Ledger for SqliteStore {
         Ok(out)
     }
 
+    fn latest_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, Observation>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT trial, metric, progression, mean, sem, final FROM observations
+             WHERE trial = ?1 AND final = 0 AND progression IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+        )?;
+        let mut out = std::collections::HashMap::new();
+        for t in trials {
+            if let Some(o) = st.query_map([*t as i64], observation_row)?.next() {
+                out.insert(*t, o?);
+            }
+        }
+        Ok(out)
+    }
+
     fn observations(&self) -> Result<Vec<Observation>> {
         self.query_observations("")
     }

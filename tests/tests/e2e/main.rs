@@ -5,6 +5,7 @@
 
 mod bayes;
 mod chaos;
+mod cli;
 mod common;
 mod config_errors;
 mod external;

@@ -10,6 +10,7 @@
 pub mod acq;
 pub mod gp;
 pub mod optim;
+pub mod surrogate;
 
 use std::collections::BTreeMap;
 
@@ -115,6 +116,17 @@ impl Encoder {
         }
         // One column group per searched parameter, in order.
         space.arm_from_unit(&u)
+    }
+
+    /// Each encoded parameter (its index in the space) and its columns.
+    pub fn columns(&self) -> Vec<(usize, Vec<usize>)> {
+        self.cols
+            .iter()
+            .map(|c| match *c {
+                Col::Unit { param, at } => (param, vec![at]),
+                Col::OneHot { param, at, k } => (param, (at..at + k).collect()),
+            })
+            .collect()
     }
 
     /// The columns a local search moves (everything but one-hot ones).

@@ -3,7 +3,10 @@ use crate::domain::{LinearConstraint, Objective, Parameter, Relation, Value};
 use std::collections::HashSet;
 
 fn float(name: &str, lo: f64, hi: f64) -> Parameter {
-    Parameter { name: name.into(), domain: Domain::Float { lo, hi, log: false, step: None } }
+    Parameter {
+        name: name.into(),
+        domain: Domain::Float { lo, hi, log: false, step: None, digits: crate::domain::DEFAULT_DIGITS },
+    }
 }
 
 fn branin(a: &Arm) -> f64 {
@@ -65,7 +68,16 @@ fn the_encoding_round_trips_every_kind_of_parameter() {
     let space = SearchSpace {
         parameters: vec![
             float("a", -1.0, 1.0),
-            Parameter { name: "lr".into(), domain: Domain::Float { lo: 1e-5, hi: 1e-1, log: true, step: None } },
+            Parameter {
+                name: "lr".into(),
+                domain: Domain::Float {
+                    lo: 1e-5,
+                    hi: 1e-1,
+                    log: true,
+                    step: None,
+                    digits: crate::domain::DEFAULT_DIGITS,
+                },
+            },
             Parameter { name: "n".into(), domain: Domain::Int { lo: 1, hi: 8, log: false, step: None } },
             Parameter {
                 name: "opt".into(),

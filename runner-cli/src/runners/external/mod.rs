@@ -400,7 +400,13 @@ impl Backend for ExternalBackend {
             finals.insert(name, p);
         }
         let looked = "result.json, and JSON lines and name=value pairs in stdout.log, of the trial dir";
-        let (outcome, note) = verdict(&self.required, &finals, &problems, looked, &Self::stderr_tail(&dir));
+        let (outcome, note) = verdict(&self.required, &finals, &problems, looked, &|missing| {
+            format!(
+                "{}{}",
+                super::hint::missing_metrics(&dir.join(crate::exec::STDOUT_FILE), missing),
+                Self::stderr_tail(&dir)
+            )
+        });
         Some(TrialResult { outcome, finals: finals.into_values().collect(), curve, stop_metadata: None, note })
     }
 

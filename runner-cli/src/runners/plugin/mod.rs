@@ -10,7 +10,7 @@ mod metrics;
 mod runner;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use optx_plugin_api::host::Plugin;
@@ -28,19 +28,66 @@ fn loaded() -> &'static Mutex<BTreeMap<PathBuf, Plugin>> {
 
 /// Load a plugin library and check its table (the ABI version first). Errors name the
 /// place in the experiment file that names the library.
+/// The file names a library named `name` may have: as given, and `lib<name>.so`.
+fn file_names(name: &str) -> Vec<String> {
+    let mut out = vec![name.to_string()];
+    if !name.ends_with(".so") {
+        out.push(format!("lib{name}.so"));
+        out.push(format!("{name}.so"));
+    }
+    out
+}
+
+/// Where a library named without a directory is looked for, in order: the experiment's
+/// directory, each directory of `OPTX_PLUGIN_PATH`, and the optx binary's own directory
+/// (a workspace build puts the plugins beside it, in target/debug or target/release).
+fn search_dirs(r: &PluginRef) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = r.library.parent().map(Path::to_path_buf).into_iter().collect();
+    if let Some(p) = std::env::var_os("OPTX_PLUGIN_PATH") {
+        dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
+    }
+    if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(d);
+    }
+    dirs
+}
+
+/// The file of the plugin library `r` names.
+fn resolve(r: &PluginRef) -> Result<PathBuf, String> {
+    if r.library.exists() {
+        return Ok(r.library.clone());
+    }
+    let Some(name) = &r.by_name else {
+        return Err(format!(
+            "{}: the plugin library {} does not exist (build it first, e.g. `cargo build --workspace`)",
+            r.origin,
+            r.library.display()
+        ));
+    };
+    let dirs = search_dirs(r);
+    for d in &dirs {
+        for f in file_names(name) {
+            if d.join(&f).is_file() {
+                return Ok(d.join(f));
+            }
+        }
+    }
+    Err(format!(
+        "{}: the plugin library `{name}` is in none of {} (OPTX_PLUGIN_PATH adds directories; build it first, e.g. `cargo build --workspace`)",
+        r.origin,
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
 pub fn load(r: &PluginRef) -> Result<Plugin, String> {
     let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = cache.get(&r.library) {
         return Ok(p.clone());
     }
-    let path = r.library.display();
-    match std::fs::metadata(&r.library) {
-        Err(_) => {
-            return Err(format!(
-                "{}: the plugin library {path} does not exist (build it first, e.g. `cargo build --workspace`)",
-                r.origin
-            ))
-        }
+    let file = resolve(r)?;
+    let path = file.display();
+    match std::fs::metadata(&file) {
+        Err(e) => return Err(format!("{}: the plugin library {path}: {e}", r.origin)),
         // Opening a FIFO or a device to load it would block, or worse.
         Ok(m) if !m.is_file() => {
             return Err(format!("{}: the plugin library {path} is not a regular file (a .so file)", r.origin))
@@ -49,7 +96,7 @@ pub fn load(r: &PluginRef) -> Result<Plugin, String> {
     }
     // SAFETY: loading a library runs its initializers. A library named as an optx plugin is
     // code the user chose to run, like the command of a command runner.
-    let lib = unsafe { libloading::Library::new(&r.library) }
+    let lib = unsafe { libloading::Library::new(&file) }
         .map_err(|e| format!("{}: cannot load the plugin library {path}: {e}", r.origin))?;
     // SAFETY: `optx_plugin_v1` has the ABI's entry type in every optx plugin; the pointer is
     // copied out and used only while the library stays loaded (forever, below).

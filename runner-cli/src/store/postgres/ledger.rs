@@ -169,6 +169,18 @@ impl Ledger for PgStore {
         Ok(out)
     }
 
+    fn latest_points(&self, trials: &[u64]) -> Result<std::collections::HashMap<u64, Observation>> {
+        let ids: Vec<i64> = trials.iter().map(|t| *t as i64).collect();
+        let rows = self.read_with(
+            &format!(
+                "SELECT DISTINCT ON (trial) {OBS_COLUMNS} FROM observations
+                 WHERE trial = ANY($1) AND NOT final AND progression IS NOT NULL ORDER BY trial, id DESC"
+            ),
+            &[&ids],
+        )?;
+        Ok(rows.iter().map(observation_row).map(|o| (o.trial, o)).collect())
+    }
+
     fn observations(&self) -> Result<Vec<Observation>> {
         Ok(self
             .read(&format!("SELECT {OBS_COLUMNS} FROM observations ORDER BY trial, id"), vec![])?
