@@ -34,7 +34,7 @@ k = {{ type = "choice", values = ["a", "b", "c"] }}
 minimize = "f"
 
 [runner]
-command = 'i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo "step=$i f={x}e-$i"; done; echo "f={y}"'
+command = 'i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo "step=$i f={{x}}e-$i"; done; echo "f={{y}}"'
 shell = true
 
 [orchestration]

@@ -21,4 +21,18 @@ export SLURM_CONF="$conf"
 OPTX_TEST_CHROMIUM=$(bash scripts/chromium.sh)
 export OPTX_TEST_CHROMIUM
 cargo build --workspace
-cargo test --workspace "$@"
+# Every test binary runs (no stop at the first that fails), and the output ends on one line
+# that says how it went.
+log="$dir/test.log"
+start=$SECONDS
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+sum() { grep -E '^test result:' "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+passed=$(sum passed)
+failed=$(sum failed)
+if [ "$status" = 0 ]; then
+  echo "test.sh: all $passed tests passed in $((SECONDS - start)) s"
+else
+  echo "test.sh: FAILED: $failed of $((passed + failed)) tests failed (see above) in $((SECONDS - start)) s"
+fi
+exit "$status"

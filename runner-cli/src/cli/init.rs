@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::out::out;
-use super::{fail, EXIT_OK, EXIT_USAGE};
+use super::{CliError, Done, Outcome};
 
 /// The command of the starter file when none is given.
 const EXAMPLE_COMMAND: &str = "python3 train.py --lr={lr} --batch-size={batch_size}";
@@ -110,40 +110,37 @@ fn toml_string(s: &str) -> String {
     }
 }
 
-pub(super) fn cmd_init(command: Option<&str>, output: &Path) -> i32 {
+pub(super) fn cmd_init(command: Option<&str>, output: &Path) -> Outcome {
     let text = match starter(command.unwrap_or(EXAMPLE_COMMAND)) {
         Ok(t) => t,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return Err(CliError::usage(e)),
     };
     if output == Path::new("-") {
         out!("{text}");
-        return EXIT_OK;
+        return Ok(Done::Ok);
     }
     // Never overwrite: a starter file replaces nobody's work.
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(output);
     let mut file = match file {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return fail(
-                EXIT_USAGE,
-                format!(
-                    "{} exists already: init never overwrites (give another with -o FILE, or -o - to print it)",
-                    output.display()
-                ),
-            )
+            return Err(CliError::usage(format!(
+                "{} exists already: init never overwrites (give another with -o FILE, or -o - to print it)",
+                output.display()
+            )))
         }
-        Err(e) => return fail(EXIT_USAGE, format!("cannot create {}: {e}", output.display())),
+        Err(e) => return Err(CliError::usage(format!("cannot create {}: {e}", output.display()))),
     };
     if let Err(e) = std::io::Write::write_all(&mut file, text.as_bytes()) {
         let _ = std::fs::remove_file(output);
-        return fail(super::EXIT_RUNTIME, format!("writing {}: {e}", output.display()));
+        return Err(CliError::runtime(format!("writing {}: {e}", output.display())));
     }
     eprintln!(
         "optx: wrote {}; set its ranges and objective, then `optx validate {}`",
         output.display(),
         output.display()
     );
-    EXIT_OK
+    Ok(Done::Ok)
 }
 
 #[cfg(test)]

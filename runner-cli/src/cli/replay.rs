@@ -5,28 +5,25 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::out::outln;
-use super::{fail, load, open_target, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
+use super::{load, open_target, CliError, Done, Outcome};
 use crate::domain::TrialStatus;
 use crate::stopping::replay::replay;
 
-pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> i32 {
-    let (store, spec, path) = match open_target(target) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
+pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> Outcome {
+    let (store, spec, path) = open_target(target)?;
     let (es, from) = match with {
         Some(file) => match load(file) {
             Ok((s, _)) => (s.early_stopping, file.display().to_string()),
-            Err(c) => return c,
+            Err(c) => return Err(c),
         },
         None => (spec.early_stopping.clone(), format!("the experiment in {path}")),
     };
     let Some(es) = es else {
-        return fail(EXIT_USAGE, format!("{from} has no [early_stopping] to replay (give one with --with FILE)"));
+        return Err(CliError::usage(format!("{from} has no [early_stopping] to replay (give one with --with FILE)")));
     };
     let (trials, log) = match (store.trials(), store.observation_log()) {
         (Ok(t), Ok(l)) => (t, l),
-        (Err(e), _) | (_, Err(e)) => return fail(EXIT_RUNTIME, e),
+        (Err(e), _) | (_, Err(e)) => return Err(CliError::runtime(e)),
     };
     let ended_at: BTreeMap<u64, String> = trials
         .iter()
@@ -84,7 +81,7 @@ pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> i32 {
     // What a user tuning a rule must know first: whether it stops the run's winners.
     let finals = match store.final_observations() {
         Ok(f) => crate::domain::final_values(&f),
-        Err(e) => return fail(EXIT_RUNTIME, e),
+        Err(e) => return Err(CliError::runtime(e)),
     };
     let best = crate::domain::best_trials(&spec.goal, &trials, &finals);
     let best: Vec<u64> = best.iter().map(|p| p.0).collect();
@@ -114,5 +111,5 @@ pub(super) fn cmd_replay(target: &Path, with: Option<&Path>) -> i32 {
             }
         );
     }
-    EXIT_OK
+    Ok(Done::Ok)
 }

@@ -429,11 +429,7 @@ pub fn report(s: &Snapshot, extra: &Extra) -> String {
             let ex: Vec<String> = ts.iter().take(8).map(|t| t.to_string()).collect();
             // The first line, and what follows it in the first trial's reason (stderr's tail).
             let (first, rest) = reason.split_once('\n').unwrap_or((&reason, ""));
-            let reason = if rest.is_empty() {
-                esc(first)
-            } else {
-                format!("{}<pre>{}</pre>", esc(first), esc(rest))
-            };
+            let reason = if rest.is_empty() { esc(first) } else { format!("{}<pre>{}</pre>", esc(first), esc(rest)) };
             let _ = writeln!(body, "<tr><td>{}</td><td>{reason}</td><td>{}</td></tr>", ts.len(), ex.join(", "));
         }
         body += "</tbody></table>\n";
@@ -449,36 +445,68 @@ pub fn report(s: &Snapshot, extra: &Extra) -> String {
     PAGE.replace("{{title}}", &esc(&title)).replace("{{body}}", &body)
 }
 
+/// Trials up to this many are rows of the page itself (printable without JavaScript); more
+/// are data that the page's script turns into rows as they are scrolled to, so that a
+/// report of 10,000 trials opens as fast as one of 1,000.
+const ROWS_IN_PAGE: usize = 1000;
+
 fn trials_table(s: &Snapshot, best: &[u64]) -> String {
     let params: Vec<String> = s.spec.space.parameters.iter().map(|p| p.name.clone()).collect();
     let metrics = s.metric_names();
+    // Each row: whether it is a best trial, and its cells as text.
+    let rows: Vec<(bool, Vec<String>)> = s
+        .trials
+        .iter()
+        .map(|t| {
+            let status = if t.lost { "LOST" } else { t.status.as_str() };
+            let mut cells = vec![t.index.to_string(), status.to_string(), t.generation.clone()];
+            for p in &params {
+                cells.push(
+                    t.parameters
+                        .get(p)
+                        .map(|v| match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Number(n) => n.as_f64().map(num).unwrap_or_else(|| n.to_string()),
+                            other => other.to_string(),
+                        })
+                        .unwrap_or_default(),
+                );
+            }
+            let f = s.finals.get(&t.index);
+            for m in &metrics {
+                cells.push(f.and_then(|f| f.get(m)).map(|o| num(o.mean)).unwrap_or_default());
+            }
+            cells.push(t.reason.as_deref().unwrap_or("").lines().next().unwrap_or("").to_string());
+            (best.contains(&t.index), cells)
+        })
+        .collect();
     let mut out = String::with_capacity(s.trials.len() * 200);
     out += "<table id=\"trials\" class=\"sortable\"><thead><tr><th>#</th><th>status</th><th>generation</th>";
     for p in params.iter().chain(metrics.iter()) {
         let _ = write!(out, "<th>{}</th>", esc(p));
     }
     out += "<th>reason</th></tr></thead><tbody>\n";
-    for t in s.trials {
-        let status = if t.lost { "LOST" } else { t.status.as_str() };
-        let cls = if best.contains(&t.index) { " class=\"best\"" } else { "" };
-        let _ = write!(out, "<tr{cls}><td>{}</td><td>{status}</td><td>{}</td>", t.index, esc(&t.generation));
-        for p in &params {
-            let v = t.parameters.get(p).map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.as_f64().map(num).unwrap_or_else(|| n.to_string()),
-                other => other.to_string(),
-            });
-            let _ = write!(out, "<td>{}</td>", esc(&v.unwrap_or_default()));
+    if rows.len() <= ROWS_IN_PAGE {
+        for (is_best, cells) in &rows {
+            out += if *is_best { "<tr class=\"best\">" } else { "<tr>" };
+            for c in cells {
+                let _ = write!(out, "<td>{}</td>", esc(c));
+            }
+            out += "</tr>\n";
         }
-        let f = s.finals.get(&t.index);
-        for m in &metrics {
-            let v = f.and_then(|f| f.get(m)).map(|o| num(o.mean)).unwrap_or_default();
-            let _ = write!(out, "<td>{v}</td>");
-        }
-        let reason = t.reason.as_deref().unwrap_or("").lines().next().unwrap_or("");
-        let _ = writeln!(out, "<td>{}</td></tr>", esc(reason));
+        out += "</tbody></table>\n";
+        return out;
     }
     out += "</tbody></table>\n";
+    let _ = writeln!(
+        out,
+        "<p id=\"trials-more\"><button type=\"button\" id=\"more\">show more</button> <button type=\"button\" id=\"all\">show all {}</button></p>",
+        rows.len()
+    );
+    // As JSON in a script element: `</` never closes it early.
+    let data: Vec<serde_json::Value> = rows.iter().map(|(b, c)| serde_json::json!([b, c])).collect();
+    let json = serde_json::to_string(&data).unwrap_or_default().replace("</", "<\\/");
+    let _ = writeln!(out, "<script type=\"application/json\" id=\"trial-rows\">{json}</script>");
     out
 }
 

@@ -39,6 +39,12 @@ ALTER TABLE sessions ADD COLUMN taken_over TEXT;
 ALTER TABLE trials ADD COLUMN holder INTEGER;
 "#;
 
+/// Indexes for reads that must stay fast on big stores (`optx status` reads the final
+/// values of 10,000 trials among 1,000,000 observations).
+const INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS observations_finals ON observations(trial, metric, progression, mean, sem, final) WHERE final = 1;
+"#;
+
 const SCHEMA: &str = r#"
 CREATE TABLE experiment (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -459,6 +465,10 @@ impl Ledger for SqliteStore {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err(&path))?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version >= SCHEMA_VERSION {
+            // Indexes only speed reads up: a store of any version gets them, and an older
+            // optx reads it as before.
+            tx.execute_batch(INDEXES)?;
+            tx.commit()?;
             return Ok(());
         }
         if version == 0 {
@@ -474,6 +484,7 @@ impl Ledger for SqliteStore {
             tx.execute_batch(SCHEMA)?;
         }
         migrate(&tx, version)?;
+        tx.execute_batch(INDEXES)?;
         tx.commit()?;
         Ok(())
     }
@@ -631,6 +642,8 @@ impl Ledger for SqliteStore {
             migrate(&tx, version)?;
             tx.execute("DELETE FROM owner", [])?;
         }
+        // Every worker that writes makes sure of the read indexes (cheap once they exist).
+        tx.execute_batch(INDEXES)?;
         let open: Vec<Worker> = {
             let sql = format!(
                 "SELECT {WORKER_COLUMNS} FROM sessions WHERE ended_at IS NULL AND taken_over IS NULL ORDER BY id"

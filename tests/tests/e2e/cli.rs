@@ -8,13 +8,14 @@ use crate::common::*;
 
 /// Two parameters, a learning curve per trial, a failure now and then, early stopping.
 fn curves_exp(name: &str, max_trials: u32) -> Exp {
-    let script = r#"import sys
+    let script = r#"import sys, time
 x, y = float(sys.argv[1]), float(sys.argv[2])
 if x > 0.93:
     print("diverged", file=sys.stderr)
     sys.exit(3)
 for s in range(1, 6):
     print(f"step={s} f={(x - 0.3) ** 2 + (y - 0.6) ** 2 + 1.0 / s}", flush=True)
+    time.sleep(0.1)
 "#;
     let text = toml(
         name,

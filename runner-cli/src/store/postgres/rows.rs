@@ -59,6 +59,7 @@ CREATE TABLE observations (
     time        TEXT NOT NULL
 );
 CREATE INDEX observations_trial ON observations(trial, metric);
+CREATE INDEX observations_finals ON observations(trial, metric, progression, mean, sem) WHERE final;
 CREATE TABLE generator_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE events (
     id      BIGINT PRIMARY KEY,
