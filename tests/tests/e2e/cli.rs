@@ -271,3 +271,33 @@ fn floats_are_passed_with_their_significant_digits_and_a_missing_metric_says_wha
         assert!(reason.contains("a line `f: 0.5` looks like `f`") && reason.contains("[metrics.f] regex"), "{reason}");
     }
 }
+
+#[test]
+fn a_terminal_gets_a_progress_line_under_the_events_and_a_pipe_plain_lines() {
+    let file = toml(
+        "tty",
+        "x = { type = \"float\", bounds = [0.0, 1.0] }",
+        "command = \"sh -c 'sleep 0.2; echo f={x}'\"",
+        "max_trials = 4\nparallelism = 2",
+        "[generation]\nmethod = \"sobol\"",
+    );
+    let e = Exp::new("tty", &file);
+    // `script` gives optx a terminal (a pseudo-terminal), as a person's shell does.
+    let run = format!("{} run experiment.toml", optx_bin().display());
+    let mut c = Command::new("script");
+    c.args(["-qec", &run, "/dev/null"]).current_dir(e.path());
+    let out = output_within(c, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = text_of(&out);
+    assert!(seen.contains("4/4 trials: 0 running, 4 completed; best f "), "{seen}");
+    assert!(seen.contains("[   0] completed  f = "), "the events above it: {seen}");
+    assert!(seen.contains("\u{1b}[2K"), "the line is redrawn in place: {seen}");
+    // Piped: the same events, no progress line, no escape codes.
+    let e = Exp::new("tty", &file);
+    let out = e.run_ok(&["run", "experiment.toml"]);
+    let piped = text_of(&out);
+    assert!(
+        piped.contains("[   0] completed  f = ") && !piped.contains("trials: 0 running") && !piped.contains('\u{1b}'),
+        "{piped}"
+    );
+}

@@ -126,6 +126,31 @@ fn the_hartmann6_plugin_example_runs_to_completion() {
 }
 
 #[test]
+fn an_installed_optx_finds_a_plugin_named_without_a_directory_along_optx_plugin_path() {
+    let e = example("hartmann6_plugin.toml", |t| t.replace("delay_seconds = 5", "delay_seconds = 0"));
+    // optx installed elsewhere: the plugins are not beside it.
+    let bin = tempfile::tempdir().unwrap();
+    let installed = bin.path().join("optx");
+    std::fs::copy(optx_bin(), &installed).unwrap();
+    let validate = |path: Option<&Path>| {
+        let mut c = Command::new(&installed);
+        c.args(["validate", "experiment.toml"]).current_dir(e.path()).env_remove("OPTX_PLUGIN_PATH");
+        if let Some(p) = path {
+            c.env("OPTX_PLUGIN_PATH", p);
+        }
+        output_within(c, std::time::Duration::from_secs(60))
+    };
+    let out = validate(None);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("the plugin library `optx_hartmann6` is in none of"), "{}", text(&out));
+    assert!(text(&out).contains("OPTX_PLUGIN_PATH"), "{}", text(&out));
+    let built = optx_bin().parent().unwrap().to_path_buf();
+    let out = validate(Some(&built));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("hartmann6"), "{}", text(&out));
+}
+
+#[test]
 fn the_job_queue_example_polls_every_job_in_one_call() {
     let e = example("branin_queue.toml", |t| {
         t.replace("initial_seconds_between_polls = 0.2", "initial_seconds_between_polls = 0.02")
@@ -272,6 +297,7 @@ fn a_library_that_cannot_be_a_plugin_is_refused_with_exit_2_before_any_trial() {
     let good = c_plugin(dir.path(), "libsphere.so", &[]);
     let cases: [(PathBuf, &str, &str); 5] = [
         (dir.path().join("libmissing.so"), "sphere", "libmissing.so does not exist"),
+        // With the loader's own word for it.
         (junk, "sphere", "cannot load the plugin library"),
         (no_entry, "sphere", "is not an optx plugin: it does not export `optx_plugin_v1`"),
         (abi2, "sphere", "built for plugin ABI 2.0, and this optx speaks ABI 1.0"),
@@ -292,6 +318,9 @@ fn a_library_that_cannot_be_a_plugin_is_refused_with_exit_2_before_any_trial() {
             assert_eq!(code(&out), 2, "{cmd}: {}", text(&out));
             let msg = text(&out);
             assert!(msg.contains(want), "{cmd}: {msg}");
+            if want.starts_with("cannot load") {
+                assert!(msg.contains("ELF") || msg.contains("too short"), "the loader's message: {msg}");
+            }
             assert!(msg.contains("experiment.toml:14:11: `runner.library`"), "names the file, line and key: {msg}");
         }
         assert!(!e.path().join(".optx").exists(), "nothing is created before the plugins are checked");

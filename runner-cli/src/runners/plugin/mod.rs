@@ -79,6 +79,15 @@ fn resolve(r: &PluginRef) -> Result<PathBuf, String> {
     ))
 }
 
+/// libloading says "dlopen failed"; the loader's own words (`invalid ELF header`, a missing
+/// dependency's name) are its source.
+fn loader_message(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => s.to_string(),
+        None => e.to_string(),
+    }
+}
+
 pub fn load(r: &PluginRef) -> Result<Plugin, String> {
     let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = cache.get(&r.library) {
@@ -97,7 +106,7 @@ pub fn load(r: &PluginRef) -> Result<Plugin, String> {
     // SAFETY: loading a library runs its initializers. A library named as an optx plugin is
     // code the user chose to run, like the command of a command runner.
     let lib = unsafe { libloading::Library::new(&file) }
-        .map_err(|e| format!("{}: cannot load the plugin library {path}: {e}", r.origin))?;
+        .map_err(|e| format!("{}: cannot load the plugin library {path}: {}", r.origin, loader_message(&e)))?;
     // SAFETY: `optx_plugin_v1` has the ABI's entry type in every optx plugin; the pointer is
     // copied out and used only while the library stays loaded (forever, below).
     let entry = unsafe { lib.get::<optx_plugin_api::abi::EntryFn>(optx_plugin_api::ENTRY_SYMBOL.as_bytes()) }
