@@ -292,6 +292,18 @@ fn a_terminal_gets_a_progress_line_under_the_events_and_a_pipe_plain_lines() {
     assert!(seen.contains("4/4 trials: 0 running, 4 completed; best f "), "{seen}");
     assert!(seen.contains("[   0] completed  f = "), "the events above it: {seen}");
     assert!(seen.contains("\u{1b}[2K"), "the line is redrawn in place: {seen}");
+    // A table fits the terminal: 40 columns here.
+    let trials = format!("stty cols 40 && {} trials experiment.toml", optx_bin().display());
+    let mut c = Command::new("script");
+    c.args(["-qec", &trials, "/dev/null"]).current_dir(e.path());
+    let out = output_within(c, Duration::from_secs(60));
+    let table = text_of(&out);
+    assert!(table.contains("0*") && table.matches("COMP").count() == 4, "{table}");
+    for l in table.lines() {
+        assert!(l.trim_end_matches('\r').chars().count() <= 40, "wider than the terminal: {l:?}\n{table}");
+    }
+    let wide = e.run_ok(&["trials", "experiment.toml"]);
+    assert!(text_of(&wide).lines().any(|l| l.chars().count() > 40), "piped, the table is whole");
     // Piped: the same events, no progress line, no escape codes.
     let e = Exp::new("tty", &file);
     let out = e.run_ok(&["run", "experiment.toml"]);
