@@ -3,14 +3,18 @@
 
 Each row is a real `optx run` (release build) of a synthetic problem through a plugin runner:
 Hartmann6 through the hartmann6 plugin (no delay), Branin through the job-queue plugin (jobs
-complete at their first poll). Generation `auto` (the center point, Sobol, then Bayesian
-optimization) with `initial_trials = 5`, as Ax 1.3.1's Client starts (its initialization
-budget, the center included), at the given budget and parallelism, for seeds 0-19; then the
-rows where optx's default, max(5, 2 * dims), differs, at that default. It prints the best
+complete at their first poll). Generation `auto` at optx's defaults (no `initial_trials` in
+the files: the center point and 4 Sobol points, as Ax 1.3.1's Client starts, then Bayesian
+optimization), at the given budget and parallelism, for seeds 0-19. It prints the best
 value found per run as median and quartiles, beside the medians that Ax 1.3.1 and Optuna
 TPE reach on the same rows (measured on this machine, from the issue that set the targets),
 and whether optx's median is at least as good as Ax's and better than TPE's. `--method
 sobol` gives the baseline without a model.
+
+Then Hartmann6 under Gaussian noise (sd 0.1, the hartmann6 plugin's `noise_sd`), its SEM
+reported and not, 30 trials at parallelism 3, --runs times each (parallel runs vary with the
+order trials end), judged on the noise-free value of the best point each run evaluated (how
+Ax's figure was measured) and of the point `optx best` picks.
 
 Then several objectives: Branin-Currin (both minimized, thresholds 18 and 6: BoTorch's
 reference point) through a command runner, 24 trials, `auto` (ParEGO) against Sobol, as the
@@ -24,7 +28,7 @@ batches of 3.
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
 Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30]
-       [--initial-trials 5|default] [--no-default-rows] [--no-mo] [--no-async] [--no-speed]
+       [--initial-trials N|default] [--no-noise] [--runs 5] [--no-mo] [--no-async] [--no-speed]
 (Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
 import argparse
@@ -75,9 +79,12 @@ BRANIN = dict(dims=2, metric="branin", library="job_queue", runner="job-queue",
               config="seed = {seed}, completion_probability = 1.0",
               params='x1 = { type = "float", bounds = [-5.0, 10.0] }\nx2 = { type = "float", bounds = [0.0, 15.0] }')
 
+# Hartmann6 with Gaussian noise of sd 0.1 on each value: its SEM reported, or not.
+H6_NOISE = dict(H6, config="delay_seconds = 0, noise_sd = 0.1, noise_seed = {seed}")
+H6_NOISE_NO_SEM = dict(H6, config="delay_seconds = 0, noise_sd = 0.1, noise_seed = {seed}, report_sem = false")
+
 # Ax 1.3.1's Client starts with 5 trials, the center point included, whatever the dimension
 # (its `initialization_budget`); the Ax figures below were measured so.
-AX_INITIAL = 5
 
 # name: (title, problem, budget, parallelism, optimum, Ax 1.3.1 median, Optuna TPE median)
 ROWS = {
@@ -101,6 +108,52 @@ def one_run(optx, problem, budget, parallelism, seed, method, initial):
         out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
         best = json.loads(out.stdout)
         return best["objective"]["value"]
+
+
+def noisy_run(optx, problem, budget, parallelism, seed, method, initial):
+    """A run under noise, judged on noise-free values: the best of the points it evaluated,
+    and the point `optx best` picks (the model's, for a noisy objective), as truths."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "experiment.toml")
+        fields = dict(problem, config=problem["config"].format(seed=seed))
+        with open(path, "w") as f:
+            f.write(EXPERIMENT.format(seed=seed, lib=RELEASE, budget=budget, parallelism=parallelism,
+                                      method=method, initial=initial_line(initial), **fields))
+        run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
+        trials = os.path.join(d, ".optx", "hartmann6.trials")
+        truth = {}
+        for t in filter(str.isdigit, os.listdir(trials)):
+            with open(os.path.join(trials, t, "hartmann6.json")) as f:
+                truth[int(t)] = json.load(f)["hartmann6_true"]
+        out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
+        best = json.loads(out.stdout)
+        pick = best.get("model", best)["index"]
+        return min(truth.values()), truth[pick], "model" in best
+
+
+def noise_table(optx, a, runs):
+    """Hartmann6 under noise, SEM reported and not: medians over seeds, `runs` times (the
+    parallel rows vary with the order trials end); the goal holds on the worst run."""
+    print(f"{'Hartmann6, noise sd 0.1':<28} {'runs':>4}  {'best evaluated (noise-free), median per run':<44}"
+          f"  {'worst':>7}  {'optx best pick':>14}")
+    worst = {}
+    for key, problem in (("SEM reported", H6_NOISE), ("SEM not reported", H6_NOISE_NO_SEM)):
+        medians, picks, model = [], [], 0
+        for _ in range(runs):
+            with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+                r = list(pool.map(lambda s: noisy_run(optx, problem, 30, 3, s, a.method, None), range(a.seeds)))
+            medians.append(statistics.median(x[0] for x in r))
+            picks.append(statistics.median(x[1] for x in r))
+            model += sum(1 for x in r if x[2])
+        worst[key] = max(medians)
+        print(f"{key:<28} {runs:>4}  {' '.join(f'{m:.3f}' for m in medians):<44}  {worst[key]:>7.3f}"
+              f"  {statistics.median(picks):>14.3f}  (the model's pick on {model} of {runs * a.seeds} runs)", flush=True)
+    ok_sem = worst["SEM reported"] <= -3.016
+    ok_no = worst["SEM not reported"] <= worst["SEM reported"] + 0.05
+    print(f"under noise: SEM reported, worst of {runs} runs {worst['SEM reported']:.3f} against Ax 1.3.1's -3.016: "
+          f"{'PASS' if ok_sem else 'FAIL'}; SEM not reported within 0.05 of it: {'PASS' if ok_no else 'FAIL'}")
 
 
 # Branin-Currin over the unit square, both minimized, printed as `branin=.. currin=..`.
@@ -200,29 +253,26 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--method", default="auto")
     ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--initial-trials", default=str(AX_INITIAL),
-                    help="initial trials (the center included) for the main table, or 'default' for optx's")
-    ap.add_argument("--no-default-rows", action="store_true")
+    ap.add_argument("--initial-trials", default="default",
+                    help="initial trials (the center included), or 'default' for optx's (5)")
     ap.add_argument("--no-mo", action="store_true")
+    ap.add_argument("--no-noise", action="store_true")
+    ap.add_argument("--runs", type=int, default=5, help="runs of each parallel row under noise")
     ap.add_argument("--no-async", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
     optx = os.path.join(RELEASE, "optx")
     initial = None if a.initial_trials == "default" else int(a.initial_trials)
     rows = a.rows.split(",")
-    how = ("optx's default initial trials, max(5, 2 * dims)" if initial is None
-           else f"initial_trials = {initial}" + (" as Ax 1.3.1's Client" if initial == AX_INITIAL else ""))
+    how = ("optx's default initial trials (5, as Ax 1.3.1's Client)" if initial is None
+           else f"initial_trials = {initial}")
     print(f"optx {a.method}, {how}, best value per run over seeds 0-{a.seeds - 1} (minimize), "
           f"end to end through plugin runners")
     all_ok = quality_table(optx, a, rows, initial)
     print(f"quality targets (median >= Ax, > TPE on every row): {'PASS' if all_ok else 'FAIL'}")
-    # Where optx's default differs (more than 5 initial trials: over 2 dimensions), the same
-    # rows at the default, so that what the default costs is in plain view.
-    wider = [k for k in rows if 2 * ROWS[k][1]["dims"] > AX_INITIAL]
-    if initial is not None and wider and not a.no_default_rows:
+    if not a.no_noise:
         print()
-        print("the same rows at optx's default initial trials, max(5, 2 * dims):")
-        quality_table(optx, a, wider, None)
+        noise_table(optx, a, a.runs)
     if not a.no_mo:
         budget = 24
         print()

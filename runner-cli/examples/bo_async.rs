@@ -6,7 +6,7 @@
 //! seed and the quartiles.
 //!
 //! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds] [async|batch] [initial trials]
-//! (default: hartmann6 30 3 20 async max(5, 2d); `batch`: all q complete before the next q
+//! (default: hartmann6 30 3 20 async 5; `batch`: all q complete before the next q
 //! are proposed; the initial trials count the center point, as `initial_trials` does)
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -69,7 +69,7 @@ fn main() {
     };
     let goal = Goal::single(Objective::metric("f", Direction::Minimize));
     let enc = Encoder::new(&space);
-    let initial = initial.unwrap_or((2 * dims as u64).max(5));
+    let initial = initial.unwrap_or(optx::domain::DEFAULT_INITIAL_TRIALS);
     let mut bests = Vec::new();
     for seed in 0..seeds {
         let mut history = History::default();

@@ -5,6 +5,11 @@
 //! (config, default 5) have passed since; the metrics `hartmann6` and `l2norm` read the file.
 //! Everything a trial needs is in its run metadata and its file, so trials survive a
 //! restart of optx.
+//!
+//! For benchmarks under noise: `noise_sd` (config, default 0) adds Gaussian noise to the
+//! value, drawn from the trial's parameters and `noise_seed` (so a run is repeatable), and
+//! `report_sem` (default true) reports `noise_sd` as the value's SEM. The noise-free value
+//! is kept as `hartmann6_true` in the trial's file, to judge what a method found.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +48,24 @@ fn now() -> f64 {
 
 pub struct Hartmann6Runner {
     delay: f64,
+    noise_sd: f64,
+    noise_seed: u64,
+    report_sem: bool,
+}
+
+/// A standard normal draw from `key` (splitmix64, then Box-Muller): the same key, the same
+/// draw.
+fn normal(key: u64) -> f64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (mix(key), mix(key ^ 0xD1B5_4A32_D192_ED03));
+    let u1 = ((a >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u2 = (b >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 impl Runner for Hartmann6Runner {
@@ -53,7 +76,13 @@ impl Runner for Hartmann6Runner {
                 v.as_f64().filter(|d| *d >= 0.0).ok_or("`delay_seconds` must be a number of seconds (0 or more)")?
             }
         };
-        Ok(Hartmann6Runner { delay })
+        let noise_sd = match req.config.get("noise_sd") {
+            None => 0.0,
+            Some(v) => v.as_f64().filter(|d| *d >= 0.0).ok_or("`noise_sd` must be a number (0 or more)")?,
+        };
+        let noise_seed = req.config.get("noise_seed").and_then(Value::as_u64).unwrap_or(0);
+        let report_sem = req.config.get("report_sem").and_then(Value::as_bool).unwrap_or(true);
+        Ok(Hartmann6Runner { delay, noise_sd, noise_seed, report_sem })
     }
 
     fn run_trial(&self, ctx: &TrialContext) -> Result<Value, Error> {
@@ -62,10 +91,15 @@ impl Runner for Hartmann6Runner {
             let name = format!("x{}", i + 1);
             *xi = ctx.number(&name).ok_or_else(|| Error::new(format!("the parameter `{name}` is missing")))?;
         }
-        let value = hartmann6(&x);
+        let truth = hartmann6(&x);
+        // The noise of this trial: drawn from its index and the seed.
+        let key = ctx.trial_index.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ self.noise_seed;
+        let value = truth + self.noise_sd * normal(key);
+        let sem = (self.noise_sd > 0.0 && self.report_sem).then_some(self.noise_sd);
         let l2norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
         let path = std::path::Path::new(&ctx.trial_dir).join(FILE);
-        let text = json!({ "hartmann6": value, "l2norm": l2norm }).to_string();
+        let text =
+            json!({ "hartmann6": value, "hartmann6_sem": sem, "hartmann6_true": truth, "l2norm": l2norm }).to_string();
         std::fs::write(&path, text).map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
         Ok(json!({ "trial_dir": ctx.trial_dir, "started": now(), "delay": self.delay }))
     }
@@ -100,7 +134,10 @@ impl Metric for FileMetric {
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
         let mean =
             v[&self.key].as_f64().ok_or_else(|| Error::new(format!("{} has no `{}`", path.display(), self.key)))?;
-        Ok(vec![Observation::new(mean)])
+        Ok(vec![match v[format!("{}_sem", self.key)].as_f64() {
+            Some(sem) => Observation::new(mean).with_sem(sem),
+            None => Observation::new(mean),
+        }])
     }
 }
 

@@ -1320,6 +1320,12 @@ max_trials = 3
         assert_eq!(s.store, StoreLocation::File("/tmp/.optx/t.db".into()));
         assert_eq!(s.initial_trials(), 5);
         assert!(s.metrics.contains_key("f") && s.metrics.contains_key("cost"));
+        // Whatever the dimension: the center and 4 Sobol points, as Ax starts.
+        let six: String = (1..=6).map(|i| format!("x{i} = {{ type = \"float\", bounds = [0.0, 1.0] }}\n")).collect();
+        let text = GOOD.replacen("[parameters]\n", &format!("[parameters]\n{six}"), 1);
+        let s = parse(&text, "e.toml", Path::new("/tmp")).unwrap();
+        assert!(s.space.dims() >= 6);
+        assert_eq!(s.initial_trials(), 5);
     }
 
     #[test]

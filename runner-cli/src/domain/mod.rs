@@ -19,8 +19,8 @@ pub use space::{round_digits, Arm, Domain, LinearConstraint, Parameter, SearchSp
 pub use spec::{
     param_env_var, CommandSpec, Durability, EarlyStopping, ExperimentSpec, ExternalSpec, GenerationMethod,
     GenerationSpec, GlobalStopping, JobSystem, JobWord, KeepTrialDirs, MetricRule, Orchestration, PluginRef,
-    PluginSpec, RunnerSpec, Segment, StopOptions, StopRule, Template, MAX_INT_BOUND, MAX_LOCAL_PARALLELISM,
-    MAX_PARALLELISM,
+    PluginSpec, RunnerSpec, Segment, StopOptions, StopRule, Template, DEFAULT_INITIAL_TRIALS, MAX_INT_BOUND,
+    MAX_LOCAL_PARALLELISM, MAX_PARALLELISM,
 };
 pub use trial::{best_trials, final_values, Observation, TransitionError, Trial, TrialStatus};
 pub use value::Value;

@@ -299,7 +299,8 @@ impl GenerationMethod {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationSpec {
     pub method: GenerationMethod,
-    /// For `auto`: the center point, then Sobol up to this many (default max(5, 2*dims)).
+    /// For `auto`: the center point, then Sobol up to this many (default 5, whatever the
+    /// dimension, as Ax 1.x starts).
     pub initial_trials: Option<u64>,
     /// Known settings run first, already rounded onto the space.
     pub initial_points: Vec<super::Arm>,
@@ -374,9 +375,13 @@ impl ExperimentSpec {
 
     /// `auto`'s number of initial (center + Sobol) trials.
     pub fn initial_trials(&self) -> u64 {
-        self.generation.initial_trials.unwrap_or_else(|| (2 * self.space.dims() as u64).max(5))
+        self.generation.initial_trials.unwrap_or(DEFAULT_INITIAL_TRIALS)
     }
 }
+
+/// The initial trials of `auto` when the file says none: the center and 4 Sobol points,
+/// whatever the dimension (Ax 1.x's Client); on six dimensions this beats 2 × dims.
+pub const DEFAULT_INITIAL_TRIALS: u64 = 5;
 
 /// `[early_stopping]`: a rule (see the `stopping` module) on one metric's learning curves.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,7 @@
 //! or JSON. Pure formatting over domain records; the CLI fetches them.
 
 pub mod html;
+pub mod model;
 pub mod plots;
 
 use std::collections::{BTreeMap, HashMap};
@@ -327,6 +328,16 @@ pub fn best_json(s: &Snapshot) -> serde_json::Value {
             let mut e = entry(p);
             let o = &goal.objectives[0];
             e["objective"] = serde_json::json!({"metric": o.name, "direction": o.verb(), "value": finite(p.1[0])});
+            // A noisy objective: the model's pick beside the best observed one.
+            if let Some(m) = model::model_best(s) {
+                let t = &s.trials[m.index as usize];
+                e["model"] = serde_json::json!({
+                    "index": m.index,
+                    "parameters": t.parameters,
+                    "predicted": {"mean": finite(m.mean), "sd": finite(m.sd)},
+                    "observed": finite(m.observed),
+                });
+            }
             e
         }
         None => serde_json::Value::Null,
@@ -351,6 +362,20 @@ pub fn best_text(s: &Snapshot) -> String {
     for (m, o) in s.finals.get(i).into_iter().flatten() {
         if *m != goal.objectives[0].name {
             let _ = writeln!(out, "  metric {m} = {}", num(o.mean));
+        }
+    }
+    if let Some(m) = model::model_best(s) {
+        let name = &goal.objectives[0].name;
+        let _ = writeln!(
+            out,
+            "the objective is noisy: the model's best is trial {}, predicted {name} = {} ± {} (observed {})",
+            m.index,
+            num(m.mean),
+            num(m.sd),
+            num(m.observed)
+        );
+        if let Some(obj) = s.trials[m.index as usize].parameters.as_object() {
+            let _ = writeln!(out, "  {}", params_inline(&serde_json::Value::Object(obj.clone())));
         }
     }
     out

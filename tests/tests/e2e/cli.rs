@@ -313,3 +313,46 @@ fn a_terminal_gets_a_progress_line_under_the_events_and_a_pipe_plain_lines() {
         "{piped}"
     );
 }
+
+#[test]
+fn best_of_a_noisy_objective_gives_the_models_pick_beside_the_best_observed() {
+    let script = r#"import json, random, sys
+x = float(sys.argv[1])
+random.seed(int(sys.argv[2]))
+print(json.dumps({"f": [(x - 0.3) ** 2 + random.gauss(0, 0.1), 0.1]}))
+"#;
+    let file = toml(
+        "noisy",
+        "x = { type = \"float\", bounds = [0.0, 1.0] }",
+        "command = [\"python3\", \"noisy.py\", \"{x}\", \"{trial}\"]",
+        "max_trials = 14",
+        "[generation]\nmethod = \"sobol\"",
+    );
+    let e = Exp::new("noisy", &file);
+    e.file("noisy.py", script);
+    e.run_ok(&["run", "experiment.toml", "--quiet"]);
+    let best: serde_json::Value =
+        serde_json::from_slice(&e.run_ok(&["best", "experiment.toml", "--json"]).stdout).unwrap();
+    let m = &best["model"];
+    let (mean, sd) = (m["predicted"]["mean"].as_f64().unwrap(), m["predicted"]["sd"].as_f64().unwrap());
+    assert!(sd > 0.0 && sd < 0.2, "{best}");
+    // The model's pick is near the true optimum (x = 0.3, f = 0), its mean too.
+    let x = m["parameters"]["x"].as_f64().unwrap();
+    assert!((x - 0.3).abs() < 0.25 && mean.abs() < 0.15, "{best}");
+    assert!(m["observed"].as_f64().is_some());
+    let text = text_of(&e.run_ok(&["best", "experiment.toml"]));
+    assert!(text.contains("the objective is noisy: the model's best is trial"), "{text}");
+    // A noise-free objective has no such pick.
+    let clean = toml(
+        "clean",
+        "x = { type = \"float\", bounds = [0.0, 1.0] }",
+        "command = \"echo f={x}\"",
+        "max_trials = 14",
+        "[generation]\nmethod = \"sobol\"",
+    );
+    let e = Exp::new("clean", &clean);
+    e.run_ok(&["run", "experiment.toml", "--quiet"]);
+    let best: serde_json::Value =
+        serde_json::from_slice(&e.run_ok(&["best", "experiment.toml", "--json"]).stdout).unwrap();
+    assert!(best.get("model").is_none(), "{best}");
+}

@@ -456,6 +456,7 @@ fn maximize(
             }
             let Some(arm) = feasible_towards(space, enc, x0, &x1) else { continue };
             if taken(&arm.key()) {
+                tracing::debug!("a local search ended on an arm already taken: {}", arm.key());
                 continue;
             }
             let Some(x) = enc.encode(space, &arm) else { continue };

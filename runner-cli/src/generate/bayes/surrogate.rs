@@ -15,16 +15,30 @@ pub struct Surrogate {
     encoder: Encoder,
     /// Each searched parameter's importance (1 / lengthscale, summing to 1), in space order.
     pub importance: Vec<(usize, f64)>,
+    /// Whether the outcomes are noisy: SEMs were reported, or the fitted noise is a fair
+    /// share of the outcomes' spread.
+    pub noisy: bool,
 }
+
+/// The fitted noise variance (standardized units) above which an objective is noisy: a
+/// noise standard deviation of about 7% of the outcomes' spread or more.
+const NOISY: f64 = 5e-3;
 
 /// Fit the surrogate of `observed` (an arm and its objective, smaller is better), or none
 /// when there are too few trials to say anything.
 pub fn surrogate(space: &SearchSpace, observed: &[(Arm, f64)]) -> Option<Surrogate> {
+    let with_sem: Vec<(Arm, f64, Option<f64>)> = observed.iter().map(|(a, y)| (a.clone(), *y, None)).collect();
+    surrogate_with_sem(space, &with_sem)
+}
+
+/// The same, with each outcome's SEM where it was reported: when every outcome has one, it
+/// is the model's noise (as the generator does), else the noise is inferred.
+pub fn surrogate_with_sem(space: &SearchSpace, observed: &[(Arm, f64, Option<f64>)]) -> Option<Surrogate> {
     let encoder = Encoder::new(space);
-    let mut pts: Vec<(Vec<f64>, f64)> = observed
+    let mut pts: Vec<(Vec<f64>, f64, Option<f64>)> = observed
         .iter()
-        .filter(|(_, y)| y.is_finite())
-        .filter_map(|(a, y)| Some((encoder.encode(space, a)?, *y)))
+        .filter(|(_, y, _)| y.is_finite())
+        .filter_map(|(a, y, sem)| Some((encoder.encode(space, a)?, *y, *sem)))
         .collect();
     if pts.len() < 3 || encoder.width() == 0 {
         return None;
@@ -34,18 +48,22 @@ pub fn surrogate(space: &SearchSpace, observed: &[(Arm, f64)]) -> Option<Surroga
         let half = MAX_POINTS / 2;
         let rest = &pts[half..];
         let step = rest.len() as f64 / (MAX_POINTS - half) as f64;
-        let spread: Vec<(Vec<f64>, f64)> =
+        let spread: Vec<(Vec<f64>, f64, Option<f64>)> =
             (0..MAX_POINTS - half).map(|i| rest[(i as f64 * step) as usize].clone()).collect();
         pts.truncate(half);
         pts.extend(spread);
     }
     let d = encoder.width();
-    let data = Data {
-        x: pts.iter().map(|p| p.0.clone()).collect(),
-        y: pts.iter().map(|p| p.1).collect(),
-        noise: Noise::Inferred,
+    let all_sem = pts.iter().all(|p| p.2.is_some_and(|s| s.is_finite() && s >= 0.0));
+    let noise = match all_sem {
+        true => Noise::Fixed(pts.iter().map(|p| p.2.unwrap_or(0.0).powi(2)).collect()),
+        false => Noise::Inferred,
     };
-    let gp = Gp::fit(&data, &[Gp::default_hyper(d, true)], 100)?;
+    let reported = all_sem && pts.iter().any(|p| p.2.is_some_and(|s| s > 0.0));
+    let inferred = matches!(noise, Noise::Inferred);
+    let data = Data { x: pts.iter().map(|p| p.0.clone()).collect(), y: pts.iter().map(|p| p.1).collect(), noise };
+    let gp = Gp::fit(&data, &[Gp::default_hyper(d, inferred)], 100)?;
+    let noisy = reported || (inferred && gp.hyper.get(d).is_some_and(|l| l.exp() > NOISY));
     let ls = gp.lengthscales();
     let mut importance: Vec<(usize, f64)> = encoder
         .columns()
@@ -58,10 +76,18 @@ pub fn surrogate(space: &SearchSpace, observed: &[(Arm, f64)]) -> Option<Surroga
             i.1 /= total;
         }
     }
-    Some(Surrogate { gp, encoder, importance })
+    Some(Surrogate { gp, encoder, importance, noisy })
 }
 
 impl Surrogate {
+    /// The model's mean and standard deviation of the objective (of the latent function, no
+    /// noise) at `arm`, in the outcome's units.
+    pub fn predict(&self, space: &SearchSpace, arm: &Arm) -> Option<(f64, f64)> {
+        let x = self.encoder.encode(space, arm)?;
+        let (m, v) = self.gp.predict(&x);
+        Some((m * self.gp.scale + self.gp.shift, v.max(0.0).sqrt() * self.gp.scale))
+    }
+
     /// The two most important parameters that take a column of their own (no one-hot).
     pub fn top_two(&self) -> Option<(usize, usize)> {
         let cols = self.encoder.columns();
@@ -97,6 +123,33 @@ impl Surrogate {
 mod tests {
     use super::*;
     use crate::domain::{Domain, Parameter, Value};
+
+    #[test]
+    fn noise_is_told_apart_and_the_model_sees_through_it() {
+        let p = |n: &str| Parameter {
+            name: n.into(),
+            domain: Domain::Float { lo: 0.0, hi: 1.0, log: false, step: None, digits: 6 },
+        };
+        let space = SearchSpace { parameters: vec![p("a"), p("b")], constraints: vec![] };
+        let f = |arm: &Arm| {
+            let v = |k: &str| arm.get(k).and_then(Value::as_f64).unwrap();
+            (v("a") - 0.4).powi(2) + (v("b") - 0.7).powi(2)
+        };
+        let arms: Vec<Arm> = (0..40).map(|i| space.arm_from_unit(&super::super::super::sobol_point(i, 2, 9))).collect();
+        let clean: Vec<(Arm, f64)> = arms.iter().map(|a| (a.clone(), f(a))).collect();
+        assert!(!surrogate(&space, &clean).unwrap().noisy);
+        // Deterministic "noise" of a fair size: a hash of the index.
+        let noise = |i: usize| ((i as f64 * 12.9898).sin() * 43758.5453).fract() * 0.1;
+        let noisy: Vec<(Arm, f64)> = arms.iter().enumerate().map(|(i, a)| (a.clone(), f(a) + noise(i))).collect();
+        assert!(surrogate(&space, &noisy).unwrap().noisy);
+        // Reported SEMs make it noisy too, and the mean stays close to the truth.
+        let with_sem: Vec<(Arm, f64, Option<f64>)> =
+            arms.iter().enumerate().map(|(i, a)| (a.clone(), f(a) + noise(i), Some(0.05))).collect();
+        let s = surrogate_with_sem(&space, &with_sem).unwrap();
+        assert!(s.noisy);
+        let (m, sd) = s.predict(&space, &arms[3]).unwrap();
+        assert!((m - f(&arms[3])).abs() < 0.1 && sd > 0.0 && sd < 0.1, "{m} {sd} {}", f(&arms[3]));
+    }
 
     #[test]
     fn the_parameter_that_matters_is_the_most_important() {
