@@ -95,40 +95,35 @@ ROWS = {
 }
 
 
+def run_in(d, optx, problem, budget, parallelism, seed, method, initial):
+    """`optx run` of the problem in directory `d`; returns `optx best --json`, parsed."""
+    path = os.path.join(d, "experiment.toml")
+    fields = dict(problem, config=problem["config"].format(seed=seed))
+    with open(path, "w") as f:
+        f.write(EXPERIMENT.format(seed=seed, lib=RELEASE, budget=budget, parallelism=parallelism,
+                                  method=method, initial=initial_line(initial), **fields))
+    run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
+    out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def one_run(optx, problem, budget, parallelism, seed, method, initial):
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "experiment.toml")
-        fields = dict(problem, config=problem["config"].format(seed=seed))
-        with open(path, "w") as f:
-            f.write(EXPERIMENT.format(seed=seed, lib=RELEASE, budget=budget, parallelism=parallelism,
-                                      method=method, initial=initial_line(initial), **fields))
-        run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
-        out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
-        best = json.loads(out.stdout)
-        return best["objective"]["value"]
+        return run_in(d, optx, problem, budget, parallelism, seed, method, initial)["objective"]["value"]
 
 
 def noisy_run(optx, problem, budget, parallelism, seed, method, initial):
     """A run under noise, judged on noise-free values: the best of the points it evaluated,
     and the point `optx best` picks (the model's, for a noisy objective), as truths."""
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "experiment.toml")
-        fields = dict(problem, config=problem["config"].format(seed=seed))
-        with open(path, "w") as f:
-            f.write(EXPERIMENT.format(seed=seed, lib=RELEASE, budget=budget, parallelism=parallelism,
-                                      method=method, initial=initial_line(initial), **fields))
-        run = subprocess.run([optx, "run", path, "--quiet"], capture_output=True, text=True)
-        if run.returncode != 0:
-            sys.exit(f"optx failed on seed {seed} ({run.returncode}):\n{run.stderr}")
+        best = run_in(d, optx, problem, budget, parallelism, seed, method, initial)
         trials = os.path.join(d, ".optx", "hartmann6.trials")
         truth = {}
         for t in filter(str.isdigit, os.listdir(trials)):
             with open(os.path.join(trials, t, "hartmann6.json")) as f:
                 truth[int(t)] = json.load(f)["hartmann6_true"]
-        out = subprocess.run([optx, "best", path, "--json"], capture_output=True, text=True, check=True)
-        best = json.loads(out.stdout)
         pick = best.get("model", best)["index"]
         return min(truth.values()), truth[pick], "model" in best
 

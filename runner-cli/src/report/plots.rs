@@ -2,6 +2,7 @@
 //! files: text stays text, so the page prints sharp). Each function takes plain numbers
 //! and returns one `<svg>` element.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -76,6 +77,35 @@ fn label(x: &f64) -> String {
     super::num(*x)
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The chart of an x-y plot: its title, axes over the ranges with their descriptions, and a
+/// light grid (or none, under a heatmap).
+fn xy<'a, 'b>(
+    root: &'a Area<'b>,
+    title: &str,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    (x_desc, y_desc): (&str, &str),
+    grid: bool,
+) -> Result<Chart<'a, 'b>, plotters::drawing::DrawingAreaErrorKind<std::io::Error>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc).y_desc(y_desc).x_label_formatter(&label).y_label_formatter(&label);
+    if grid {
+        mesh.light_line_style(RGBColor(235, 235, 235));
+    } else {
+        mesh.disable_mesh();
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
 /// A scatter plot of marked points, with lines over it (each a polyline and its colour).
 pub fn scatter(
     title: &str,
@@ -89,20 +119,7 @@ pub fn scatter(
     let (x0, x1) = range(xs);
     let (y0, y1) = range(ys);
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&label)
-            .y_label_formatter(&label)
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let mut chart = xy(root, title, (x0, x1), (y0, y1), (x_desc, y_desc), true)?;
         for (line, colour) in lines {
             chart.draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2)))?;
         }
@@ -134,20 +151,7 @@ pub fn curves(title: &str, x_desc: &str, y_desc: &str, lines: &[(Vec<(f64, f64)>
     let (x0, x1) = range(lines.iter().flat_map(|l| l.0.iter().map(|p| p.0)));
     let (y0, y1) = range(lines.iter().flat_map(|l| l.0.iter().map(|p| p.1)));
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&label)
-            .y_label_formatter(&label)
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()?;
+        let mut chart = xy(root, title, (x0, x1), (y0, y1), (x_desc, y_desc), true)?;
         for stopped in [false, true] {
             for (l, _) in lines.iter().filter(|l| l.1 == stopped) {
                 let c = if stopped { RED_.mix(0.6) } else { BLUE_.mix(0.35) };
@@ -217,20 +221,7 @@ pub fn contour(
 ) -> String {
     let (lo, hi) = range(grid.iter().flatten().copied());
     svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .x_label_formatter(&label)
-            .y_label_formatter(&label)
-            .draw()?;
+        let mut chart = xy(root, title, (x0, x1), (y0, y1), (x_desc, y_desc), false)?;
         let rows = grid.len().max(1);
         let cols = grid.first().map_or(1, Vec::len).max(1);
         let (dx, dy) = ((x1 - x0) / cols as f64, (y1 - y0) / rows as f64);
