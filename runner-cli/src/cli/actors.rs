@@ -62,6 +62,7 @@ pub(super) fn print_asked(a: &scheduler::Asked, json: bool) {
 }
 
 pub(super) fn cmd_ask(target: &Path, count: u64, json: bool, line: &str) -> Outcome {
+    out::must_be_read();
     let (mut store, spec, seed, session) = act_on(target, line)?;
     let asked = scheduler::ask(&spec, store.as_mut(), session, seed, count);
     let _ = store.leave(session, Some(if asked.is_ok() { 0 } else { 1 }));
@@ -92,6 +93,7 @@ pub(super) fn cmd_tell(
     abandon: Option<String>,
     line: &str,
 ) -> Outcome {
+    out::must_be_read();
     let values = reported(metrics)?;
     let what = match (progression, failed, abandon) {
         (Some(p), _, _) => scheduler::Tell::Point { progression: p, values },
@@ -130,6 +132,7 @@ pub(super) fn cmd_tell(
 }
 
 pub(super) fn cmd_attach(target: &Path, params: &[String], results: &[String], line: &str) -> Outcome {
+    out::must_be_read();
     let (given, results) = match (pairs(params, "each parameter"), reported(results)) {
         (Ok(g), Ok(r)) => (g, r),
         (Err(c), _) | (_, Err(c)) => return Err(c),
@@ -151,6 +154,7 @@ pub(super) fn cmd_attach(target: &Path, params: &[String], results: &[String], l
 }
 
 pub(super) fn cmd_clean(target: &Path, dry_run: bool, line: &str) -> Outcome {
+    out::must_be_read();
     let exe = exe()?;
     // A dry run only reads: it joins as nobody (joining marks the dead workers).
     let (mut store, spec, seed, session) = if dry_run {

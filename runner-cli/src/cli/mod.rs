@@ -23,7 +23,7 @@ use show::*;
 use target::*;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use out::{out, outln};
+use out::{out, outln, sayln};
 
 use crate::config;
 use crate::domain::{ExperimentSpec, StoreLocation};

@@ -206,7 +206,7 @@ pub(super) fn start(l: Launch, o: &Overrides) -> Outcome {
                 .iter()
                 .map(|(i, v, p)| serde_json::json!({"trial": i, "objectives": v, "parameters": p}))
                 .collect();
-            outln!(
+            sayln!(
                 "{}",
                 serde_json::json!({"event": "summary", "end": end, "exit_code": exit_code(Ok(done)), "trials": summary.counts,
                     "feasible": summary.feasible, "best": best, "store": store_path.to_string()})
@@ -225,8 +225,8 @@ pub(super) fn start(l: Launch, o: &Overrides) -> Outcome {
                 ),
                 _ => "done".into(),
             };
-            outln!("optx: {verb}: {}", report::summary_line(&spec, &summary));
-            outln!("optx: {}", report::best_line(&spec, &summary));
+            sayln!("optx: {verb}: {}", report::summary_line(&spec, &summary));
+            sayln!("optx: {}", report::best_line(&spec, &summary));
         }
     }
     Ok(done)

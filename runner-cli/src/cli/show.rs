@@ -15,12 +15,10 @@ pub(super) fn cmd_report(target: &Path, output: &Path) -> Outcome {
         .map(|e| e.metric.clone())
         .or_else(|| spec.goal.objectives.first().and_then(|o| o.terms.first()).map(|t| t.0.clone()))
         .unwrap_or_default();
-    let mut curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>> = Default::default();
-    for o in obs.iter().filter(|o| !o.is_final && o.metric == metric && o.mean.is_finite()) {
-        if let Some(p) = o.progression {
-            curves.entry(o.trial).or_default().push((p, o.mean));
-        }
-    }
+    // As the rule compared them: sorted, without what a stopped trial reported after.
+    let stored = crate::stopping::stored_curves(&metric, &obs, &crate::stopping::stopped_at(&trials));
+    let curves: std::collections::BTreeMap<u64, Vec<(f64, f64)>> =
+        stored.iter().map(|c| (c.trial, c.points.clone())).collect();
     let mut snap = Snapshot::new(&spec, &trials, &obs);
     snap.workers = workers.iter().map(|w| worker_view(w, &trials)).collect();
     let extra = report::html::Extra {

@@ -16,6 +16,20 @@ pub fn round_digits(x: f64, digits: u32) -> f64 {
     format!("{:.*e}", (digits - 1) as usize, x).parse().unwrap_or(x)
 }
 
+/// `x` of the range `[lo, hi]` rounded to `digits` significant digits, or more where the
+/// range is narrow for the size of its values: the rounding step never exceeds the range's
+/// width times `10^(1 - digits)`, so that [1000, 1000.001] is searched, not rounded to 1000.
+pub fn round_in(x: f64, digits: u32, lo: f64, hi: f64) -> f64 {
+    let width = hi - lo;
+    if !x.is_finite() || x == 0.0 || !(width > 0.0 && width.is_finite()) {
+        return round_digits(x, digits);
+    }
+    let e = x.abs().log10().floor();
+    let needed = (e + digits as f64 - width.log10()).ceil();
+    let d = if needed > digits as f64 { needed.min(17.0) as u32 } else { digits };
+    round_digits(x, d)
+}
+
 /// What values a parameter takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Domain {
@@ -53,9 +67,9 @@ impl Parameter {
                     let k = (u * (k_max + 1.0)).floor().min(k_max);
                     Value::Float(round_to_step(lo + k * step, *step).clamp(*lo, *hi))
                 } else if *log {
-                    Value::Float(round_digits((lo.ln() + u * (hi.ln() - lo.ln())).exp(), *digits).clamp(*lo, *hi))
+                    Value::Float(round_in((lo.ln() + u * (hi.ln() - lo.ln())).exp(), *digits, *lo, *hi).clamp(*lo, *hi))
                 } else {
-                    Value::Float(round_digits(lo + u * (hi - lo), *digits).clamp(*lo, *hi))
+                    Value::Float(round_in(lo + u * (hi - lo), *digits, *lo, *hi).clamp(*lo, *hi))
                 }
             }
             Domain::Int { lo, hi, log, step } => {
@@ -124,11 +138,11 @@ impl Parameter {
             Domain::Choice { values, ordered: false } => values[0].clone(),
             Domain::Choice { values, ordered: true } => values[(values.len() - 1) / 2].clone(),
             Domain::Float { lo, hi, log: true, step: None, digits } => {
-                Value::Float(round_digits((lo * hi).sqrt(), *digits).clamp(*lo, *hi))
+                Value::Float(round_in((lo * hi).sqrt(), *digits, *lo, *hi).clamp(*lo, *hi))
             }
             Domain::Float { lo, hi, step, digits, .. } => match step {
                 Some(s) => Value::Float(round_to_step(lo + ((hi - lo) / 2.0 / s).round() * s, *s)),
-                None => Value::Float(round_digits((lo + hi) / 2.0, *digits).clamp(*lo, *hi)),
+                None => Value::Float(round_in((lo + hi) / 2.0, *digits, *lo, *hi).clamp(*lo, *hi)),
             },
             Domain::Int { lo, hi, log, step } => {
                 let s = step.unwrap_or(1);
@@ -340,7 +354,7 @@ impl SearchSpace {
                             let u = if n == 1 { 0.5 } else { i as f64 / (n - 1) as f64 };
                             match &p.domain {
                                 Domain::Float { lo, hi, log: false, step: None, digits } => {
-                                    Value::Float(round_digits(lo + u * (hi - lo), *digits).clamp(*lo, *hi))
+                                    Value::Float(round_in(lo + u * (hi - lo), *digits, *lo, *hi).clamp(*lo, *hi))
                                 }
                                 _ => p.from_unit(u),
                             }
@@ -518,6 +532,13 @@ mod tests {
         assert_eq!(b.from_unit(1.0), Value::Float(0.9876543219));
         assert_eq!(b.from_unit(0.5), Value::Float(0.556));
         assert_eq!(b.center(), Value::Float(0.556));
+        // A narrow range far from 0 keeps distinct values: more digits where needed.
+        let n = p("n", Domain::Float { lo: 1000.0, hi: 1000.001, log: false, step: None, digits: 6 });
+        let vals: Vec<Value> = (0..10).map(|k| n.from_unit(k as f64 / 9.0)).collect();
+        for w in vals.windows(2) {
+            assert_ne!(w[0], w[1], "{vals:?}");
+        }
+        assert_eq!(round_in(0.4211668799999999, 6, -1.0, 1.0), 0.421167);
     }
 
     #[test]

@@ -503,9 +503,14 @@ fn trials_table(s: &Snapshot, best: &[u64]) -> String {
         "<p id=\"trials-more\"><button type=\"button\" id=\"more\">show more</button> <button type=\"button\" id=\"all\">show all {}</button></p>",
         rows.len()
     );
-    // As JSON in a script element: `</` never closes it early.
+    // As JSON in a script element: no `<`, `>` or `&` (they occur in strings only, and
+    // become escapes there), so no text of a trial can close or confuse the element.
     let data: Vec<serde_json::Value> = rows.iter().map(|(b, c)| serde_json::json!([b, c])).collect();
-    let json = serde_json::to_string(&data).unwrap_or_default().replace("</", "<\\/");
+    let json = serde_json::to_string(&data)
+        .unwrap_or_default()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     let _ = writeln!(out, "<script type=\"application/json\" id=\"trial-rows\">{json}</script>");
     out
 }

@@ -239,6 +239,7 @@ fn early_stop(
         progression: d.progression,
         decided_at: tx.time().to_string(),
         trigger: (index, progression),
+        held: Vec::new(),
     };
     let meta = decision.metadata(None);
     let data = TransitionData { reason: Some(&d.reason), stop_metadata: Some(&meta), ..Default::default() };

@@ -193,6 +193,26 @@ pub(crate) struct Interrupts {
     pub flag: Arc<AtomicBool>,
 }
 
+/// The objective of each completed, feasible trial, in the order they completed (the store's
+/// times), for global stopping.
+fn completed_in_order(
+    spec: &ExperimentSpec,
+    trials: &[crate::domain::Trial],
+    finals: &HashMap<u64, std::collections::BTreeMap<String, crate::domain::Observation>>,
+) -> Vec<f64> {
+    let mut done: Vec<(&str, u64, f64)> = trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true))
+        .filter_map(|t| {
+            let f = finals.get(&t.index)?;
+            let v = spec.goal.objectives.first()?.value(|m| f.get(m).map(|o| o.mean))?;
+            Some((t.completed_at.as_deref().unwrap_or(""), t.index, v))
+        })
+        .collect();
+    done.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    done.into_iter().map(|d| d.2).collect()
+}
+
 /// Run the loop on an open, owned store. Returns how it ended.
 impl<'a> State<'a> {
     /// The state of a worker that joins `store` as `session`, built from the ledger: the
@@ -240,6 +260,8 @@ impl<'a> State<'a> {
                 generator.pending(t.index, &arm);
             }
         }
+        // In the order they completed: read before `shrink` drops the times.
+        let completed = completed_in_order(spec, &trials, &finals);
         let mut trials = trials;
         for t in trials.iter_mut().filter(|t| t.status.is_terminal()) {
             t.shrink();
@@ -281,18 +303,7 @@ impl<'a> State<'a> {
         // The objective of the completed, feasible trials, in the order they completed (for
         // global stopping, which a resume applies again unless told to ignore it).
         if spec.global_stopping.is_some() {
-            let mut done: Vec<(&str, f64)> = st
-                .trials
-                .iter()
-                .filter(|t| t.status == TrialStatus::Completed && t.feasible == Some(true))
-                .filter_map(|t| {
-                    let f = finals.get(&t.index)?;
-                    let v = spec.goal.objectives.first()?.value(|m| f.get(m).map(|o| o.mean))?;
-                    Some((t.completed_at.as_deref().unwrap_or(""), v))
-                })
-                .collect();
-            done.sort_by(|a, b| a.0.cmp(b.0));
-            st.completed = done.into_iter().map(|d| d.1).collect();
+            st.completed = completed;
             if let Some(s) = super::stop::global(spec, &st.completed) {
                 st.stop(s);
             }

@@ -42,6 +42,8 @@ pub(super) struct Stopped {
     /// When, and on which point (trial, progression) that had just arrived.
     pub decided_at: String,
     pub trigger: (u64, f64),
+    /// The points it reported since (they count only if it ends otherwise than stopped).
+    pub held: Vec<(f64, f64)>,
 }
 
 impl Stopped {
@@ -440,11 +442,15 @@ impl<'a> State<'a> {
     fn add_points(&mut self, tx: &dyn Tx, index: u64, points: &[crate::runners::MetricPoint]) {
         let Some(es) = &self.spec.early_stopping else { return };
         for p in points.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
-            // Points a stopped trial reports after the rule's decision do not count.
-            if let (Some(at), false) = (p.progression, self.stopping.contains_key(&index)) {
-                self.curves.push(index, at, p.mean);
-                self.early_stop(tx, (index, at), None);
+            let Some(at) = p.progression else { continue };
+            // Points a stopped trial reports after the rule's decision do not count (unless
+            // it completes before the stop reaches it: they are held back till its end).
+            if let Some(d) = self.stopping.get_mut(&index) {
+                d.held.push((at, p.mean));
+                continue;
             }
+            self.curves.push(index, at, p.mean);
+            self.early_stop(tx, (index, at), None);
         }
     }
 
@@ -469,6 +475,7 @@ impl<'a> State<'a> {
                 progression: d.progression,
                 decided_at: tx.time().to_string(),
                 trigger,
+                held: Vec::new(),
             };
             self.stopping.insert(d.trial, stopped);
             self.effects.push(Effect::Stop { index: d.trial, reason: d.reason });
@@ -491,19 +498,21 @@ impl<'a> State<'a> {
         // The last points of its curve count in the comparisons of the trials still running
         // (but not those a stopped trial reported after the rule's decision).
         // Each asks the rule about the others, as any new point does (`replay` does the same).
-        if let (Some(es), false) = (&spec.early_stopping, self.stopping.contains_key(&index)) {
-            for p in result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite()) {
-                if let Some(at) = p.progression {
-                    self.curves.push(index, at, p.mean);
-                    self.early_stop(tx, (index, at), Some(index));
-                }
+        // Stopped by the rule: it ends EARLY_STOPPED unless it ended otherwise before the stop
+        // reached it (completed, say), and then every point it reported counts, as on resume.
+        let decision = self.stopping.remove(&index);
+        let stopped = matches!(result.outcome, Outcome::Failed { .. }) && decision.is_some();
+        if let (Some(es), false) = (&spec.early_stopping, stopped) {
+            let held = decision.as_ref().map(|d| d.held.clone()).unwrap_or_default();
+            let reported = result.curve.iter().filter(|p| p.metric == es.metric && p.mean.is_finite());
+            let points: Vec<(f64, f64)> =
+                held.into_iter().chain(reported.filter_map(|p| Some((p.progression?, p.mean)))).collect();
+            for (at, mean) in points {
+                self.curves.push(index, at, mean);
+                self.early_stop(tx, (index, at), Some(index));
             }
         }
-        let early = match (&result.outcome, self.stopping.remove(&index)) {
-            (Outcome::Failed { .. }, Some(decision)) => Some(decision),
-            _ => None,
-        };
-        if let Some(decision) = early {
+        if let Some(decision) = decision.filter(|_| stopped) {
             return self.early_stopped(tx, index, decision, result);
         }
         let (to, reason, lost, feas) = match &result.outcome {

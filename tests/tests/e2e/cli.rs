@@ -178,6 +178,18 @@ fn a_closed_stdout_ends_quietly_with_exit_0() {
     let (code, err) = piped_to_head(&e, "run experiment.toml");
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(e.count("SELECT count(*) FROM trials WHERE status = 'COMPLETED'"), 300);
+    // A run that stops on the failure rate keeps its exit code 1, its reader gone or not.
+    let failing = toml(
+        "pipes_fail",
+        "x = { type = \"float\", bounds = [0.0, 1.0] }",
+        "command = [\"sh\", \"-c\", \"sleep 0.05; exit 1\"]",
+        "max_trials = 40",
+        "",
+    );
+    let f = Exp::new("pipes_fail", &failing);
+    let (code, err) = piped_to_head(&f, "run experiment.toml");
+    assert_eq!(code, 1, "{err}");
+    assert!(f.count("SELECT count(*) FROM trials WHERE status = 'FAILED'") >= 5);
     // More output than a pipe holds: the write after head is gone fails with EPIPE.
     for args in ["trials experiment.toml --json", "trials experiment.toml", "completions bash", "schema"] {
         let (code, err) = piped_to_head(&e, args);

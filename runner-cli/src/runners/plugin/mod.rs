@@ -28,14 +28,13 @@ fn loaded() -> &'static Mutex<BTreeMap<PathBuf, Plugin>> {
 
 /// Load a plugin library and check its table (the ABI version first). Errors name the
 /// place in the experiment file that names the library.
-/// The file names a library named `name` may have: as given, and `lib<name>.so`.
+/// The file names a library named `name` may have: `lib<name>.so` and `<name>.so` first,
+/// then the name as given (an executable of the plugin's name beside optx is no library).
 fn file_names(name: &str) -> Vec<String> {
-    let mut out = vec![name.to_string()];
-    if !name.ends_with(".so") {
-        out.push(format!("lib{name}.so"));
-        out.push(format!("{name}.so"));
+    if name.ends_with(".so") {
+        return vec![name.to_string()];
     }
-    out
+    vec![format!("lib{name}.so"), format!("{name}.so"), name.to_string()]
 }
 
 /// Where a library named without a directory is looked for, in order: the experiment's
@@ -54,7 +53,8 @@ fn search_dirs(r: &PluginRef) -> Vec<PathBuf> {
 
 /// The file of the plugin library `r` names.
 fn resolve(r: &PluginRef) -> Result<PathBuf, String> {
-    if r.library.exists() {
+    // A directory of the plugin's name (its sources, say) is not the library.
+    if r.library.is_file() || (r.by_name.is_none() && r.library.exists()) {
         return Ok(r.library.clone());
     }
     let Some(name) = &r.by_name else {
