@@ -170,4 +170,15 @@ mod tests {
         assert!(starter("python3 x.py | tee out").unwrap().contains("shell = true"));
         assert!(starter("python3 'unclosed").is_err());
     }
+
+    #[test]
+    fn the_starter_file_validates_against_the_schema() {
+        let v = crate::config::schema::tests::validator();
+        for command in [EXAMPLE_COMMAND, "python3 x.py | tee out"] {
+            let text = starter(command).unwrap();
+            let errors: Vec<String> =
+                v.iter_errors(&crate::config::schema::tests::json_of(&text)).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{command}: {errors:?}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod actors;
 mod error;
 mod events;
 mod init;
+mod model;
 mod out;
 mod replay;
 mod run;
@@ -31,11 +32,6 @@ use crate::generate::Generator;
 use crate::report::{self, Snapshot};
 use crate::scheduler::{self, Launch, RunEnd, RunError};
 use crate::store::{self, Ledger};
-
-/// The starter file of `optx init` for `command` (an example command when it has none).
-pub fn starter_file(command: &str) -> String {
-    init::starter(command).unwrap_or_else(|e| e)
-}
 
 #[derive(Parser, Debug)]
 #[command(name = "optx", version, about = "Closed-loop adaptive experiments from a TOML file")]
@@ -303,9 +299,10 @@ fn dispatch(command: Command, line: &str) -> Outcome {
         }),
         Command::Best { target, json } => with_store(&target, |snap, _| {
             if json {
-                outln!("{}", serde_json::to_string_pretty(&report::best_json(snap)).unwrap_or_default());
+                let pick = model::model_best(snap);
+                outln!("{}", serde_json::to_string_pretty(&report::best_json(snap, pick.as_ref())).unwrap_or_default());
             } else {
-                out!("{}", report::best_text(snap));
+                out!("{}", report::best_text(snap, model::model_best(snap).as_ref()));
             }
             Ok(Done::Ok)
         }),

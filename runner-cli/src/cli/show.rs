@@ -21,7 +21,10 @@ pub(super) fn cmd_report(target: &Path, output: &Path) -> Outcome {
         stored.iter().map(|c| (c.trial, c.points.clone())).collect();
     let mut snap = Snapshot::new(&spec, &trials, &obs);
     snap.workers = workers.iter().map(|w| worker_view(w, &trials)).collect();
+    let (importance, contour) = super::model::importance_and_contour(&snap);
     let extra = report::html::Extra {
+        importance,
+        contour,
         curves: &curves,
         curve_metric: metric,
         generated: format!("written {} by optx {} from {path}", store::now(), env!("CARGO_PKG_VERSION")),

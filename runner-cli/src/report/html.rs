@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::plots::{self, Mark};
 use super::{num, Snapshot};
-use crate::domain::{Arm, Domain, Trial, TrialStatus};
+use crate::domain::{Domain, Trial, TrialStatus};
 
 /// Points drawn in one scatter plot at most: beyond, an even choice of the trials (the best
 /// always among them), so that a report of 10,000 trials stays small and loads fast.
@@ -25,6 +25,23 @@ pub struct Extra<'a> {
     pub curve_metric: String,
     /// Generated when, and by which optx.
     pub generated: String,
+    /// From a model of the first objective (the caller fits it): each searched parameter's
+    /// importance, and the model's mean over the two most important ones.
+    pub importance: Vec<(String, f64)>,
+    pub contour: Option<Contour>,
+}
+
+/// The model's mean of the objective over a grid of two parameters' unit coordinates
+/// (rows along `b`), the others at the best trial's values.
+pub struct Contour {
+    pub a: usize,
+    pub b: usize,
+    pub grid: Vec<Vec<f64>>,
+}
+
+/// A stored time (RFC 3339).
+fn time_of(s: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
 }
 
 fn esc(s: &str) -> String {
@@ -131,8 +148,8 @@ pub fn report(s: &Snapshot, extra: &Extra) -> String {
     if let Some(b) = best.first().and_then(|i| s.trials.get(*i as usize)) {
         kv("best parameters", esc(&super::params_inline(&b.parameters)));
     }
-    let starts = s.trials.iter().filter_map(|t| t.started_at.as_deref().and_then(crate::store::parse_time));
-    let ends = s.trials.iter().filter_map(|t| t.completed_at.as_deref().and_then(crate::store::parse_time));
+    let starts = s.trials.iter().filter_map(|t| t.started_at.as_deref().and_then(time_of));
+    let ends = s.trials.iter().filter_map(|t| t.completed_at.as_deref().and_then(time_of));
     if let (Some(a), Some(b)) = (starts.min(), ends.max()) {
         let secs = b.duration_since(a).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         kv("time spent", format!("{} s from the first start to the last end", num(secs)));
@@ -238,55 +255,31 @@ pub fn report(s: &Snapshot, extra: &Extra) -> String {
         body += "</section>\n";
 
         // The model: importance and a contour of the two most important parameters.
-        let observed: Vec<(Arm, f64)> = done
-            .iter()
-            .filter_map(|t| {
-                let y = o.values[&t.index];
-                Some((Arm::from_json(&spec.space, &t.parameters)?, if minimize { y } else { -y }))
-            })
-            .collect();
         body += "<section><h2>Parameter importance</h2>\n";
-        match crate::generate::bayes::surrogate::surrogate(&spec.space, &observed) {
-            Some(model) => {
-                let mut items: Vec<(String, f64)> =
-                    model.importance.iter().map(|(p, v)| (spec.space.parameters[*p].name.clone(), *v)).collect();
-                items.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let svg = plots::bars("importance (1 / lengthscale of a GP of the objective)", "share", &items);
-                figure(&mut body, "importance", "How fast the objective changes along each parameter, from the lengthscales of a Gaussian process fitted to the completed trials (at most 200 of them)", &svg);
-                let at = best.first().and_then(|i| Arm::from_json(&spec.space, &s.trials[*i as usize].parameters));
-                if let (Some((a, b)), Some(at)) = (model.top_two(), at) {
-                    let res = 30;
-                    if let Some(grid) = model.grid(&spec.space, &at, a, b, res) {
-                        let (pa, pb) = (&spec.space.parameters[a], &spec.space.parameters[b]);
-                        let grid: Vec<Vec<f64>> = grid
-                            .into_iter()
-                            .map(|r| r.into_iter().map(|v| if minimize { v } else { -v }).collect())
-                            .collect();
-                        // Cell (i, j) of the grid is at unit coordinates ((i + 0.5) / res, ...):
-                        // the axes are in unit coordinates, labelled by the parameters' values.
-                        let pts: Vec<(f64, f64)> = thin(&done, MAX_POINTS, |_| false)
-                            .iter()
-                            .filter_map(|t| {
-                                let ua = pa.to_unit(&crate::domain::Value::from_json(t.parameters.get(&pa.name)?)?)?;
-                                let ub = pb.to_unit(&crate::domain::Value::from_json(t.parameters.get(&pb.name)?)?)?;
-                                Some((ua, ub))
-                            })
-                            .collect();
-                        let svg = plots::contour(
-                            &format!("{name}: the model's mean over {} and {}", pa.name, pb.name),
-                            &format!("{} (0 to 1 over its range)", pa.name),
-                            &format!("{} (0 to 1 over its range)", pb.name),
-                            (0.0, 1.0),
-                            (0.0, 1.0),
-                            &grid,
-                            minimize,
-                            &pts,
-                        );
-                        figure(&mut body, "contour", &format!("The GP's predicted {name} over the two most important parameters, the others at the best trial's values; green is better; dots are trials"), &svg);
-                    }
-                }
-            }
-            None => body += "<p>Too few completed trials for a model.</p>\n",
+        if extra.importance.is_empty() {
+            body += "<p>Too few completed trials for a model.</p>\n";
+        } else {
+            let svg = plots::bars("importance (1 / lengthscale of a GP of the objective)", "share", &extra.importance);
+            figure(&mut body, "importance", "How fast the objective changes along each parameter, from the lengthscales of a Gaussian process fitted to the completed trials (at most 200 of them)", &svg);
+        }
+        if let Some(c) = &extra.contour {
+            let (pa, pb) = (&spec.space.parameters[c.a], &spec.space.parameters[c.b]);
+            let unit = |t: &Trial, p: &crate::domain::Parameter| {
+                p.to_unit(&crate::domain::Value::from_json(t.parameters.get(&p.name)?)?)
+            };
+            let pts: Vec<(f64, f64)> =
+                thin(&done, MAX_POINTS, |_| false).iter().filter_map(|t| Some((unit(t, pa)?, unit(t, pb)?))).collect();
+            let svg = plots::contour(
+                &format!("{name}: the model's mean over {} and {}", pa.name, pb.name),
+                &format!("{} (0 to 1 over its range)", pa.name),
+                &format!("{} (0 to 1 over its range)", pb.name),
+                (0.0, 1.0),
+                (0.0, 1.0),
+                &c.grid,
+                minimize,
+                &pts,
+            );
+            figure(&mut body, "contour", &format!("The GP's predicted {name} over the two most important parameters, the others at the best trial's values; green is better; dots are trials"), &svg);
         }
         body += "</section>\n";
 
@@ -364,13 +357,10 @@ pub fn report(s: &Snapshot, extra: &Extra) -> String {
     }
 
     // The timeline: trials over wall time, a row per worker and slot.
-    let t0 = s.trials.iter().filter_map(|t| t.started_at.as_deref().and_then(crate::store::parse_time)).min();
+    let t0 = s.trials.iter().filter_map(|t| t.started_at.as_deref().and_then(time_of)).min();
     if let Some(t0) = t0 {
         let secs = |x: &Option<String>| {
-            x.as_deref()
-                .and_then(crate::store::parse_time)
-                .and_then(|t| t.duration_since(t0).ok())
-                .map(|d| d.as_secs_f64())
+            x.as_deref().and_then(time_of).and_then(|t| t.duration_since(t0).ok()).map(|d| d.as_secs_f64())
         };
         let mut rows: Vec<(i64, i64)> = Vec::new();
         let mut spans_all: Vec<(usize, f64, f64, Mark)> = Vec::new();

@@ -284,7 +284,7 @@ pub fn status_json(s: &Snapshot, store: &str) -> serde_json::Value {
         "by_status": counts,
         "running": running,
         "owned": owned(s),
-        "best": best_json(s),
+        "best": best_json(s, None),
         "workers": workers,
     })
 }
@@ -301,7 +301,7 @@ fn objectives_json(goal: &Goal, values: &[f64]) -> serde_json::Value {
 
 /// The best point as JSON (`null` when there is none); for several objectives
 /// `{"objectives": [...], "pareto_front": [...]}`.
-pub fn best_json(s: &Snapshot) -> serde_json::Value {
+pub fn best_json(s: &Snapshot, model: Option<&model::ModelBest>) -> serde_json::Value {
     let goal = &s.spec.goal;
     let entry = |(i, v): &Point| {
         let t = &s.trials[*i as usize];
@@ -329,7 +329,7 @@ pub fn best_json(s: &Snapshot) -> serde_json::Value {
             let o = &goal.objectives[0];
             e["objective"] = serde_json::json!({"metric": o.name, "direction": o.verb(), "value": finite(p.1[0])});
             // A noisy objective: the model's pick beside the best observed one.
-            if let Some(m) = model::model_best(s) {
+            if let Some(m) = model {
                 let t = &s.trials[m.index as usize];
                 e["model"] = serde_json::json!({
                     "index": m.index,
@@ -344,7 +344,7 @@ pub fn best_json(s: &Snapshot) -> serde_json::Value {
     }
 }
 
-pub fn best_text(s: &Snapshot) -> String {
+pub fn best_text(s: &Snapshot, model: Option<&model::ModelBest>) -> String {
     let goal = &s.spec.goal;
     let best = s.best();
     if goal.is_multi() {
@@ -364,7 +364,7 @@ pub fn best_text(s: &Snapshot) -> String {
             let _ = writeln!(out, "  metric {m} = {}", num(o.mean));
         }
     }
-    if let Some(m) = model::model_best(s) {
+    if let Some(m) = model {
         let name = &goal.objectives[0].name;
         let _ = writeln!(
             out,

@@ -438,4 +438,4 @@ pub fn schema() -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
