@@ -245,12 +245,7 @@ pub fn status(s: &Snapshot, store: &str) -> String {
 
 /// `optx status --json`: the same as the text, as one object.
 pub fn status_json(s: &Snapshot, store: &str) -> serde_json::Value {
-    let mut counts = serde_json::Map::new();
-    for t in s.trials {
-        let k = if t.lost { "LOST".to_string() } else { t.status.as_str().to_string() };
-        let n = counts.get(&k).and_then(|v| v.as_u64()).unwrap_or(0);
-        counts.insert(k, serde_json::json!(n + 1));
-    }
+    let counts = s.summary().counts;
     let running: Vec<serde_json::Value> = s
         .trials
         .iter()
