@@ -2,18 +2,24 @@
 //! `q` trials run at once and the oldest completes first, so each proposal sees `q - 1`
 //! pending trials, as in a real `optx run` with `parallelism = q` (where which trial ends
 //! first varies from run to run, which makes those figures noisy). The sequence is optx's:
-//! the center, Sobol up to max(5, 2 d) trials, then the model. Prints the best value per
-//! seed and the quartiles.
+//! the center, Sobol up to the initial trials (5 by default), then the model. Prints the
+//! best value per seed and the quartiles.
 //!
 //! Usage: bo_async [hartmann6|branin] [budget] [q] [seeds] [async|batch] [initial trials]
 //! (default: hartmann6 30 3 20 async 5; `batch`: all q complete before the next q
 //! are proposed; the initial trials count the center point, as `initial_trials` does)
+//!
+//! Environment: `BO_FIRST_SEED` (0) to start the seeds elsewhere; `BO_NOISE_SD` (0) adds
+//! Gaussian noise of that standard deviation to what the model sees (the best is still
+//! judged on noise-free values), `BO_REPORT_SEM` set reports it as each value's SEM.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use optx::domain::{Arm, Direction, Domain, Goal, Objective, Parameter, SearchSpace};
 use optx::generate::bayes::{propose, Context, Encoder, History, Observed};
 use optx::generate::sobol_point;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 fn branin(x: &[f64]) -> f64 {
     let (x1, x2) = (15.0 * x[0] - 5.0, 15.0 * x[1]);
@@ -71,13 +77,18 @@ fn main() {
     let enc = Encoder::new(&space);
     let initial = initial.unwrap_or(optx::domain::DEFAULT_INITIAL_TRIALS);
     let mut bests = Vec::new();
-    for seed in 0..seeds {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let first = env("BO_FIRST_SEED").unwrap_or(0.0) as u64;
+    let noise_sd = env("BO_NOISE_SD").unwrap_or(0.0);
+    let report_sem = std::env::var_os("BO_REPORT_SEM").is_some();
+    for seed in first..first + seeds {
         let mut history = History::default();
         let mut running: VecDeque<(u64, Arm)> = VecDeque::new();
         let mut seen = HashSet::new();
         let mut warm = BTreeMap::new();
         let (mut draw, mut best) = (0, f64::INFINITY);
         let mut made = 0;
+        let mut noise = ChaCha8Rng::seed_from_u64(seed ^ 0x0053_EED0_F401);
         loop {
             let complete = if batch {
                 usize::from(running.len() == q || made >= budget) * running.len()
@@ -91,7 +102,16 @@ fn main() {
                 history.pending.remove(&index);
                 let y = f(&x);
                 best = best.min(y);
-                history.completed.push(Observed { x, values: BTreeMap::from([("f".to_string(), (y, None))]) });
+                // The model sees a noisy value (and its SEM if reported); the best is judged on
+                // the noise-free one.
+                let (y, sem) = if noise_sd > 0.0 {
+                    let (u1, u2): (f64, f64) = (noise.random(), noise.random());
+                    let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    (y + noise_sd * z, report_sem.then_some(noise_sd))
+                } else {
+                    (y, None)
+                };
+                history.completed.push(Observed { x, values: BTreeMap::from([("f".to_string(), (y, sem))]) });
             }
             if made >= budget {
                 if running.is_empty() {
@@ -121,8 +141,8 @@ fn main() {
     let (q1, med, q3) = quartiles(&bests);
     let how = if batch { "synchronous batches" } else { "the oldest completes first" };
     println!(
-        "{problem}, budget {budget}, {q} in parallel ({how}), {initial} initial trials, seeds 0-{}, in-process:",
-        seeds - 1
+        "{problem}, budget {budget}, {q} in parallel ({how}), {initial} initial trials, seeds {first}-{}, in-process:",
+        first + seeds - 1
     );
     println!("  q1 {q1:.3}  median {med:.3}  q3 {q3:.3}");
     println!("  per seed: {}", bests.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(" "));

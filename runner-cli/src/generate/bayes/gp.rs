@@ -1,5 +1,6 @@
-//! A Gaussian process with a constant mean and a Matern-5/2 kernel with one lengthscale per
-//! input (ARD), over inputs in the unit cube and standardized outcomes, with BoTorch's current
+//! A Gaussian process with a constant mean (fitted, or the worst outcome: [`Mean`]) and a
+//! Matern-5/2 kernel with one lengthscale per input (ARD), over inputs in the unit cube and
+//! standardized outcomes, with BoTorch's current
 //! priors: no output scale, a log-normal prior on each lengthscale whose median grows with
 //! the square root of the dimension, and a log-normal prior on the noise. Hyperparameters are
 //! the maximum a posteriori point, found by L-BFGS in log space from several starts.
@@ -23,6 +24,19 @@ pub enum Noise {
     /// A variance per point, in standardized units.
     Fixed(Vec<f64>),
 }
+
+/// The GP's constant prior mean: what it expects where it has seen nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mean {
+    /// Fitted with the other hyperparameters (flat prior), as BoTorch's.
+    Fitted,
+    /// This value (in the outcomes' units), not fitted.
+    Fixed(f64),
+}
+
+/// The inferred noise variance (standardized units) above which an objective counts as
+/// noisy: a noise standard deviation of about 7% of the outcomes' spread or more.
+pub const NOISY_VARIANCE: f64 = 5e-3;
 
 /// The training data: `n` points of `d` coordinates in `[0, 1]` and their outcomes.
 #[derive(Debug, Clone)]
@@ -65,6 +79,8 @@ struct Problem<'a> {
     x: &'a [f64],
     y: &'a [f64],
     fixed: Option<&'a [f64]>,
+    /// The constant mean when it is not fitted (the last hyperparameter is then ignored).
+    mean: Option<f64>,
 }
 
 /// The Matern-5/2 kernel at scaled squared distance `s` (`r^2`), and `-2 dk/ds`, which
@@ -148,10 +164,11 @@ impl Problem<'_> {
             return None;
         }
         let inv_ls2: Vec<f64> = h[..d].iter().map(|l| (-2.0 * l).exp()).collect();
-        let (noise_grad_scale, mean) = match self.fixed {
+        let (noise_grad_scale, fitted_mean) = match self.fixed {
             None => (Some(h[d].exp()), h[d + 1]),
             Some(_) => (None, h[d]),
         };
+        let mean = self.mean.unwrap_or(fitted_mean);
         let (mut k, kg) = kernel_matrix(self.x, n, d, &inv_ls2);
         for i in 0..n {
             k[i * n + i] += match self.fixed {
@@ -187,7 +204,7 @@ impl Problem<'_> {
             g[d] = 0.5 * trw * e;
         }
         let gm = h.len() - 1;
-        g[gm] = -alpha.iter().sum::<f64>();
+        g[gm] = if self.mean.is_some() { 0.0 } else { -alpha.iter().sum::<f64>() };
         // Priors (as densities of the lengthscale and noise themselves).
         let (mu, sd) = ls_prior(d);
         for t in 0..d {
@@ -251,28 +268,53 @@ impl Gp {
     /// Fit by MAP from each start (the previous fit's hyperparameters first, if they fit
     /// this data's shape) and keep the best. `max_iters` bounds each local search.
     pub fn fit(data: &Data, starts: &[Hyper], max_iters: u64) -> Option<Gp> {
+        Gp::fit_with(data, starts, max_iters, Mean::Fitted)
+    }
+
+    /// [`Gp::fit`] with the constant mean chosen by `mean`.
+    pub fn fit_with(data: &Data, starts: &[Hyper], max_iters: u64, mean: Mean) -> Option<Gp> {
         let (x, d, y_std, fixed, shift, scale) = Self::prepare(data)?;
-        let problem = Problem { d, x: &x, y: &y_std, fixed: fixed.as_deref() };
+        let fixed_mean = match mean {
+            Mean::Fitted => None,
+            Mean::Fixed(v) => Some((v - shift) / scale),
+        };
+        let problem = Problem { d, x: &x, y: &y_std, fixed: fixed.as_deref(), mean: fixed_mean };
         let len = d + if fixed.is_none() { 2 } else { 1 };
         let mut best: Option<(f64, Hyper)> = None;
         for start in starts.iter().filter(|s| s.len() == len) {
-            let Some((v0, _)) = problem.eval(start) else { continue };
+            let mut start = start.clone();
+            if let Some(m) = fixed_mean {
+                start[len - 1] = m;
+            }
+            let Some((v0, _)) = problem.eval(&start) else { continue };
             let (v, h) = match minimize_unconstrained(&problem, start.clone(), max_iters) {
                 Some((v, h)) if v <= v0 => (v, h),
-                _ => (v0, start.clone()),
+                _ => (v0, start),
             };
             if best.as_ref().is_none_or(|(b, _)| v < *b) {
                 best = Some((v, h));
             }
         }
-        let (_, hyper) = best?;
+        let (_, mut hyper) = best?;
+        if let Some(m) = fixed_mean {
+            hyper[len - 1] = m;
+        }
         Gp::with_hyper(x, d, y_std, fixed.unwrap_or_default(), hyper, shift, scale)
     }
 
-    /// The GP of `data` with hyperparameters already known (fitted on a subset of it).
-    pub fn condition(data: &Data, hyper: Hyper) -> Option<Gp> {
+    /// The GP of `data` with hyperparameters already known (fitted on a subset of it, whose
+    /// standardization differs); a fixed mean is set again in this data's units.
+    pub fn condition(data: &Data, mut hyper: Hyper, mean: Mean) -> Option<Gp> {
         let (x, d, y_std, fixed, shift, scale) = Self::prepare(data)?;
+        if let Mean::Fixed(v) = mean {
+            *hyper.last_mut()? = (v - shift) / scale;
+        }
         Gp::with_hyper(x, d, y_std, fixed.unwrap_or_default(), hyper, shift, scale)
+    }
+
+    /// The inferred noise variance (standardized), if the noise was inferred.
+    pub fn inferred_noise(&self) -> Option<f64> {
+        (self.hyper.len() == self.d + 2).then(|| MIN_NOISE + self.hyper[self.d].exp())
     }
 
     /// Flattened inputs, their dimension, standardized outcomes, fixed noise in standardized
@@ -450,7 +492,7 @@ mod tests {
             let y: Vec<f64> = data.y.iter().map(|v| (v - m) / s).collect();
             let x: Vec<f64> = data.x.iter().flatten().copied().collect();
             let f = [0.01; 15];
-            let p = Problem { d: 3, x: &x, y: &y, fixed: fixed.then_some(&f[..]) };
+            let p = Problem { d: 3, x: &x, y: &y, fixed: fixed.then_some(&f[..]), mean: None };
             let h: Vec<f64> = if fixed { vec![-0.7, 0.1, -1.2, 0.3] } else { vec![-0.7, 0.1, -1.2, -3.0, 0.3] };
             let (_, g) = p.eval(&h).unwrap();
             for i in 0..h.len() {

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::domain::{Arm, Direction, Domain, Goal, OutcomeConstraint, SearchSpace};
 use acq::{Acquisition, ConstraintModel};
-use gp::{Data, Gp, Hyper, Noise};
+use gp::{Data, Gp, Hyper, Mean, Noise};
 
 /// Sobol points scored before the local searches.
 const RAW_SAMPLES: u64 = 1024;
@@ -256,11 +256,39 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
         .collect()
 }
 
+/// The inferred noise variance (standardized) above which the objective's model fits its
+/// mean rather than taking the worst outcome seen: a noise standard deviation of 14% of the
+/// outcomes' spread. A noise-free function fitted on a handful of points often infers more
+/// noise than `NOISY_VARIANCE`'s 7% (on Hartmann6 that threshold lost most of the gain).
+const NOISY_OBJECTIVE: f64 = 0.02;
+
 /// Fit a GP. Cold: from the prior's mode and seeded perturbations of it. Warm: from the
 /// previous fit, and from the prior's mode too on small data or when `explore` (every fifth
 /// proposal), so that a fit cannot stay stuck in the basin it started in. Hyperparameters
 /// come from a subset when there are many points; the model is then conditioned on all.
-fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -> Option<Gp> {
+/// `worst`: for the model of the minimized objective, the worst outcome seen, which becomes
+/// its mean unless the outcomes are noisy (reported SEMs, or a fitted noise above
+/// `NOISY_OBJECTIVE`: then it is fitted again with its mean fitted). Where nothing was
+/// seen, the model then expects no better than the worst point, so expected improvement
+/// spends the budget on the basins the data shows rather than on the plateau between them
+/// (where a fitted mean lands: on Hartmann6 it rose to +1.5 standard units, and unexplored
+/// space kept drawing proposals). Over seeds 0-199 of Hartmann6 at 30 trials this reached
+/// the global basin on 110 runs against 93 sequentially, and on 44 of 100 against 27 in
+/// batches of 3; Branin's median best fell too. Under noise the largest value is the one
+/// the noise pushed up most, hence a fitted mean there. A constraint's mean is fitted.
+fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, worst: Option<f64>, rng: &mut ChaCha8Rng) -> Option<Gp> {
+    let reported = matches!(&data.noise, Noise::Fixed(v) if v.iter().any(|v| *v > 0.0));
+    let Some(worst) = worst.filter(|w| w.is_finite() && !reported) else {
+        return fit_with(data, warm, explore, Mean::Fitted, rng);
+    };
+    let gp = fit_with(data, warm, explore, Mean::Fixed(worst), rng)?;
+    if gp.inferred_noise().is_some_and(|v| v > NOISY_OBJECTIVE) {
+        return fit_with(data, Some(&gp.hyper), explore, Mean::Fitted, rng).or(Some(gp));
+    }
+    Some(gp)
+}
+
+fn fit_with(data: &Data, warm: Option<&Hyper>, explore: bool, mean: Mean, rng: &mut ChaCha8Rng) -> Option<Gp> {
     let d = data.x.first()?.len();
     let inferred = matches!(data.noise, Noise::Inferred);
     let base = Gp::default_hyper(d, inferred);
@@ -277,7 +305,7 @@ fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -
     }
     let iters = 100;
     if n <= MAX_FIT_POINTS {
-        return Gp::fit(data, &starts, iters);
+        return Gp::fit_with(data, &starts, iters, mean);
     }
     let idx = subset(&data.y, MAX_FIT_POINTS, rng);
     let sub = Data {
@@ -288,8 +316,8 @@ fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, rng: &mut ChaCha8Rng) -
             Noise::Fixed(v) => Noise::Fixed(idx.iter().map(|&i| v[i]).collect()),
         },
     };
-    let h = Gp::fit(&sub, &starts, iters)?.hyper;
-    Gp::condition(data, h)
+    let h = Gp::fit_with(&sub, &starts, iters, mean)?.hyper;
+    Gp::condition(data, h, mean)
 }
 
 /// `k` indices of `y`: the best (lowest) half, then a seeded random choice of the rest.
@@ -318,7 +346,15 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     // The modelled points: all, or a bounded subset of them.
     let all: Vec<&Observed> = history.completed.iter().collect();
     let mut target = targets(ctx.goal, &all, &mut rng);
+    let raw = target.clone();
     winsorize(&mut target, true, None);
+    // The worst value the winsorization left as it was (a clipped outlier is no level).
+    let worst = target
+        .iter()
+        .zip(&raw)
+        .filter_map(|(t, r)| t.filter(|t| Some(t.0) == r.map(|r| r.0)).map(|t| t.0))
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
     let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {
         let y: Vec<f64> = target.iter().map(|v| v.map_or(f64::INFINITY, |v| v.0)).collect();
         let keep = subset(&y, MAX_MODEL_POINTS, &mut rng);
@@ -330,7 +366,7 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
 
     let data = data_for(&points, &target)?;
     let explore = ctx.draw % 5 == 0;
-    let objective = fit(&data, ctx.warm.get("objective"), explore, &mut rng)?;
+    let objective = fit(&data, ctx.warm.get("objective"), explore, Some(worst), &mut rng)?;
     hypers.insert("objective".to_string(), objective.hyper.clone());
 
     let mut constraints = Vec::new();
@@ -340,7 +376,7 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
         winsorize(&mut values, upper, Some(c.bound));
         let Some(data) = data_for(&points, &values) else { continue };
         let key = format!("constraint:{}", c.metric);
-        let Some(gp) = fit(&data, ctx.warm.get(&key), explore, &mut rng) else { continue };
+        let Some(gp) = fit(&data, ctx.warm.get(&key), explore, None, &mut rng) else { continue };
         hypers.insert(key, gp.hyper.clone());
         let bound = (c.bound - gp.shift) / gp.scale;
         constraints.push(ConstraintModel { gp, bound, upper });

@@ -2,7 +2,7 @@
 //! over the trials that completed, its lengthscales as parameter importance, and its
 //! posterior mean over two parameters (the others at the best trial's values).
 
-use super::gp::{Data, Gp, Noise};
+use super::gp::{Data, Gp, Noise, NOISY_VARIANCE};
 use super::Encoder;
 use crate::domain::{Arm, SearchSpace};
 
@@ -19,10 +19,6 @@ pub struct Surrogate {
     /// share of the outcomes' spread.
     pub noisy: bool,
 }
-
-/// The fitted noise variance (standardized units) above which an objective is noisy: a
-/// noise standard deviation of about 7% of the outcomes' spread or more.
-const NOISY: f64 = 5e-3;
 
 /// Fit the surrogate of `observed` (an arm and its objective, smaller is better), or none
 /// when there are too few trials to say anything.
@@ -63,7 +59,7 @@ pub fn surrogate_with_sem(space: &SearchSpace, observed: &[(Arm, f64, Option<f64
     let inferred = matches!(noise, Noise::Inferred);
     let data = Data { x: pts.iter().map(|p| p.0.clone()).collect(), y: pts.iter().map(|p| p.1).collect(), noise };
     let gp = Gp::fit(&data, &[Gp::default_hyper(d, inferred)], 100)?;
-    let noisy = reported || (inferred && gp.hyper.get(d).is_some_and(|l| l.exp() > NOISY));
+    let noisy = reported || gp.inferred_noise().is_some_and(|v| v > NOISY_VARIANCE);
     let ls = gp.lengthscales();
     let mut importance: Vec<(usize, f64)> = encoder
         .columns()

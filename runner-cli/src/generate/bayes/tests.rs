@@ -242,13 +242,20 @@ fn winsorizing_clips_only_the_bad_tail_and_never_makes_a_constraint_feasible() {
 
 #[test]
 fn one_diverged_trial_does_not_blind_the_model() {
-    // Branin with one run that blew up: the candidates still find the valley.
+    // Branin with one run that blew up: the candidates still find the valley. Over seeds,
+    // since one seed's 8 proposals tell little (without the clipping the median is 5.0).
     let space = branin_space();
     let obj = minimize("f");
-    let blown = space.arm_from_unit(&super::super::sobol_point(3, 2, 7));
-    let f = |a: &Arm| BTreeMap::from([("f".to_string(), if *a == blown { 1e12 } else { branin(a) })]);
-    let rows = run(&space, &obj, &[], 7, 12, 20, &f);
-    assert_eq!(rows[3].1["f"], 1e12);
-    let best = rows[12..].iter().map(|r| r.1["f"]).fold(f64::INFINITY, f64::min);
-    assert!(best < 1.0, "best {best} after 8 proposals");
+    let mut bests: Vec<f64> = (0..20)
+        .map(|seed| {
+            let blown = space.arm_from_unit(&super::super::sobol_point(3, 2, seed));
+            let f = |a: &Arm| BTreeMap::from([("f".to_string(), if *a == blown { 1e12 } else { branin(a) })]);
+            let rows = run(&space, &obj, &[], seed, 12, 20, &f);
+            assert_eq!(rows[3].1["f"], 1e12);
+            rows[12..].iter().map(|r| r.1["f"]).fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    bests.sort_by(f64::total_cmp);
+    let median = (bests[9] + bests[10]) / 2.0;
+    assert!(median < 1.0, "median best {median} after 8 proposals: {bests:?}");
 }
