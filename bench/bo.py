@@ -7,9 +7,10 @@ complete at their first poll). Generation `auto` at optx's defaults (no `initial
 the files: the center point and 4 Sobol points, as Ax 1.3.1's Client starts, then Bayesian
 optimization), at the given budget and parallelism, for seeds 0-19. It prints the best
 value found per run as median and quartiles, beside the medians that Ax 1.3.1 and Optuna
-TPE reach on the same rows (measured on this machine, from the issue that set the targets),
-and whether optx's median is at least as good as Ax's and better than TPE's. `--method
-sobol` gives the baseline without a model.
+TPE reach on the same rows (measured on this machine, from the issue that set the targets)
+and optx's goal, and whether optx's median meets the goal and Ax's and beats TPE's. A
+parallel row varies with the order in which trials end: it runs --runs times and is judged
+on its worst median. `--method sobol` gives the baseline without a model.
 
 Then Hartmann6 under Gaussian noise (sd 0.1, the hartmann6 plugin's `noise_sd`), its SEM
 reported and not, 30 trials at parallelism 3, --runs times each (parallel runs vary with the
@@ -87,11 +88,12 @@ H6_NOISE_NO_SEM = dict(H6, config="delay_seconds = 0, noise_sd = 0.1, noise_seed
 # (its `initialization_budget`); the Ax figures below were measured so.
 
 # name: (title, problem, budget, parallelism, optimum, Ax 1.3.1 median, Optuna TPE median)
+# title, problem, budget, parallelism, optimum, Ax 1.3.1's median, TPE's median, optx's goal
 ROWS = {
-    "h6p3": ("Hartmann6", H6, 30, 3, -3.3224, -3.110, -2.486),
-    "h6p1": ("Hartmann6", H6, 30, 1, -3.3224, -3.257, -2.737),
-    "br20": ("Branin", BRANIN, 20, 3, 0.3979, 0.518, 3.407),
-    "br30": ("Branin", BRANIN, 30, 3, 0.3979, 0.410, 0.714),
+    "h6p3": ("Hartmann6", H6, 30, 3, -3.3224, -3.110, -2.486, -3.20),
+    "h6p1": ("Hartmann6", H6, 30, 1, -3.3224, -3.257, -2.737, -3.26),
+    "br20": ("Branin", BRANIN, 20, 3, 0.3979, 0.518, 3.407, 0.45),
+    "br30": ("Branin", BRANIN, 30, 3, 0.3979, 0.410, 0.714, 0.410),
 }
 
 
@@ -223,22 +225,34 @@ def quartiles(v):
 
 
 def quality_table(optx, a, rows, initial):
-    """One table of end-to-end runs; True if every row meets the targets."""
-    header = (f"{'problem':<10} {'budget':>6} {'par':>3}  {'optx q1':>8} {'median':>8} {'q3':>8}"
-              f"  {'Ax med':>7} {'TPE med':>7}  {'>= Ax':>5} {'> TPE':>5}")
+    """One table of end-to-end runs; True if every row meets its goal and Ax's median. A
+    parallel row varies from run to run with the order trials end: it is run `a.runs` times,
+    and judged on its worst median."""
+    header = (f"{'problem':<10} {'budget':>6} {'par':>3} {'runs':>4}  {'optx q1':>8} {'median':>8} {'q3':>8}"
+              f"  {'Ax med':>7} {'TPE med':>7} {'goal':>7}  {'met':>4}")
     print(header)
     all_ok = True
     for key in rows:
-        title, problem, budget, par, _opt, ax, tpe = ROWS[key]
-        with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-            values = list(pool.map(lambda s: one_run(optx, problem, budget, par, s, a.method, initial),
-                                   range(a.seeds)))
-        q1, med, q3 = quartiles(values)
-        ok_ax, ok_tpe = med <= ax, med < tpe
-        all_ok &= ok_ax and ok_tpe
-        print(f"{title:<10} {budget:>6} {par:>3}  {q1:>8.3f} {med:>8.3f} {q3:>8.3f}  {ax:>7.3f} {tpe:>7.3f}"
-              f"  {'yes' if ok_ax else 'NO':>5} {'yes' if ok_tpe else 'NO':>5}", flush=True)
-        print(f"{'':<10} per seed: " + " ".join(f"{v:.3f}" for v in values), flush=True)
+        title, problem, budget, par, _opt, ax, tpe, goal = ROWS[key]
+        runs = a.runs if par > 1 else 1
+        medians = []
+        for _ in range(runs):
+            with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+                values = list(pool.map(lambda s: one_run(optx, problem, budget, par, s, a.method, initial),
+                                       range(a.seeds)))
+            q1, med, q3 = quartiles(values)
+            medians.append(med)
+            print(f"{title:<10} {budget:>6} {par:>3} {len(medians):>4}  {q1:>8.3f} {med:>8.3f} {q3:>8.3f}"
+                  f"  {ax:>7.3f} {tpe:>7.3f} {goal:>7.3f}", flush=True)
+            print(f"{'':<10} per seed: " + " ".join(f"{v:.3f}" for v in values), flush=True)
+        worst = max(medians)
+        ok = worst <= min(goal, ax) and worst < tpe
+        all_ok &= ok
+        if runs > 1:
+            print(f"{'':<10} medians of {runs} runs: {' '.join(f'{m:.3f}' for m in medians)}; worst {worst:.3f}"
+                  f"  {'yes' if ok else 'NO':>4}", flush=True)
+        else:
+            print(f"{'':<10} {'yes' if ok else 'NO':>4}", flush=True)
     return all_ok
 
 
@@ -252,7 +266,7 @@ def main():
                     help="initial trials (the center included), or 'default' for optx's (5)")
     ap.add_argument("--no-mo", action="store_true")
     ap.add_argument("--no-noise", action="store_true")
-    ap.add_argument("--runs", type=int, default=5, help="runs of each parallel row under noise")
+    ap.add_argument("--runs", type=int, default=5, help="runs of each parallel row")
     ap.add_argument("--no-async", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     a = ap.parse_args()
@@ -264,7 +278,8 @@ def main():
     print(f"optx {a.method}, {how}, best value per run over seeds 0-{a.seeds - 1} (minimize), "
           f"end to end through plugin runners")
     all_ok = quality_table(optx, a, rows, initial)
-    print(f"quality targets (median >= Ax, > TPE on every row): {'PASS' if all_ok else 'FAIL'}")
+    print(f"quality targets (the worst median meets the goal and Ax's, beats TPE, on every row): "
+          f"{'PASS' if all_ok else 'FAIL'}")
     if not a.no_noise:
         print()
         noise_table(optx, a, a.runs)
@@ -290,6 +305,9 @@ def main():
                                  ["async", "batch"]))
         for out in outs:
             print(out, end="", flush=True)
+        med = [float(o.split("median")[1].split()[0]) for o in outs]
+        print(f"asynchronous at least as good as synchronous batches (median {med[0]:.3f} against "
+              f"{med[1]:.3f}): {'PASS' if med[0] <= med[1] else 'FAIL'}")
     if not a.no_speed:
         print()
         subprocess.run([os.path.join(RELEASE, "examples", "bo_speed")], check=True)
