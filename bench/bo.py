@@ -28,7 +28,7 @@ batches of 3.
 
 Then the speed: bench/bo.py runs the `bo_speed` example (time to propose one candidate).
 
-Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30]
+Usage: bench/bo.py [--seeds 20] [--jobs 2] [--method auto] [--rows h6p3,h6p1,br20,br30|none]
        [--initial-trials N|default] [--no-noise] [--runs 5] [--no-mo] [--no-async] [--no-speed]
 (Builds nothing: run `cargo build --release --workspace --lib --bins --examples` first; bench/bo.sh does.)
 """
@@ -272,7 +272,7 @@ def main():
     a = ap.parse_args()
     optx = os.path.join(RELEASE, "optx")
     initial = None if a.initial_trials == "default" else int(a.initial_trials)
-    rows = a.rows.split(",")
+    rows = [] if a.rows == "none" else a.rows.split(",")
     how = ("optx's default initial trials (5, as Ax 1.3.1's Client)" if initial is None
            else f"initial_trials = {initial}")
     print(f"optx {a.method}, {how}, best value per run over seeds 0-{a.seeds - 1} (minimize), "

@@ -397,6 +397,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_noisy_incumbent_drawn_with_the_best_points_gives_them_no_credit() {
+        // Noisy values (SEM 0.2) of a bowl: with the plug-in incumbent, the best observed
+        // point still shows expected improvement (its latent value is uncertain); drawn
+        // jointly with the best points, as the generator does under noise, it shows none,
+        // while a point away from the data keeps most of its value.
+        let x: Vec<Vec<f64>> = (0..14).map(|i| vec![(i as f64 * 0.37) % 1.0, (i as f64 * 0.61) % 1.0]).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p[0] - 0.3).powi(2) + (p[1] - 0.6).powi(2) + 0.2 * ((i * 7 % 5) as f64 - 2.0) / 2.0)
+            .collect();
+        let data = Data { x: x.clone(), y, noise: Noise::Fixed(vec![0.04; 14]) };
+        let gp = Gp::fit(&data, &[Gp::default_hyper(2, false)], 50).unwrap();
+        let mut by_mean: Vec<(f64, Vec<f64>)> = x.iter().map(|p| (gp.predict(p).0, p.clone())).collect();
+        by_mean.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let best = by_mean[0].0;
+        let baseline: Vec<Vec<f64>> = by_mean.iter().take(4).map(|b| b.1.clone()).collect();
+        let normals: Vec<Vec<f64>> = (0..64)
+            .map(|i| (0..4).map(|k| (((i * (2 * k + 3) + k) % 64) as f64 + 0.5) / 64.0 * 5.0 - 2.5).collect())
+            .collect();
+        let joint = Pending::new(&gp, baseline, &[true; 4], f64::INFINITY, &normals);
+        let plain = Acquisition { objective: gp.clone(), best: Some(best), constraints: vec![], pending: None };
+        let noisy = Acquisition { objective: gp, best: Some(best), constraints: vec![], pending: joint };
+        let at_best = &by_mean[0].1;
+        assert!(
+            noisy.eval(at_best, false).0 < plain.eval(at_best, false).0 - 3.0,
+            "{} vs {}",
+            noisy.eval(at_best, false).0,
+            plain.eval(at_best, false).0
+        );
+        let away = [0.95, 0.05];
+        assert!((noisy.eval(&away, false).0 - plain.eval(&away, false).0).abs() < 1.5);
+        check_gradient(&noisy);
+    }
+
     fn check_gradient(acq: &Acquisition) {
         for p in [[0.2, 0.9], [0.55, 0.45], [0.99, 0.01], [0.31, 0.52]] {
             let (_, g) = acq.eval(&p, true);

@@ -390,33 +390,60 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     }
 
     // The incumbent: the best posterior mean among observed feasible points.
-    let best = points
+    let mut feasible: Vec<(f64, &Vec<f64>)> = points
         .iter()
         .zip(&target)
         .filter(|(o, t)| {
             t.is_some_and(|v| v.0.is_finite())
                 && ctx.constraints.iter().all(|c| o.values.get(&c.metric).is_some_and(|v| c.satisfied(v.0)))
         })
-        .map(|(o, _)| objective.predict(&o.x).0)
-        .min_by(f64::total_cmp);
+        .map(|(o, _)| (objective.predict(&o.x).0, &o.x))
+        .collect();
+    feasible.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let best = feasible.first().map(|f| f.0);
 
     // Trials still running join the acquisition through draws of their outcomes; one that
-    // is more likely infeasible than not cannot become the incumbent.
-    let points_pending: Vec<Vec<f64>> = history.pending.values().cloned().collect();
-    let pending = match best {
-        Some(b) if !points_pending.is_empty() => {
-            let eligible: Vec<bool> = points_pending
-                .iter()
-                .map(|p| constraints.iter().map(|c| c.log_prob(p)).sum::<f64>() >= 0.5f64.ln())
-                .collect();
-            let normals = normal_draws(points_pending.len(), rng.random::<u64>());
-            acq::Pending::new(&objective, points_pending, &eligible, b, &normals)
+    // is more likely infeasible than not cannot become the incumbent. A noisy objective's
+    // incumbent is uncertain too: as noisy expected improvement does, the best observed
+    // points join the draws, and each draw's incumbent is the least value in it.
+    let mut joint: Vec<Vec<f64>> = history.pending.values().cloned().collect();
+    let mut eligible: Vec<bool> =
+        joint.iter().map(|p| constraints.iter().map(|c| c.log_prob(p)).sum::<f64>() >= 0.5f64.ln()).collect();
+    let mut incumbent = best;
+    if best.is_some() && noise_variance(&objective, &data) > NOISY_OBJECTIVE {
+        let mut baseline: Vec<&Vec<f64>> = Vec::new();
+        for (_, x) in &feasible {
+            if baseline.len() < NOISY_BASELINE && !baseline.contains(x) {
+                baseline.push(x);
+            }
+        }
+        joint.extend(baseline.into_iter().cloned());
+        eligible.resize(joint.len(), true);
+        incumbent = Some(f64::INFINITY);
+    }
+    let pending = match incumbent {
+        Some(b) if !joint.is_empty() => {
+            let normals = normal_draws(joint.len(), rng.random::<u64>());
+            acq::Pending::new(&objective, joint, &eligible, b, &normals)
         }
         _ => None,
     };
     let acq = Acquisition { objective, best, constraints, pending };
     let (arm, value) = maximize(ctx, enc, &acq, taken, &mut rng)?;
     Some(Candidate { arm, hypers, acquisition: value })
+}
+
+/// The best observed points (by posterior mean) whose values a noisy objective's draws
+/// include, for the incumbent.
+const NOISY_BASELINE: usize = 8;
+
+/// The noise variance of `gp`'s outcomes in its standardized units: the fitted one, or the
+/// mean of the reported ones.
+fn noise_variance(gp: &Gp, data: &Data) -> f64 {
+    gp.inferred_noise().unwrap_or_else(|| match &data.noise {
+        Noise::Fixed(v) => v.iter().sum::<f64>() / v.len().max(1) as f64 / (gp.scale * gp.scale),
+        Noise::Inferred => 0.0,
+    })
 }
 
 /// Draws of the outcomes of running trials.
