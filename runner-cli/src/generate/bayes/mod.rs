@@ -261,7 +261,8 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
 /// noise standard deviation of 14% of the outcomes' spread. A noise-free function fitted on
 /// a handful of points often infers more noise than `NOISY_VARIANCE`'s 7% (on Hartmann6
 /// that threshold lost most of the gain); Hartmann6 under noise of sd 0.1 is mostly below it,
-/// and did better there with the worst as its mean.
+/// and did better there with the worst as its mean. Above it, the incumbent is drawn too
+/// (noisy expected improvement, in `propose`).
 const NOISY_OBJECTIVE: f64 = 0.02;
 
 /// Fit a GP. Cold: from the prior's mode and seeded perturbations of it. Warm: from the
@@ -280,11 +281,7 @@ const NOISY_OBJECTIVE: f64 = 0.02;
 /// the noise pushed up most, hence a fitted mean there. A constraint's mean is fitted.
 fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, worst: Option<f64>, rng: &mut ChaCha8Rng) -> Option<Gp> {
     // Reported noise counts as noisy by the same measure as fitted noise.
-    let scale = gp::standardize(&data.y).1;
-    let reported = match &data.noise {
-        Noise::Fixed(v) => v.iter().sum::<f64>() / v.len().max(1) as f64 / (scale * scale) > NOISY_OBJECTIVE,
-        Noise::Inferred => false,
-    };
+    let reported = reported_noise(data, gp::standardize(&data.y).1) > NOISY_OBJECTIVE;
     let Some(worst) = worst.filter(|w| w.is_finite() && !reported) else {
         return fit_with(data, warm, explore, Mean::Fitted, rng);
     };
@@ -437,13 +434,18 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
 /// include, for the incumbent.
 const NOISY_BASELINE: usize = 8;
 
-/// The noise variance of `gp`'s outcomes in its standardized units: the fitted one, or the
-/// mean of the reported ones.
+/// The noise variance of `gp`'s outcomes (fitted on `data`) in its standardized units: the
+/// fitted one, or the mean of the reported ones.
 fn noise_variance(gp: &Gp, data: &Data) -> f64 {
-    gp.inferred_noise().unwrap_or_else(|| match &data.noise {
-        Noise::Fixed(v) => v.iter().sum::<f64>() / v.len().max(1) as f64 / (gp.scale * gp.scale),
+    gp.inferred_noise().unwrap_or_else(|| reported_noise(data, gp.scale))
+}
+
+/// The mean reported noise variance of `data` in units of `scale` (0 when it is inferred).
+fn reported_noise(data: &Data, scale: f64) -> f64 {
+    match &data.noise {
+        Noise::Fixed(v) => v.iter().sum::<f64>() / v.len().max(1) as f64 / (scale * scale),
         Noise::Inferred => 0.0,
-    })
+    }
 }
 
 /// Draws of the outcomes of running trials.
