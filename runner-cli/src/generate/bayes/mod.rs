@@ -2,6 +2,9 @@
 //! the probability of feasibility, maximized over the search space from Sobol raw samples
 //! by L-BFGS-B. Pure: the same history, seed and draw number give the same candidate.
 //!
+//! Outcomes: the objective's bad tail is winsorized and its values power-transformed
+//! (Yeo-Johnson) before its GP learns them; a constraint's are winsorized (`transform`).
+//!
 //! Inputs: every searched parameter is one coordinate in `[0, 1]` (log-scaled ones in log
 //! space; int, step and ordered-choice parameters relaxed over their cells and rounded when
 //! decoded), except unordered choices, which are one-hot and searched by trying each
@@ -11,6 +14,9 @@ pub mod acq;
 pub mod gp;
 pub mod optim;
 pub mod surrogate;
+pub mod transform;
+
+pub use transform::winsorize;
 
 use std::collections::BTreeMap;
 
@@ -174,38 +180,6 @@ fn data_for(points: &[&Observed], values: &[Option<(f64, Option<f64>)>]) -> Opti
     Some(Data { x: rows.iter().map(|r| r.0.x.clone()).collect(), y: rows.iter().map(|r| r.1).collect(), noise })
 }
 
-/// Fewer values than this tell no outlier apart (on Branin, clipping from 10 values on did
-/// better than from 4, and both better than never).
-const WINSORIZE_FROM: usize = 10;
-
-/// Winsorize the bad tail of what a model learns, as Tukey's box plot draws it: a value
-/// beyond `q3 + 1.5 IQR` (for a tail of large values; `q1 - 1.5 IQR` for small ones) counts
-/// as that cutoff, so that one diverged run (a loss of 1e9) does not flatten the model
-/// everywhere else. For a constraint the cutoff is measured from its bound when that is
-/// further out, so that no infeasible value is made feasible. Good values are never touched.
-pub fn winsorize(values: &mut [Option<(f64, Option<f64>)>], bad_above: bool, bound: Option<f64>) {
-    let mut v: Vec<f64> = values.iter().flatten().map(|v| v.0).filter(|v| v.is_finite()).collect();
-    if v.len() < WINSORIZE_FROM {
-        return;
-    }
-    v.sort_by(f64::total_cmp);
-    let last = (v.len() - 1) as f64;
-    // numpy's percentile methods "lower" (q1) and "higher" (q3).
-    let (mut q1, mut q3) = (v[(0.25 * last).floor() as usize], v[(0.75 * last).ceil() as usize]);
-    let cutoff = if bad_above {
-        q3 = bound.map_or(q3, |b| q3.max(b));
-        q3 + 1.5 * (q3 - q1)
-    } else {
-        q1 = bound.map_or(q1, |b| q1.min(b));
-        q1 - 1.5 * (q3 - q1)
-    };
-    for (value, _) in values.iter_mut().flatten() {
-        if (bad_above && *value > cutoff) || (!bad_above && *value < cutoff) {
-            *value = cutoff;
-        }
-    }
-}
-
 /// ParEGO's augmentation: the weighted sum's share in the Chebyshev scalarization.
 const PAREGO_RHO: f64 = 0.05;
 
@@ -352,11 +326,23 @@ pub fn propose(ctx: &Context, history: &History, taken: &dyn Fn(&str) -> bool) -
     let mut target = targets(ctx.goal, &all, &mut rng);
     let raw = target.clone();
     winsorize(&mut target, true, None);
+    let clipped: Vec<bool> = target.iter().zip(&raw).map(|(t, r)| t.map(|t| t.0) != r.map(|r| r.0)).collect();
+    // Power-transformed after the clipping, so that an outlier does not set the power.
+    // In-process over 100 seeds of Branin at 20 trials, 3 in parallel, the median best fell
+    // from 0.447 to 0.413 (the oldest completing first) and from 0.421 to 0.405 (batches);
+    // Hartmann6 under noise of sd 0.1 without SEMs, from -2.942 to -3.013 (60 seeds);
+    // noise-free Hartmann6 moved within the run-to-run spread (global basin reached on
+    // 108 of 200 seeds against 110 sequentially, 82 against 84 in batches, 60 against 50
+    // with the oldest first).
+    let values: Vec<f64> = target.iter().flatten().map(|v| v.0).collect();
+    if let Some(t) = transform::PowerTransform::fit(&values) {
+        t.transform(&mut target);
+    }
     // The worst value the winsorization left as it was (a clipped outlier is no level).
     let worst = target
         .iter()
-        .zip(&raw)
-        .filter_map(|(t, r)| t.filter(|t| Some(t.0) == r.map(|r| r.0)).map(|t| t.0))
+        .zip(&clipped)
+        .filter_map(|(t, c)| t.filter(|_| !c).map(|t| t.0))
         .filter(|v| v.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
     let points: Vec<&Observed> = if all.len() > MAX_MODEL_POINTS {

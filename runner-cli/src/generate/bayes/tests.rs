@@ -150,17 +150,22 @@ fn parameter_constraints_are_never_violated_and_outcome_constraints_are_learned(
         let (x, y) = (a.get("x").unwrap().as_f64().unwrap(), a.get("y").unwrap().as_f64().unwrap());
         BTreeMap::from([("f".to_string(), x + y), ("c".to_string(), (x - 0.7).powi(2) + (y - 0.7).powi(2))])
     };
-    let rows = run(&space, &minimize("f"), &cons, 1, 5, 20, &f);
-    for (arm, _) in &rows[5..] {
-        let (x, y) = (arm.get("x").unwrap().as_f64().unwrap(), arm.get("y").unwrap().as_f64().unwrap());
-        assert!(x <= y, "{}", arm.key());
+    // One seed's count moves by 2 or 3 with any change to the model; 12 seeds tell.
+    let mut near = 0;
+    for seed in 0..12 {
+        let rows = run(&space, &minimize("f"), &cons, seed, 5, 20, &f);
+        for (arm, _) in &rows[5..] {
+            let (x, y) = (arm.get("x").unwrap().as_f64().unwrap(), arm.get("y").unwrap().as_f64().unwrap());
+            assert!(x <= y, "{}", arm.key());
+        }
+        let best = rows.iter().filter(|r| r.1["c"] <= 0.05).map(|r| r.1["f"]).fold(f64::INFINITY, f64::min);
+        // The feasible optimum is 1.4 - 2 * sqrt(0.025) ~ 1.084, on the boundary of the disc.
+        assert!(best < 1.1, "seed {seed}: best feasible {best}");
+        near += rows[10..].iter().filter(|r| r.1["c"] <= 0.06).count();
     }
-    let best = rows.iter().filter(|r| r.1["c"] <= 0.05).map(|r| r.1["f"]).fold(f64::INFINITY, f64::min);
-    // The feasible optimum is 1.4 - 2 * sqrt(0.025) ~ 1.084, on the boundary of the disc.
-    assert!(best < 1.1, "best feasible {best}");
-    // Proposals hug the boundary of the feasible disc, on both sides of it.
-    let near = rows[10..].iter().filter(|r| r.1["c"] <= 0.06).count();
-    assert!(near >= 7, "only {near} of the last 10 were near the feasible region");
+    // Proposals hug the boundary of the feasible disc, on both sides of it (uniform points
+    // would land there on about a fifth).
+    assert!(near >= 75, "only {near} of the last 10 of 12 runs were near the feasible region");
 }
 
 #[test]
