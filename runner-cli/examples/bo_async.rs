@@ -12,8 +12,12 @@
 //! Environment: `BO_FIRST_SEED` (0) to start the seeds elsewhere; `BO_NOISE_SD` (0) adds
 //! Gaussian noise of that standard deviation to what the model sees (the best is still
 //! judged on noise-free values), `BO_REPORT_SEM` set reports it as each value's SEM.
+//! `BO_DURATION_SPREAD` (say 0.5) times the run instead: trial i takes a duration drawn
+//! from U[1 - spread, 1 + spread] (the same per seed in both modes), the trial that ends
+//! first completes first, and both modes get the time that synchronous batches take for
+//! the budget (so asynchronous runs complete more trials in it).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
 use optx::domain::{Arm, Direction, Domain, Goal, Objective, Parameter, SearchSpace};
 use optx::generate::bayes::{propose, Context, Encoder, History, Observed};
@@ -81,27 +85,54 @@ fn main() {
     let first = env("BO_FIRST_SEED").unwrap_or(0.0) as u64;
     let noise_sd = env("BO_NOISE_SD").unwrap_or(0.0);
     let report_sem = std::env::var_os("BO_REPORT_SEM").is_some();
+    // Timed: trial i runs for a duration drawn from U[1 - spread, 1 + spread], and both
+    // modes get the time that synchronous batches need for the budget on that seed.
+    let spread = env("BO_DURATION_SPREAD").filter(|s| *s > 0.0 && *s < 1.0);
+    let mut counts = Vec::new();
     for seed in first..first + seeds {
         let mut history = History::default();
-        let mut running: VecDeque<(u64, Arm)> = VecDeque::new();
+        // (index, arm, when it ends)
+        let mut running: Vec<(u64, Arm, f64)> = Vec::new();
         let mut seen = HashSet::new();
         let mut warm = BTreeMap::new();
         let (mut draw, mut best) = (0, f64::INFINITY);
         let mut made = 0;
         let mut noise = ChaCha8Rng::seed_from_u64(seed ^ 0x0053_EED0_F401);
+        let mut timing = ChaCha8Rng::seed_from_u64(seed ^ 0x0D0_4A71);
+        let most = if spread.is_some() { 4 * budget } else { budget };
+        let duration: Vec<f64> =
+            (0..most).map(|_| spread.map_or(1.0, |s| 1.0 + s * (2.0 * timing.random::<f64>() - 1.0))).collect();
+        // The time synchronous batches take for the budget.
+        let horizon = spread
+            .map(|_| duration[..budget as usize].chunks(q).map(|c| c.iter().copied().fold(0.0, f64::max)).sum::<f64>());
+        let (mut now, mut done) = (0.0, 0);
         loop {
+            let no_more = match horizon {
+                Some(h) => now >= h - 1e-9 || made >= most,
+                None => made >= budget,
+            };
             let complete = if batch {
-                usize::from(running.len() == q || made >= budget) * running.len()
+                usize::from(running.len() == q || no_more) * running.len()
             } else {
-                usize::from(running.len() == q || (made >= budget && !running.is_empty()))
+                usize::from(running.len() == q || (no_more && !running.is_empty()))
             };
             for _ in 0..complete {
-                // The oldest running trial completes.
-                let (index, arm) = running.pop_front().expect("a running trial");
+                // The running trial that ends first completes (the oldest when they take
+                // equal time).
+                let next = (0..running.len())
+                    .min_by(|a, b| running[*a].2.total_cmp(&running[*b].2).then(running[*a].0.cmp(&running[*b].0)))
+                    .expect("a running trial");
+                let (index, arm, end) = running.remove(next);
+                now = f64::max(now, end);
                 let x = enc.encode(&space, &arm).expect("encodable");
                 history.pending.remove(&index);
+                if horizon.is_some_and(|h| end > h + 1e-9) {
+                    // Ends after the time is up: it does not count.
+                    continue;
+                }
                 let y = f(&x);
                 best = best.min(y);
+                done += 1;
                 // The model sees a noisy value (and its SEM if reported); the best is judged on
                 // the noise-free one.
                 let (y, sem) = if noise_sd > 0.0 {
@@ -113,7 +144,11 @@ fn main() {
                 };
                 history.completed.push(Observed { x, values: BTreeMap::from([("f".to_string(), (y, sem))]) });
             }
-            if made >= budget {
+            let no_more = match horizon {
+                Some(h) => now >= h - 1e-9 || made >= most,
+                None => made >= budget,
+            };
+            if no_more {
                 if running.is_empty() {
                     break;
                 }
@@ -133,17 +168,28 @@ fn main() {
             };
             seen.insert(arm.key());
             history.pending.insert(made, enc.encode(&space, &arm).expect("encodable"));
-            running.push_back((made, arm));
+            running.push((made, arm, now + duration[made as usize]));
             made += 1;
         }
         bests.push(best);
+        counts.push(done as f64);
     }
     let (q1, med, q3) = quartiles(&bests);
-    let how = if batch { "synchronous batches" } else { "the oldest completes first" };
+    let how = match (batch, spread) {
+        (true, None) => "synchronous batches".to_string(),
+        (false, None) => "the oldest completes first".to_string(),
+        (true, Some(s)) => format!("synchronous batches, durations U[{:.2}, {:.2}]", 1.0 - s, 1.0 + s),
+        (false, Some(s)) => {
+            format!("asynchronous, durations U[{:.2}, {:.2}], in the time batches take for {budget}", 1.0 - s, 1.0 + s)
+        }
+    };
     println!(
         "{problem}, budget {budget}, {q} in parallel ({how}), {initial} initial trials, seeds {first}-{}, in-process:",
         first + seeds - 1
     );
     println!("  q1 {q1:.3}  median {med:.3}  q3 {q3:.3}");
+    if spread.is_some() {
+        println!("  trials completed in the time: mean {:.1}", counts.iter().sum::<f64>() / counts.len() as f64);
+    }
     println!("  per seed: {}", bests.iter().map(|b| format!("{b:.3}")).collect::<Vec<_>>().join(" "));
 }
