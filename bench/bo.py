@@ -305,6 +305,7 @@ def main():
 
         def simulate(run):
             env = dict(os.environ)
+            env.pop("BO_DURATION_SPREAD", None)
             if run[1]:
                 env["BO_DURATION_SPREAD"] = run[1]
             return subprocess.run([sim, "hartmann6", "30", "3", str(a.seeds), run[0]] + sim_initial, env=env,

@@ -87,7 +87,11 @@ fn main() {
     let report_sem = std::env::var_os("BO_REPORT_SEM").is_some();
     // Timed: trial i runs for a duration drawn from U[1 - spread, 1 + spread], and both
     // modes get the time that synchronous batches need for the budget on that seed.
-    let spread = env("BO_DURATION_SPREAD").filter(|s| *s > 0.0 && *s < 1.0);
+    let spread = env("BO_DURATION_SPREAD");
+    if spread.is_some_and(|s| !(s > 0.0 && s < 1.0)) {
+        eprintln!("BO_DURATION_SPREAD must be in (0, 1)");
+        std::process::exit(2);
+    }
     let mut counts = Vec::new();
     for seed in first..first + seeds {
         let mut history = History::default();
@@ -106,11 +110,13 @@ fn main() {
         let horizon = spread
             .map(|_| duration[..budget as usize].chunks(q).map(|c| c.iter().copied().fold(0.0, f64::max)).sum::<f64>());
         let (mut now, mut done) = (0.0, 0);
+        // No trial starts once the time is up; batches start no more than the budget either.
+        let stop = |now: f64, made: u64| match horizon {
+            Some(h) => now >= h - 1e-9 || made >= most || (batch && made >= budget),
+            None => made >= budget,
+        };
         loop {
-            let no_more = match horizon {
-                Some(h) => now >= h - 1e-9 || made >= most,
-                None => made >= budget,
-            };
+            let no_more = stop(now, made);
             let complete = if batch {
                 usize::from(running.len() == q || no_more) * running.len()
             } else {
@@ -144,10 +150,7 @@ fn main() {
                 };
                 history.completed.push(Observed { x, values: BTreeMap::from([("f".to_string(), (y, sem))]) });
             }
-            let no_more = match horizon {
-                Some(h) => now >= h - 1e-9 || made >= most,
-                None => made >= budget,
-            };
+            let no_more = stop(now, made);
             if no_more {
                 if running.is_empty() {
                     break;
@@ -170,6 +173,9 @@ fn main() {
             history.pending.insert(made, enc.encode(&space, &arm).expect("encodable"));
             running.push((made, arm, now + duration[made as usize]));
             made += 1;
+        }
+        if horizon.is_some_and(|h| now < h - 1e-9) {
+            eprintln!("seed {seed}: stopped at {most} trials before the time was up");
         }
         bests.push(best);
         counts.push(done as f64);

@@ -175,7 +175,7 @@ impl Dispatcher<'_> {
                 batch.push(more);
             }
             let st = &mut self.st;
-            self.store.tx(|tx| st.apply(tx, batch))?;
+            self.store.tx(|tx| st.apply(tx, batch, &mut || events.try_iter().collect()))?;
             self.act();
         }
         Ok(match &self.st.halt {

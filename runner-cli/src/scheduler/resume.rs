@@ -14,7 +14,7 @@ impl State<'_> {
     /// which ended or died left), then deploy.
     pub(super) fn reconcile(&mut self, tx: &mut dyn Tx, runner: &dyn TrialRunner) -> Result<(), store::StoreError> {
         self.take_orphans(tx, runner, &[])?;
-        self.fill(tx)
+        self.fill(tx, &mut Vec::new)
     }
 
     /// Take over what nobody follows: each worker of `dead` is marked taken over (if it is

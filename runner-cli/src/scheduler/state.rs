@@ -226,24 +226,42 @@ impl<'a> State<'a> {
         }
     }
 
-    /// Create new trials while there is room, budget and no reason to stop.
-    pub(super) fn fill(&mut self, tx: &mut dyn Tx) -> Result<(), store::StoreError> {
-        let o = &self.spec.orchestration;
-        let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
-        while self.halt.is_none()
-            && !self.exhausted
-            && o.max_trials_per_worker.is_none_or(|cap| self.created_now < cap)
-            && self.running.len() < o.parallelism
-            && self.nonlost < o.max_trials
-            && self.undeployed.len() < max_pending
-        {
-            let Some(new) = self.create(tx)? else { break };
+    /// Create new trials while there is room, budget and no reason to stop. Before each
+    /// proposal, what the workers reported meanwhile (`arrived`) is applied first, so that a
+    /// proposal learns from every trial that has ended, not only from those that had ended
+    /// when this round began: proposing takes tens of milliseconds, and short trials end
+    /// while the ones before them are proposed.
+    pub(super) fn fill(
+        &mut self,
+        tx: &mut dyn Tx,
+        arrived: &mut dyn FnMut() -> Vec<RunnerEvent>,
+    ) -> Result<(), store::StoreError> {
+        loop {
+            let more = arrived();
+            if !more.is_empty() {
+                self.apply_events(tx, more)?;
+            }
+            if !self.room() {
+                return Ok(());
+            }
+            let Some(new) = self.create(tx)? else { return Ok(()) };
             self.undeployed.insert(new.index);
             self.deployed_now += 1;
             self.print(RunEvent::Deployed { index: new.index, params: new.params, generation: new.generation });
             self.dispatch(new.index, new.arm, None, None);
         }
-        Ok(())
+    }
+
+    /// Whether a new trial may be created now: room, budget and no reason to stop.
+    fn room(&self) -> bool {
+        let o = &self.spec.orchestration;
+        let max_pending = o.max_pending_trials.unwrap_or(o.parallelism).max(1);
+        self.halt.is_none()
+            && !self.exhausted
+            && o.max_trials_per_worker.is_none_or(|cap| self.created_now < cap)
+            && self.running.len() < o.parallelism
+            && self.nonlost < o.max_trials
+            && self.undeployed.len() < max_pending
     }
 
     /// Propose the next arm (an arm to run again first) and record it as a new trial of
@@ -346,8 +364,19 @@ impl<'a> State<'a> {
     }
 
     /// Record a batch of worker events and decide what follows, in one transaction.
-    pub(super) fn apply(&mut self, tx: &mut dyn Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
+    pub(super) fn apply(
+        &mut self,
+        tx: &mut dyn Tx,
+        batch: Vec<RunnerEvent>,
+        arrived: &mut dyn FnMut() -> Vec<RunnerEvent>,
+    ) -> Result<(), store::StoreError> {
         self.sync(tx)?;
+        self.apply_events(tx, batch)?;
+        self.fill(tx, arrived)
+    }
+
+    /// Apply what the workers reported.
+    fn apply_events(&mut self, tx: &mut dyn Tx, batch: Vec<RunnerEvent>) -> Result<(), store::StoreError> {
         for ev in batch {
             match ev {
                 RunnerEvent::Deployed { index, run_metadata } => {
@@ -379,7 +408,7 @@ impl<'a> State<'a> {
                 RunnerEvent::Notice(msg) => self.print(RunEvent::Notice(msg)),
             }
         }
-        self.fill(tx)
+        Ok(())
     }
 
     /// A trial the rule stopped (its curve and final values already stored): EARLY_STOPPED

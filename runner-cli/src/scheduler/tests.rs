@@ -8,7 +8,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use super::*;
 use crate::domain::{ExperimentSpec, TrialStatus};
 use crate::runners::{Control, MetricPoint, Outcome, RunnerEvent, TrialJob, TrialResult, TrialRunner};
-use crate::store::{Ledger, SqliteStore};
+use crate::store::{Ledger, LedgerExt, SqliteStore};
 
 /// What the fake does with a trial: complete with f = x, fail, or lose it.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -155,4 +155,44 @@ fn a_resumed_run_proposes_what_an_uninterrupted_one_would() {
     run(&spec2, &mut store2, |_, _, _| Fate::Complete);
     let parts: Vec<serde_json::Value> = store2.trials().unwrap().into_iter().map(|t| t.parameters).collect();
     assert_eq!(parts, whole);
+}
+
+#[test]
+fn a_trial_that_ends_while_others_are_proposed_is_applied_before_the_next_proposal() {
+    // Two slots, both taken; trial 0 ends while the round that follows is under way (its
+    // events arrive through `arrived`, not in the round's batch): it is completed and its
+    // slot refilled in that same round, rather than on the next wake-up.
+    let (_d, spec, mut store) = setup("max_trials = 3\nparallelism = 2");
+    let me = crate::store::NewWorker { command: "test", pid: 1, process_start: None, host: "h", lease_seconds: 60.0 };
+    let session = store.join(&me, false, &|_| true).unwrap();
+    let runner = FakeRunner { fate: Box::new(|_, _, _| Fate::Complete), calls: Mutex::new(0) };
+    let mut st = state::State::load(&spec, &mut store, 42, session, Arc::default()).unwrap();
+    store.tx(|tx| st.reconcile(tx, &runner)).unwrap();
+    assert_eq!(store.trials().unwrap().len(), 2, "no room for a third");
+    let mut later = vec![
+        RunnerEvent::Deployed { index: 0, run_metadata: serde_json::json!({}) },
+        RunnerEvent::Finished {
+            index: 0,
+            result: TrialResult {
+                outcome: Outcome::Completed,
+                finals: vec![MetricPoint { metric: "f".into(), progression: None, mean: 0.5, sem: None }],
+                curve: vec![],
+                stop_metadata: None,
+                note: None,
+            },
+        },
+    ];
+    let mut asked = 0;
+    store
+        .tx(|tx| {
+            st.apply(tx, vec![], &mut || {
+                asked += 1;
+                std::mem::take(&mut later)
+            })
+        })
+        .unwrap();
+    let trials = store.trials().unwrap();
+    assert_eq!(trials[0].status, TrialStatus::Completed);
+    assert_eq!(trials.len(), 3, "the freed slot is filled in the same round");
+    assert!(asked >= 2, "asked again after the new proposal: {asked}");
 }

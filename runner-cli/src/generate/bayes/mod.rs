@@ -230,9 +230,9 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
         .collect()
 }
 
-/// The noise variance (standardized: the mean of the reported ones, or the fitted one) above
-/// which the objective's model fits its mean rather than taking the worst outcome seen: a
-/// noise standard deviation of 14% of the outcomes' spread. A noise-free function fitted on
+/// The noise variance (standardized, after the power transform: the mean of the reported
+/// ones, or the fitted one) above which the objective's model fits its mean rather than
+/// taking the worst outcome seen: a noise standard deviation of 14% of the outcomes' spread. A noise-free function fitted on
 /// a handful of points often infers more noise than `NOISY_VARIANCE`'s 7% (on Hartmann6
 /// that threshold lost most of the gain); Hartmann6 under noise of sd 0.1 is mostly below it,
 /// and did better there with the worst as its mean. Above it, the incumbent is drawn too

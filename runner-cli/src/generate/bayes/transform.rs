@@ -1,6 +1,6 @@
 //! What is done to the outcomes before a model learns them: the bad tail winsorized (one
 //! diverged run must not flatten the model), then, for the objective, a Yeo-Johnson power
-//! transform (as HEBO does) so that the values the GP sees are closer to normal.
+//! transform so that the values the GP sees are closer to normal (HEBO's idea).
 
 /// One outcome per point: its value and SEM, or nothing.
 pub type Values = [Option<(f64, Option<f64>)>];
@@ -44,8 +44,10 @@ fn finite(values: &Values) -> Vec<f64> {
 /// The range searched for the power.
 const LAMBDA: (f64, f64) = (-2.0, 4.0);
 
-/// A Yeo-Johnson transform of the standardized values, its power fitted by maximum
-/// likelihood (as scikit-learn's `PowerTransformer`, which HEBO uses). It is monotone, so
+/// A Yeo-Johnson transform of the standardized values (standardized first, so that the
+/// transform does not depend on the outcome's units or offset), its power fitted by maximum
+/// likelihood within `LAMBDA` (the likelihood scikit-learn's `PowerTransformer` maximizes,
+/// on unbounded raw values; HEBO uses that). It is strictly increasing for every power, so
 /// the best point stays the best; it stretches where values crowd and folds a long tail in.
 /// On Hartmann6 (a plateau near 0 and narrow basins) and on Branin (a long tail of bad
 /// values) it made the model's proposals better (the figures are in `propose`).
