@@ -1,9 +1,9 @@
 //! A Gaussian process with a constant mean (fitted, or the worst outcome: [`Mean`]) and a
 //! Matern-5/2 kernel with one lengthscale per input (ARD), over inputs in the unit cube and
-//! standardized outcomes, with BoTorch's current lengthscale prior: no output scale, a
-//! log-normal prior on each lengthscale whose median grows with the square root of the
-//! dimension; the noise has none (see `NOISE_START`). Hyperparameters are the maximum a
-//! posteriori point, found by L-BFGS in log space from several starts.
+//! standardized outcomes, with BoTorch's current
+//! priors: no output scale, a log-normal prior on each lengthscale whose median grows with
+//! the square root of the dimension, and a log-normal prior on the noise. Hyperparameters are
+//! the maximum a posteriori point, found by L-BFGS in log space from several starts.
 
 use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
@@ -71,20 +71,8 @@ pub struct Gp {
 fn ls_prior(d: usize) -> (f64, f64) {
     (std::f64::consts::SQRT_2 + (d.max(1) as f64).ln() / 2.0, 3f64.sqrt())
 }
-/// The noise variance (standardized) a fit starts from: the mode of BoTorch's noise prior,
-/// LogNormal(-4, 1). The noise itself has no prior (a flat one on its log): the marginal
-/// likelihood sets it. BoTorch's prior kept a fitted noise sd of about 5% of the spread on
-/// noise-free Hartmann6, which blurs the bottom of a basin: of 100 runs in batches of 3, 21
-/// ended inside the global basin without getting below -3.25. Without it, in-process at 30
-/// trials over seeds 0-99, the runs that got below went from 40 to 53 in batches of 3, from
-/// 30 to 38 with the oldest trial completing first and from 57 to 65 sequentially; Hartmann6
-/// under noise of sd 0.1 (SEM not reported), whose noise the data shows, from -3.013 to
-/// -3.038 (60 seeds); Branin stayed (0.413, 0.403). A stronger prior towards no noise (LogNormal(-8, 1)) did as well on
-/// noise-free Hartmann6 but no longer told apart a noisy sample of 40 points.
-const NOISE_START: f64 = 6.737_946_999_085_467e-3;
-/// A warm start's log noise is raised to at least this, so that a fit that went to no noise
-/// can come back when the data turns out noisy (the gradient in the log vanishes with it).
-const LOWEST_LOG_NOISE: f64 = -13.815_510_557_964_274;
+/// The noise prior: LogNormal(-4, 1).
+const NOISE_PRIOR: (f64, f64) = (-4.0, 1.0);
 
 struct Problem<'a> {
     d: usize,
@@ -224,7 +212,13 @@ impl Problem<'_> {
             nlp += h[t] + 0.5 * z * z;
             g[t] += 1.0 + z / sd;
         }
-        // The noise has no prior: its marginal likelihood alone sets it (above MIN_NOISE).
+        if let Some(e) = noise_grad_scale {
+            let noise = MIN_NOISE + e;
+            let ln = noise.ln();
+            let z = (ln - NOISE_PRIOR.0) / NOISE_PRIOR.1;
+            nlp += ln + 0.5 * z * z;
+            g[d] += (1.0 + z / NOISE_PRIOR.1) * e / noise;
+        }
         nlp.is_finite().then_some((nlp, g))
     }
 }
@@ -265,7 +259,7 @@ impl Gp {
         let (mu, sd) = ls_prior(d);
         let mut h = vec![mu - sd * sd; d];
         if inferred_noise {
-            h.push(NOISE_START.ln());
+            h.push((NOISE_PRIOR.0 - NOISE_PRIOR.1 * NOISE_PRIOR.1).exp().ln());
         }
         h.push(0.0);
         h
@@ -291,9 +285,6 @@ impl Gp {
             let mut start = start.clone();
             if let Some(m) = fixed_mean {
                 start[len - 1] = m;
-            }
-            if fixed.is_none() {
-                start[d] = start[d].max(LOWEST_LOG_NOISE);
             }
             let Some((v0, _)) = problem.eval(&start) else { continue };
             let (v, h) = match minimize_unconstrained(&problem, start.clone(), max_iters) {
