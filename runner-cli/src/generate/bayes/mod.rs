@@ -232,27 +232,27 @@ fn targets(goal: &Goal, points: &[&Observed], rng: &mut ChaCha8Rng) -> Vec<Optio
 
 /// The noise variance (standardized, after the power transform: the mean of the reported
 /// ones, or the fitted one) above which the objective's model fits its mean rather than
-/// taking the worst outcome seen: a noise standard deviation of 14% of the outcomes' spread. A noise-free function fitted on
-/// a handful of points often infers more noise than `NOISY_VARIANCE`'s 7% (on Hartmann6
-/// that threshold lost most of the gain); Hartmann6 under noise of sd 0.1 is mostly below it,
-/// and did better there with the worst as its mean. Above it, the incumbent is drawn too
-/// (noisy expected improvement, in `propose`).
+/// taking the worst outcome seen: a noise standard deviation of 14% of the outcomes'
+/// spread. A noise-free function fitted on a handful of points often infers more noise than
+/// `NOISY_VARIANCE`'s 7% (on Hartmann6 that threshold lost most of the gain); Hartmann6
+/// under noise of sd 0.1 is mostly below it, and did better there with the worst as its
+/// mean. Above it, the incumbent is drawn too (noisy expected improvement, in `propose`).
 const NOISY_OBJECTIVE: f64 = 0.02;
 
 /// Fit a GP. Cold: from the prior's mode and seeded perturbations of it. Warm: from the
 /// previous fit, and from the prior's mode too on small data or when `explore` (every fifth
-/// proposal), so that a fit cannot stay stuck in the basin it started in. Hyperparameters
-/// come from a subset when there are many points; the model is then conditioned on all.
-/// `worst`: for the model of the minimized objective, the worst outcome seen, which becomes
-/// its mean unless the outcomes are noisy (a reported or fitted noise variance above
-/// `NOISY_OBJECTIVE`; a fitted one is then fitted again with its mean fitted). Where nothing was
-/// seen, the model then expects no better than the worst point, so expected improvement
-/// spends the budget on the basins the data shows rather than on the plateau between them
-/// (where a fitted mean lands: on Hartmann6 it rose to +1.5 standard units, and unexplored
-/// space kept drawing proposals). Over seeds 0-199 of Hartmann6 at 30 trials this reached
-/// the global basin on 110 runs against 93 sequentially, and on 44 of 100 against 27 in
-/// batches of 3; Branin's median best fell too. Under noise the largest value is the one
-/// the noise pushed up most, hence a fitted mean there. A constraint's mean is fitted.
+/// proposal), so that a fit cannot stay stuck in the basin it started in. Hyperparameters come
+/// from a subset when there are many points; the model is then conditioned on all. `worst`: for
+/// the model of the minimized objective, the worst outcome seen, which becomes its mean unless
+/// the outcomes are noisy (a reported or fitted noise variance above `NOISY_OBJECTIVE`; a
+/// fitted one is then fitted again with its mean fitted). Where nothing was seen, the model
+/// then expects no better than the worst point, so expected improvement spends the budget on
+/// the basins the data shows rather than on the plateau between them (where a fitted mean
+/// lands: on Hartmann6 it rose to +1.5 standard units, and unexplored space kept drawing
+/// proposals). Over seeds 0-199 of Hartmann6 at 30 trials this reached the global basin on 110
+/// runs against 93 sequentially, and on 44 of 100 against 27 in batches of 3; Branin's median
+/// best fell too. Under noise the largest value is the one the noise pushed up most, hence a
+/// fitted mean there. A constraint's mean is fitted.
 fn fit(data: &Data, warm: Option<&Hyper>, explore: bool, worst: Option<f64>, rng: &mut ChaCha8Rng) -> Option<Gp> {
     // Reported noise counts as noisy by the same measure as fitted noise.
     let reported = reported_noise(data, gp::standardize(&data.y).1) > NOISY_OBJECTIVE;
